@@ -1,0 +1,13 @@
+"""The one exception type the CLI turns into a one-line message and an exit code."""
+
+
+class StudyError(Exception):
+    """A user-facing failure: printed as one line, never as a traceback."""
+
+    exit_code = 1
+
+
+class GridError(StudyError):
+    """A grid file that cannot be planned (bad TOML, unknown key, wrong type, bad value)."""
+
+    exit_code = 2

@@ -1,0 +1,359 @@
+"""Grid files: TOML parsed with tomllib into frozen dataclasses, every key and type checked.
+
+Any problem is a GridError naming the file, the line where tomllib or a search for the key
+finds it, the key and (for a misspelling) the valid choices; nothing is planned from a bad grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .data import CATALOGUE, DatasetInfo
+from .errors import GridError
+from .models import ModelSpec, parse_model
+
+OPTIMIZERS = ("lion", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "wsd")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PROTOCOLS = ("linear", "finetune")
+PROBES = ("paper", "fast")
+
+
+@dataclass(frozen=True)
+class StudySection:
+    """[study]: the study's name and the seed that draws its data subsets."""
+
+    name: str
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PretrainData:
+    """[data.pretrain]: the dataset the models are trained on."""
+
+    dataset: str
+    path: str = ""
+    resolution: int = 0  # 0: the dataset's native resolution
+    # Needed only for a dataset outside the built-in catalogue (read from a prepared store otherwise).
+    size: int = 0
+    classes: int = 0
+    channels: int = 0
+
+
+@dataclass(frozen=True)
+class DownstreamData:
+    """[[data.downstream]]: a dataset the pre-trained features are evaluated on."""
+
+    dataset: str
+    path: str = ""
+    protocol: str = "linear"
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """[train.augmentation]: random resized crop, flip and MixUp, as in the paper's loader."""
+
+    crop_scale: tuple[float, float] = (0.35, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
+    flip: bool = True
+    mixup: float = 0.8
+    mixup_per_image: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """[train]: the pre-training recipe; defaults are the paper's (Sec. 4.2, App. A.4)."""
+
+    optimizer: str = "lion"
+    lr: float = 1e-5
+    weight_decay: float = 1e-3
+    momentum: float = 0.9
+    label_smoothing: float = 0.3
+    batch_size: int = 16384
+    micro_batch_size: int = 0  # 0: the whole batch at once (halved on CUDA out-of-memory)
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    decay_fraction: float = 0.2  # wsd: share of training spent decaying
+    grad_clip: float = 0.0  # 0: no clipping
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False
+    divergence_loss: float = 100.0  # a loss above this (or NaN/inf) ends the run as diverged
+    augmentation: Augmentation = field(default_factory=Augmentation)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """[evaluation]: how each evaluation epoch scores the model (App. A.3)."""
+
+    upstream: bool = True
+    probe: str = "paper"  # paper: LION head, 50 epochs; fast: full-batch L-BFGS logistic regression
+    probe_epochs: int = 50
+    probe_lr: float = 1e-5
+    probe_batch_size: int = 4096
+    finetune_epochs: int = 50
+    finetune_lr_head: float = 0.01
+    finetune_lr_body: float = 0.001
+    finetune_crop_scale: tuple[float, float] = (0.4, 1.0)
+    tta_crops: int = 0  # 100 in the paper's Table 2
+    real_labels: str = ""  # ImageNet ReaL labels file, for ReaL accuracy
+
+
+@dataclass(frozen=True)
+class GridAxes:
+    """[grid]: the axes whose product is the study."""
+
+    models: tuple[ModelSpec, ...]
+    examples: tuple[int | float, ...]
+    epochs: tuple[int, ...]
+    seeds: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A whole grid file, validated."""
+
+    path: str
+    text: str
+    study: StudySection
+    pretrain: PretrainData
+    downstream: tuple[DownstreamData, ...]
+    grid: GridAxes
+    train: TrainConfig
+    evaluation: EvaluationConfig
+
+    @property
+    def dataset(self) -> DatasetInfo:
+        """The pre-training dataset's facts, at the grid's resolution."""
+        return dataset_info(self)
+
+
+def dataset_info(grid: Grid) -> DatasetInfo:
+    """Facts of the pre-training set: from the grid's explicit fields, else the catalogue."""
+    p = grid.pretrain
+    known = CATALOGUE.get(p.dataset)
+    size = p.size or (known.train_size if known else 0)
+    classes = p.classes or (known.classes if known else 0)
+    channels = p.channels or (known.channels if known else 0)
+    native = known.resolution if known else 0
+    if not (size and classes and channels):
+        raise GridError(
+            f"{grid.path}: [data.pretrain] dataset {p.dataset!r} is not built in "
+            f"({', '.join(sorted(CATALOGUE))}); give its size, classes and channels"
+        )
+    return DatasetInfo(size, classes, channels, p.resolution or native or 0)
+
+
+class _Parser:
+    """Checks TOML tables against dataclasses, with line numbers for the messages."""
+
+    def __init__(self, path: str, text: str):
+        self.path = path
+        self.lines = text.splitlines()
+
+    def line_of(self, key: str, section: str = "") -> int | None:
+        """Best-effort line of `key = ...` (after `[section]` when given); tomllib keeps no positions."""
+        start = 0
+        if section:
+            header = re.compile(r"^\s*\[\[?\s*" + re.escape(section) + r"\s*\]\]?\s*(#.*)?$")
+            for number, line in enumerate(self.lines):
+                if header.match(line):
+                    start = number
+                    break
+        pattern = re.compile(r"^\s*(\"?)" + re.escape(key) + r"\1\s*=")
+        for number in range(start, len(self.lines)):
+            if pattern.match(self.lines[number]):
+                return number + 1
+        return None
+
+    def fail(self, where: str, message: str, key: str = "", section: str = "") -> typing.NoReturn:
+        line = self.line_of(key, section) if key else None
+        location = f"{self.path}:{line}" if line else self.path
+        raise GridError(f"{location}: {where}: {message}")
+
+    def table(self, cls: type, value: object, where: str, section: str, **extra: object):
+        """Build dataclass `cls` from a TOML table, rejecting unknown keys and wrong types."""
+        if not isinstance(value, dict):
+            self.fail(where, f"expected a table, got {value!r}")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        known = [name for name in fields if name not in extra]
+        for key in value:
+            if key not in known:
+                self.fail(where, f"unknown key {key!r}; valid keys: {', '.join(known)}", key, section)
+        kwargs: dict[str, object] = dict(extra)
+        for key, raw in value.items():
+            kwargs[key] = self.value(hints[key], raw, f"{where}.{key}", key, section)
+        for name, f in fields.items():
+            if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                self.fail(where, f"missing required key {name!r}")
+        return cls(**kwargs)
+
+    def value(self, hint: object, raw: object, where: str, key: str, section: str) -> object:
+        """Check one value against its annotation (and positivity for sizes and rates)."""
+        origin = typing.get_origin(hint)
+        if dataclasses.is_dataclass(hint):
+            return self.table(hint, raw, where, f"{section}.{key}")
+        if origin is tuple and len(typing.get_args(hint)) == 2 and typing.get_args(hint)[1] is not Ellipsis:
+            if not isinstance(raw, list) or len(raw) != 2:
+                self.fail(where, f"expected a pair [low, high], got {raw!r}", key, section)
+            items = tuple(self.value(typing.get_args(hint)[0], item, where, key, section) for item in raw)
+            if items[0] > items[1]:
+                self.fail(where, f"low must not exceed high, got {list(raw)}", key, section)
+            return items
+        if hint is bool:
+            if not isinstance(raw, bool):
+                self.fail(where, f"expected true or false, got {raw!r}", key, section)
+            return raw
+        if hint is int:
+            if isinstance(raw, bool) or not isinstance(raw, int):
+                self.fail(where, f"expected an integer, got {raw!r}", key, section)
+            if raw < 0:
+                self.fail(where, f"must not be negative, got {raw}", key, section)
+            return raw
+        if hint is float:
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+                self.fail(where, f"expected a number, got {raw!r}", key, section)
+            if raw < 0 or raw != raw or raw == float("inf"):
+                self.fail(where, f"must be a finite non-negative number, got {raw}", key, section)
+            return float(raw)
+        if hint is str:
+            if not isinstance(raw, str):
+                self.fail(where, f"expected a string, got {raw!r}", key, section)
+            return raw
+        raise AssertionError(f"no parser for {hint}")  # a dataclass field type we forgot
+
+    def choice(self, value: str, choices: tuple[str, ...], where: str, key: str, section: str) -> None:
+        if value not in choices:
+            self.fail(where, f"unknown value {value!r}; valid choices: {', '.join(choices)}", key, section)
+
+    def positive_list(
+        self, raw: object, where: str, key: str, section: str, fractions: bool = False, zero: bool = False
+    ) -> tuple:
+        """A non-empty list of positive integers (or fractions in (0, 1] where allowed), no duplicates."""
+        if not isinstance(raw, list) or not raw:
+            self.fail(where, f"expected a non-empty list, got {raw!r}", key, section)
+        for item in raw:
+            is_int = isinstance(item, int) and not isinstance(item, bool)
+            is_fraction = fractions and isinstance(item, float) and 0 < item <= 1
+            if not (is_int or is_fraction):
+                wanted = "positive integers or fractions in (0, 1]" if fractions else "positive integers"
+                self.fail(where, f"expected {wanted}, got {item!r}", key, section)
+            if is_int and (item < 0 if zero else item <= 0):
+                self.fail(where, f"must be positive, got {item}", key, section)
+        if len(set(raw)) != len(raw):
+            self.fail(where, f"duplicate values in {raw}", key, section)
+        return tuple(raw)
+
+
+SECTIONS = ("study", "data", "grid", "train", "evaluation")
+
+
+def parse_grid(text: str, path: str = "<grid>") -> Grid:
+    """Validate a grid's TOML text into a Grid, or raise GridError."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        # tomllib's message already ends with "(at line L, column C)".
+        raise GridError(f"{path}: malformed TOML: {error}") from None
+    parser = _Parser(path, text)
+    for key in doc:
+        if key not in SECTIONS:
+            parser.fail("top level", f"unknown section [{key}]; valid sections: {', '.join(SECTIONS)}")
+    for required in ("study", "data", "grid"):
+        if required not in doc:
+            parser.fail("top level", f"missing section [{required}]")
+    study = parser.table(StudySection, doc["study"], "[study]", "study")
+    if not study.name.strip():
+        parser.fail("[study].name", "must not be empty", "name", "study")
+
+    data = doc["data"]
+    if not isinstance(data, dict):
+        parser.fail("[data]", "expected a table")
+    for key in data:
+        if key not in ("pretrain", "downstream"):
+            parser.fail("[data]", f"unknown key {key!r}; valid keys: pretrain, downstream", key, "data")
+    if "pretrain" not in data:
+        parser.fail("[data]", "missing table [data.pretrain]")
+    pretrain = parser.table(PretrainData, data["pretrain"], "[data.pretrain]", "data.pretrain")
+    downstream_raw = data.get("downstream", [])
+    if not isinstance(downstream_raw, list):
+        parser.fail("[data.downstream]", "expected an array of tables [[data.downstream]]")
+    downstream = tuple(
+        parser.table(DownstreamData, item, f"[[data.downstream]] #{i + 1}", "data.downstream")
+        for i, item in enumerate(downstream_raw)
+    )
+    for i, item in enumerate(downstream):
+        parser.choice(item.protocol, PROTOCOLS, f"[[data.downstream]] #{i + 1}.protocol", "protocol", "data.downstream")
+
+    train = parser.table(TrainConfig, doc.get("train", {}), "[train]", "train")
+    parser.choice(train.optimizer, OPTIMIZERS, "[train].optimizer", "optimizer", "train")
+    parser.choice(train.schedule, SCHEDULES, "[train].schedule", "schedule", "train")
+    parser.choice(train.precision, PRECISIONS, "[train].precision", "precision", "train")
+    for name in ("lr", "batch_size"):
+        if not getattr(train, name) > 0:
+            parser.fail(f"[train].{name}", f"must be positive, got {getattr(train, name)}", name, "train")
+    aug = train.augmentation
+    if not (0 < aug.crop_scale[0] and aug.crop_scale[1] <= 1):
+        parser.fail("[train.augmentation].crop_scale", "must lie in (0, 1]", "crop_scale", "train.augmentation")
+    if not aug.crop_ratio[0] > 0:
+        parser.fail("[train.augmentation].crop_ratio", "must be positive", "crop_ratio", "train.augmentation")
+    evaluation = parser.table(EvaluationConfig, doc.get("evaluation", {}), "[evaluation]", "evaluation")
+    parser.choice(evaluation.probe, PROBES, "[evaluation].probe", "probe", "evaluation")
+
+    axes = doc["grid"]
+    if not isinstance(axes, dict):
+        parser.fail("[grid]", "expected a table")
+    valid = ("models", "examples", "epochs", "seeds")
+    for key in axes:
+        if key not in valid:
+            parser.fail("[grid]", f"unknown key {key!r}; valid keys: {', '.join(valid)}", key, "grid")
+    for key in ("models", "examples", "epochs"):
+        if key not in axes:
+            parser.fail("[grid]", f"missing required key {key!r}")
+    models_raw = axes["models"]
+    if not isinstance(models_raw, list) or not models_raw:
+        parser.fail("[grid].models", f"expected a non-empty list, got {models_raw!r}", "models", "grid")
+    models = []
+    for i, item in enumerate(models_raw):
+        try:
+            models.append(parse_model(item, f"[grid].models[{i}]"))
+        except GridError as error:
+            parser.fail(str(error).split(":", 1)[0], str(error).split(": ", 1)[1], "models", "grid")
+    if len(set(models)) != len(models):
+        parser.fail("[grid].models", "duplicate models", "models", "grid")
+    grid_axes = GridAxes(
+        models=tuple(models),
+        examples=parser.positive_list(axes["examples"], "[grid].examples", "examples", "grid", fractions=True),
+        epochs=tuple(sorted(parser.positive_list(axes["epochs"], "[grid].epochs", "epochs", "grid"))),
+        seeds=parser.positive_list(axes.get("seeds", [study.seed]), "[grid].seeds", "seeds", "grid", zero=True),
+    )
+    grid = Grid(path, text, study, pretrain, downstream, grid_axes, train, evaluation)
+    info = dataset_info(grid)
+    if not info.resolution:
+        parser.fail("[data.pretrain].resolution", "required for a dataset outside the catalogue")
+    for value in grid_axes.examples:
+        if isinstance(value, int) and value > info.train_size:
+            parser.fail(
+                "[grid].examples",
+                f"{value} is larger than {pretrain.dataset}'s {info.train_size} training examples",
+                "examples", "grid",
+            )
+    return grid
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read and validate a grid file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise GridError(f"{path}: no such grid file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise GridError(f"{path}: cannot read grid file: {error}") from None
+    return parse_grid(text, str(path))

@@ -1,0 +1,200 @@
+"""Expanding a grid into jobs: one job per training trajectory, identified by its spec's hash.
+
+With a schedule that does not depend on the length of training (constant LR, the paper's
+default) every epoch count of the grid is an evaluation point of one run to max(T); with
+cosine or WSD each epoch count is its own run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+from . import budget
+from .grid import (
+    Augmentation,
+    DownstreamData,
+    EvaluationConfig,
+    Grid,
+    PretrainData,
+    TrainConfig,
+    dataset_info,
+)
+from .models import ModelSpec
+
+SHARED_SCHEDULES = ("constant",)
+
+# Fields that locate data on one machine but do not change what is computed.
+_NOT_IDENTITY = {"path", "real_labels"}
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One training trajectory and the evaluation points along it."""
+
+    model: ModelSpec
+    pretrain: PretrainData
+    resolution: int
+    channels: int
+    classes: int
+    examples: int
+    subset_seed: int
+    seed: int
+    epochs: tuple[int, ...]  # evaluation epochs; the run trains to the last
+    train: TrainConfig
+    downstream: tuple[DownstreamData, ...]
+    evaluation: EvaluationConfig
+
+    @property
+    def input_dim(self) -> int:
+        """Values per input image, the embedding's fan-in."""
+        return self.channels * self.resolution**2
+
+    @property
+    def total_epochs(self) -> int:
+        """The length of the trajectory."""
+        return self.epochs[-1]
+
+    @property
+    def params(self) -> int:
+        return self.model.parameters(self.input_dim, self.classes)
+
+    @property
+    def flops(self) -> int:
+        """FLOP(f): forward multiply-accumulates per example."""
+        return self.model.flops(self.input_dim, self.classes)
+
+    @property
+    def compute(self) -> float:
+        """What the trajectory spends: Eq. 4 at its last epoch."""
+        return budget.compute(self.flops, self.examples, self.total_epochs)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (the spec stored in the database and in checkpoints)."""
+        return dataclasses.asdict(self)
+
+    @property
+    def id(self) -> str:
+        """Hash of the canonical spec without machine-local paths: equal specs, equal ids."""
+        return _hash(_strip(self.to_dict()))
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "JobSpec":
+        """Inverse of to_dict."""
+        train = dict(raw["train"])
+        aug = dict(train.pop("augmentation"))
+        aug = Augmentation(**{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()})
+        evaluation = {k: tuple(v) if isinstance(v, list) else v for k, v in raw["evaluation"].items()}
+        return cls(
+            model=ModelSpec(**raw["model"]),
+            pretrain=PretrainData(**raw["pretrain"]),
+            resolution=raw["resolution"],
+            channels=raw["channels"],
+            classes=raw["classes"],
+            examples=raw["examples"],
+            subset_seed=raw["subset_seed"],
+            seed=raw["seed"],
+            epochs=tuple(raw["epochs"]),
+            train=TrainConfig(**train, augmentation=aug),
+            downstream=tuple(DownstreamData(**d) for d in raw["downstream"]),
+            evaluation=EvaluationConfig(**evaluation),
+        )
+
+
+def _strip(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in _NOT_IDENTITY}
+    if isinstance(value, (list, tuple)):
+        return [_strip(v) for v in value]
+    return value
+
+
+def _hash(value: object) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def expand(grid: Grid) -> list[JobSpec]:
+    """Every job of the grid, in a stable order (model, examples, seed, epochs)."""
+    info = dataset_info(grid)
+    shared = grid.train.schedule in SHARED_SCHEDULES
+    epoch_groups = [grid.grid.epochs] if shared else [(t,) for t in grid.grid.epochs]
+    jobs = []
+    for model in grid.grid.models:
+        for value in grid.grid.examples:
+            examples = budget.resolve_examples(value, info.train_size)
+            for seed in grid.grid.seeds:
+                for epochs in epoch_groups:
+                    jobs.append(
+                        JobSpec(
+                            model=model,
+                            pretrain=grid.pretrain,
+                            resolution=info.resolution,
+                            channels=info.channels,
+                            classes=info.classes,
+                            examples=examples,
+                            subset_seed=grid.study.seed,
+                            seed=seed,
+                            epochs=tuple(epochs),
+                            train=grid.train,
+                            downstream=grid.downstream,
+                            evaluation=grid.evaluation,
+                        )
+                    )
+    return jobs
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One line of the plan's table."""
+
+    name: str
+    params: int
+    flops: int
+    jobs: int
+    points: int
+    naive_compute: float
+    compute: float
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """What a plan costs: per model and in total, naive (one run per T) and as run."""
+
+    rows: tuple[ModelRow, ...]
+
+    @property
+    def jobs(self) -> int:
+        return sum(r.jobs for r in self.rows)
+
+    @property
+    def points(self) -> int:
+        return sum(r.points for r in self.rows)
+
+    @property
+    def naive_compute(self) -> float:
+        return sum(r.naive_compute for r in self.rows)
+
+    @property
+    def compute(self) -> float:
+        return sum(r.compute for r in self.rows)
+
+
+def summarize(jobs: list[JobSpec]) -> PlanSummary:
+    """Per-model totals; naive compute counts every evaluation point as its own run (Eq. 4)."""
+    rows: dict[str, ModelRow] = {}
+    for job in jobs:
+        naive = sum(budget.compute(job.flops, job.examples, t) for t in job.epochs)
+        old = rows.get(job.model.name)
+        rows[job.model.name] = ModelRow(
+            name=job.model.name,
+            params=job.params,
+            flops=job.flops,
+            jobs=(old.jobs if old else 0) + 1,
+            points=(old.points if old else 0) + len(job.epochs),
+            naive_compute=(old.naive_compute if old else 0.0) + naive,
+            compute=(old.compute if old else 0.0) + job.compute,
+        )
+    return PlanSummary(tuple(rows.values()))
