@@ -54,7 +54,7 @@ jobs = sa.Table(
     sa.Column("examples", sa.BigInteger, nullable=False),
     sa.Column("epochs", sa.Integer, nullable=False),  # length of the trajectory
     sa.Column("seed", sa.Integer, nullable=False),
-    sa.Column("state", sa.String(20), nullable=False, default="pending"),
+    sa.Column("state", sa.String(20), nullable=False, default="pending", index=True),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("epochs_done", sa.Integer, nullable=False, default=0),
     sa.Column("worker", sa.String(200)),
@@ -72,7 +72,7 @@ evaluations = sa.Table(
     "evaluations",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("job_id", sa.ForeignKey("jobs.id"), nullable=False),
+    sa.Column("job_id", sa.ForeignKey("jobs.id"), nullable=False, index=True),
     sa.Column("epoch", sa.Integer, nullable=False),
     sa.Column("metric", sa.String(100), nullable=False),  # e.g. upstream/top1, cifar100/linear
     sa.Column("value", sa.Float, nullable=False),  # an error rate in [0, 1] unless the name says otherwise
@@ -84,12 +84,12 @@ evaluations = sa.Table(
 
 def _initial(conn: Connection) -> None:
     for table in (studies, jobs, evaluations):
-        table.create(conn)
-    sa.Index("ix_jobs_state", jobs.c.state).create(conn)
-    sa.Index("ix_evaluations_job", evaluations.c.job_id).create(conn)
+        table.create(conn)  # with its indexes
 
 
-# Ordered, named, append-only: a migration, once shipped, is never edited.
+# Ordered, named, append-only: a migration, once shipped, is never edited. 0001 creates the
+# tables as defined above, so a later migration that adds to an existing table must check
+# (sa.inspect) whether a fresh database already has what it adds.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
 ]
