@@ -93,8 +93,11 @@ def plan(
 def status(
     db_url: DbOption = None,
     study: Annotated[Optional[str], typer.Option(help="Only this study")] = None,
+    all_jobs: Annotated[bool, typer.Option("--jobs", help="List every job")] = False,
 ) -> None:
-    """Jobs by state, per study."""
+    """Jobs by state per study; running jobs with worker, progress and ETA; failures with reason."""
+    import datetime as dt
+
     engine = db.connect(db_url)
     counts = db.job_counts(engine, study)
     if not counts:
@@ -107,6 +110,187 @@ def status(
     for name, by_state in counts.items():
         table.add_row(name, *(str(by_state.get(state, 0)) for state in db.JOB_STATES))
     console.print(table)
+    shown = None if all_jobs else ("running", "failed", "diverged")
+    rows = db.job_rows(engine, study, shown)
+    if not rows:
+        return
+    jobs_table = Table(title="jobs" if all_jobs else "running and failed jobs")
+    for column in ("id", "study", "model", "N", "state", "epochs", "worker", "ETA", "reason"):
+        jobs_table.add_column(column, overflow="fold")
+    for row in rows:
+        eta = ""
+        if row["state"] == "running" and row["epochs_done"] and row["started_at"]:
+            elapsed = (db.now() - row["started_at"]).total_seconds()
+            left = elapsed / row["epochs_done"] * (row["epochs"] - row["epochs_done"])
+            eta = str(dt.timedelta(seconds=round(left)))
+        jobs_table.add_row(
+            str(row["id"]), row["study"], row["model"], f"{row['examples']:,}", row["state"],
+            f"{row['epochs_done']}/{row['epochs']}", row["worker"] or "", eta, row["error"] or "",
+        )
+    console.print(jobs_table)
+
+
+class _RichEvents:
+    """Runner callbacks drawn as rich progress bars: jobs overall, and the current job's epochs."""
+
+    def __init__(self, progress, total_jobs: int):
+        self.progress = progress
+        self.overall = progress.add_task("jobs", total=total_jobs, rate="")
+        self.current = None
+
+    def job_started(self, job, spec) -> None:
+        if self.current is not None:
+            self.progress.remove_task(self.current)
+        label = f"job {job['id']} {spec.model.name} N={spec.examples:,}"
+        self.current = self.progress.add_task(label, total=spec.total_epochs, rate="")
+
+    def progress(self, job, progress) -> None:
+        done = progress.epoch + progress.step / max(progress.steps_per_epoch, 1)
+        self.progress.update(self.current, completed=done, rate=f"{progress.images_per_s:,.0f} img/s")
+
+    def job_ended(self, job, outcome: str, message: str) -> None:
+        self.progress.advance(self.overall)
+        text = f"job {job['id']} {job['model']} N={job['examples']:,}: {outcome}" + (f" ({message})" if message else "")
+        self.progress.console.print(text, markup=False, highlight=False)
+
+
+def _parse_until(value: str | None):
+    import datetime as dt
+
+    if not value:
+        return None
+    try:
+        hour, minute = (int(part) for part in value.split(":"))
+        moment = dt.datetime.now().replace(hour=hour, minute=minute, second=0, microsecond=0)
+    except ValueError:
+        raise StudyError(f"--until {value!r}: expected a local time HH:MM") from None
+    return moment if moment > dt.datetime.now() else moment + dt.timedelta(days=1)
+
+
+@app.command()
+@user_errors
+def run(
+    db_url: DbOption = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Also continue interrupted jobs from their last checkpoint")] = False,
+    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda, cuda:1, ...")] = "auto",
+    study: Annotated[Optional[str], typer.Option(help="Only jobs of this study")] = None,
+    max_jobs: Annotated[Optional[int], typer.Option("--max-jobs", min=1, help="Stop after this many jobs")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Checkpoint and stop at this local time, HH:MM")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Checkpoints and logs, one folder per job", envvar="STUDY_RUNS")] = Path("runs"),
+    lease: Annotated[float, typer.Option(help="Seconds a worker's claim lasts without a heartbeat", min=1)] = 120.0,
+    checkpoint_every: Annotated[float, typer.Option(help="Also checkpoint mid-epoch after this many seconds", min=1)] = 600.0,
+    max_attempts: Annotated[int, typer.Option(help="A job whose worker died this often is marked failed", min=1)] = 3,
+) -> None:
+    """Train pending jobs one after another, checkpointing so a killed run continues where it stopped."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from . import runner
+
+    options = runner.RunOptions(
+        db_url=db_url, device=device, resume=resume, study=study, max_jobs=max_jobs, until=_parse_until(until),
+        runs_dir=runs_dir, lease_s=lease, checkpoint_every_s=checkpoint_every, max_attempts=max_attempts,
+    )
+    engine = db.connect(db_url)
+    pending = [r for r in db.job_rows(engine, study, ("pending",)) if resume or r["attempts"] == 0]
+    total = min(len(pending), max_jobs or len(pending))
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        summary = runner.run(options, _RichEvents(progress, total), engine=engine)
+    console.print(
+        f"{len(summary.done)} done, {len(summary.diverged)} diverged, {len(summary.failed)} failed, "
+        f"{len(summary.released)} interrupted (checkpointed)" + (f"; stopped: {summary.stop_reason}" if summary.stop_reason else "")
+    )
+    if summary.waiting_for_resume:
+        console.print(f"{summary.waiting_for_resume} interrupted jobs wait: `study run --resume` continues them")
+    if summary.fatal:
+        raise StudyError(summary.fatal)
+    if summary.failed:
+        raise StudyError(f"{len(summary.failed)} jobs failed ({', '.join(map(str, summary.failed))}): `study status` shows why")
+    if summary.stop_reason:
+        raise typer.Exit(143 if "SIGTERM" in summary.stop_reason else 130 if "SIGINT" in summary.stop_reason else 0)
+
+
+@app.command()
+@user_errors
+def logs(job: Annotated[int, typer.Argument(help="Job id (see `study status --jobs`)")], db_url: DbOption = None,
+         runs_dir: Annotated[Path, typer.Option(envvar="STUDY_RUNS")] = Path("runs")) -> None:
+    """Print a job's log file and its attempts."""
+    from .runner import job_dir
+
+    engine = db.connect(db_url)
+    row = db.job_row(engine, job)
+    path = job_dir(runs_dir, row["study"], job) / "log.txt"
+    for attempt in db.attempt_rows(engine, job):
+        console.print(
+            f"attempt {attempt['attempt']}: {attempt['worker']} {attempt['started_at']:%Y-%m-%d %H:%M:%S} -> "
+            f"{attempt['outcome'] or 'running'}" + (f" ({attempt['message']})" if attempt["message"] else ""),
+            markup=False, highlight=False,
+        )
+    if not path.exists():
+        raise StudyError(f"{path}: no log yet (job {job} is {row['state']})")
+    console.print(path.read_text(), markup=False, highlight=False, end="")
+
+
+@app.command()
+@user_errors
+def retry(job: Annotated[int, typer.Argument(help="Job id")], db_url: DbOption = None) -> None:
+    """Put a failed, diverged or cancelled job back to pending (it resumes from its checkpoint if any)."""
+    old = db.set_state(db.connect(db_url), job, "pending", ("failed", "diverged", "cancelled"))
+    console.print(f"job {job}: {old} -> pending")
+
+
+@app.command()
+@user_errors
+def cancel(job: Annotated[int, typer.Argument(help="Job id")], db_url: DbOption = None) -> None:
+    """Cancel a pending or running job (a running worker stops at its next heartbeat)."""
+    old = db.set_state(db.connect(db_url), job, "cancelled", ("pending", "running"))
+    console.print(f"job {job}: {old} -> cancelled")
+
+
+@app.command()
+@user_errors
+def submit(
+    workers: Annotated[int, typer.Option(min=1, help="How many `study run --resume` workers to start")] = 1,
+    slurm: Annotated[bool, typer.Option("--slurm", help="Submit to SLURM (otherwise submitit's local executor)")] = False,
+    partition: Annotated[Optional[str], typer.Option(help="SLURM partition")] = None,
+    gpus_per_worker: Annotated[int, typer.Option(min=0)] = 1,
+    hours: Annotated[float, typer.Option(help="Time limit of each worker, hours", min=0.01)] = 24.0,
+    db_url: DbOption = None,
+    study: Annotated[Optional[str], typer.Option(help="Only jobs of this study")] = None,
+    runs_dir: Annotated[Path, typer.Option(envvar="STUDY_RUNS")] = Path("runs"),
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the workers and report their exit")] = False,
+) -> None:
+    """Start workers through submitit: SLURM jobs, or local processes. They share one database."""
+    import submitit
+
+    url = db.database_url(db_url)
+    if url.startswith("sqlite") and slurm:
+        console.print("warning: SQLite over a network file system is unsafe for many machines; use PostgreSQL")
+    db.connect(url)  # fail here, not in the workers, on a bad URL
+    folder = Path(runs_dir) / "submitit"
+    if slurm:
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        executor.update_parameters(
+            timeout_min=int(hours * 60), gpus_per_node=gpus_per_worker, tasks_per_node=1, cpus_per_task=8,
+            slurm_signal_delay_s=120, **({"slurm_partition": partition} if partition else {}),
+        )
+    else:
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=int(hours * 60))
+    command = ["study", "run", "--resume", "--db", url, "--runs-dir", str(runs_dir)] + (["--study", study] if study else [])
+    with executor.batch():
+        handles = [executor.submit(submitit.helpers.CommandFunction(command, verbose=False)) for _ in range(workers)]
+    console.print(f"submitted {workers} workers: {', '.join(h.job_id for h in handles)} (logs in {folder})")
+    if wait:
+        for handle in handles:
+            try:
+                handle.result()
+            except Exception as error:  # noqa: BLE001 - report each worker's failure as one line
+                raise StudyError(f"worker {handle.job_id} failed: {str(error).strip().splitlines()[-1]}") from None
+        console.print("all workers finished")
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m scaling_study`

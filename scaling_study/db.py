@@ -216,3 +216,239 @@ def study_names(engine: Engine) -> list[str]:
     """Every study in the database, oldest first."""
     with engine.connect() as conn:
         return list(conn.execute(sa.select(studies.c.name).order_by(studies.c.id)).scalars())
+
+
+# ---- The runner's side: claiming, leases, progress and outcomes (one transaction each) ----
+
+attempts = sa.Table(
+    "job_attempts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("job_id", sa.ForeignKey("jobs.id"), nullable=False, index=True),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("worker", sa.String(200), nullable=False),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("ended_at", sa.DateTime),
+    sa.Column("outcome", sa.String(20)),  # done | diverged | failed | released | lost | cancelled
+    sa.Column("message", sa.Text),
+    sa.UniqueConstraint("job_id", "attempt", name="uq_job_attempts"),
+)
+
+
+def _attempts_table(conn: Connection) -> None:
+    if not sa.inspect(conn).has_table("job_attempts"):
+        attempts.create(conn)
+
+
+MIGRATIONS.append(("0002_job_attempts", _attempts_table))
+
+FINAL_STATES = ("done", "failed", "diverged", "cancelled")
+
+
+def _worker_alive(worker: str, host: str) -> bool:
+    """False only when `worker` ran on this host and its process is gone (so its lease is void)."""
+    parts = worker.split(":")
+    if len(parts) < 2 or parts[0] != host:
+        return True
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
+def reclaim_lost(engine: Engine, host: str, max_attempts: int) -> list[tuple[int, str]]:
+    """Jobs whose worker died (lease expired, or its process is gone on this host) go back to
+    pending, or to failed after `max_attempts`; returns (job id, new state)."""
+    changed = []
+    with engine.begin() as conn:
+        running = conn.execute(
+            sa.select(jobs.c.id, jobs.c.worker, jobs.c.lease_expires, jobs.c.attempts).where(jobs.c.state == "running")
+        ).all()
+        for row in running:
+            expired = row.lease_expires is None or row.lease_expires < now()
+            if not expired and _worker_alive(row.worker or "", host):
+                continue
+            reason = f"worker {row.worker} lost (lease expired or process gone)"
+            state = "failed" if row.attempts >= max_attempts else "pending"
+            conn.execute(
+                jobs.update().where(jobs.c.id == row.id, jobs.c.state == "running", jobs.c.worker == row.worker).values(
+                    state=state, worker=None, lease_expires=None,
+                    error=f"{reason}; gave up after {row.attempts} attempts" if state == "failed" else reason,
+                    finished_at=now() if state == "failed" else None,
+                )
+            )
+            conn.execute(
+                attempts.update().where(attempts.c.job_id == row.id, attempts.c.attempt == row.attempts).values(
+                    ended_at=now(), outcome="lost", message=reason
+                )
+            )
+            changed.append((row.id, state))
+    return changed
+
+
+def claim_job(
+    engine: Engine, worker: str, lease_s: float, study: str | None = None, resume: bool = True,
+    provenance: dict | None = None,
+) -> dict | None:
+    """Atomically take the next pending job: BEGIN IMMEDIATE on SQLite, FOR UPDATE SKIP LOCKED on
+    PostgreSQL. Without `resume`, jobs that ran before (and may have a checkpoint) are left alone."""
+    with engine.begin() as conn:
+        query = sa.select(jobs).where(jobs.c.state == "pending").order_by(jobs.c.id).limit(1)
+        if study:
+            query = query.where(jobs.c.study_id == sa.select(studies.c.id).where(studies.c.name == study).scalar_subquery())
+        if not resume:
+            query = query.where(jobs.c.attempts == 0)
+        if engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        row = conn.execute(query).mappings().first()
+        if row is None:
+            return None
+        attempt = row["attempts"] + 1
+        claimed = conn.execute(
+            jobs.update().where(jobs.c.id == row["id"], jobs.c.state == "pending").values(
+                state="running", worker=worker, attempts=attempt, error=None,
+                lease_expires=now() + dt.timedelta(seconds=lease_s),
+                started_at=row["started_at"] or now(),
+                provenance=json.dumps(provenance or {}, sort_keys=True),
+            )
+        )
+        if claimed.rowcount != 1:  # another dialect without row locks lost the race
+            return None
+        conn.execute(attempts.insert().values(job_id=row["id"], attempt=attempt, worker=worker, started_at=now()))
+        study_name = conn.execute(sa.select(studies.c.name).where(studies.c.id == row["study_id"])).scalar()
+    job = dict(row)
+    job.update(attempts=attempt, study=study_name)
+    return job
+
+
+def renew_lease(engine: Engine, job_id: int, worker: str, lease_s: float) -> bool:
+    """Extend our lease; False when the job is no longer ours (cancelled, or reclaimed)."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            jobs.update().where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.state == "running").values(
+                lease_expires=now() + dt.timedelta(seconds=lease_s)
+            )
+        )
+    return result.rowcount == 1
+
+
+def _insert_points(conn: Connection, job_id: int, flops: int, examples: int, points: Iterable) -> int:
+    """Insert evaluation points not yet recorded (the unique constraint decides); returns how many were new."""
+    from .budget import compute
+
+    rows = [
+        dict(job_id=job_id, epoch=p.epoch, metric=p.metric, value=float(p.value),
+             compute=compute(flops, examples, p.epoch), created_at=now())
+        for p in points
+    ]
+    if not rows:
+        return 0
+    if conn.dialect.name in ("sqlite", "postgresql"):
+        dialect = __import__(f"sqlalchemy.dialects.{conn.dialect.name}", fromlist=["insert"])
+        statement = dialect.insert(evaluations).on_conflict_do_nothing(index_elements=["job_id", "epoch", "metric"])
+        return conn.execute(statement, rows).rowcount
+    existing = set(
+        conn.execute(sa.select(evaluations.c.epoch, evaluations.c.metric).where(evaluations.c.job_id == job_id)).all()
+    )
+    new = [r for r in rows if (r["epoch"], r["metric"]) not in existing]
+    if new:
+        conn.execute(evaluations.insert(), new)
+    return len(new)
+
+
+def record_epoch(engine: Engine, job: dict, worker: str, epochs_done: int, points: Iterable, lease_s: float) -> bool:
+    """Progress and its evaluation points in one transaction; False if the job is no longer ours."""
+    with engine.begin() as conn:
+        ours = conn.execute(
+            jobs.update().where(jobs.c.id == job["id"], jobs.c.worker == worker, jobs.c.state == "running").values(
+                epochs_done=epochs_done, lease_expires=now() + dt.timedelta(seconds=lease_s)
+            )
+        )
+        if ours.rowcount != 1:
+            return False
+        _insert_points(conn, job["id"], job["flops_per_example"], job["examples"], points)
+    return True
+
+
+def finish_job(
+    engine: Engine, job: dict, worker: str, state: str, epochs_done: int, points: Iterable, message: str = "",
+    outcome: str | None = None,
+) -> bool:
+    """Close an attempt: `state` is done/diverged/failed, or pending to release the job (interrupted).
+    The job's points are inserted (idempotently) in the same transaction. False if it was not ours."""
+    with engine.begin() as conn:
+        values = dict(state=state, worker=None, lease_expires=None, epochs_done=epochs_done, error=message or None)
+        if state in FINAL_STATES:
+            values["finished_at"] = now()
+        ours = conn.execute(
+            jobs.update().where(jobs.c.id == job["id"], jobs.c.worker == worker, jobs.c.state == "running").values(**values)
+        )
+        if ours.rowcount != 1:
+            return False
+        _insert_points(conn, job["id"], job["flops_per_example"], job["examples"], points)
+        conn.execute(
+            attempts.update().where(attempts.c.job_id == job["id"], attempts.c.attempt == job["attempts"]).values(
+                ended_at=now(), outcome=outcome or state, message=message or None
+            )
+        )
+    return True
+
+
+def set_state(engine: Engine, job_id: int, new_state: str, allowed_from: tuple[str, ...]) -> str:
+    """Move a job (retry -> pending, cancel -> cancelled) if its state allows; returns the old state."""
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(jobs.c.state).where(jobs.c.id == job_id)).first()
+        if row is None:
+            raise StudyError(f"no job {job_id}; `study status --jobs` lists them")
+        if row.state not in allowed_from:
+            raise StudyError(f"job {job_id} is {row.state}; only {', '.join(allowed_from)} jobs can become {new_state}")
+        values: dict = dict(state=new_state)
+        if new_state == "pending":
+            values.update(attempts=0, error=None, finished_at=None, worker=None, lease_expires=None)
+        if new_state == "cancelled":
+            values.update(finished_at=now(), lease_expires=None)  # a running worker sees it at its next heartbeat
+        conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
+    return row.state
+
+
+def job_rows(engine: Engine, study: str | None = None, states: tuple[str, ...] | None = None) -> list[dict]:
+    """Jobs with their study name, for status listings."""
+    query = sa.select(jobs, studies.c.name.label("study")).select_from(jobs.join(studies)).order_by(jobs.c.id)
+    if study:
+        query = query.where(studies.c.name == study)
+    if states:
+        query = query.where(jobs.c.state.in_(states))
+    with engine.connect() as conn:
+        return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def job_row(engine: Engine, job_id: int) -> dict:
+    """One job, or a StudyError naming it."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(jobs, studies.c.name.label("study")).select_from(jobs.join(studies)).where(jobs.c.id == job_id)
+        ).mappings().first()
+    if row is None:
+        raise StudyError(f"no job {job_id}; `study status --jobs` lists them")
+    return dict(row)
+
+
+def attempt_rows(engine: Engine, job_id: int | None = None) -> list[dict]:
+    """Every attempt of a job (or of all jobs): who ran it, when, and how it ended."""
+    query = sa.select(attempts).order_by(attempts.c.job_id, attempts.c.attempt)
+    if job_id is not None:
+        query = query.where(attempts.c.job_id == job_id)
+    with engine.connect() as conn:
+        return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def point_rows(engine: Engine, job_id: int | None = None) -> list[dict]:
+    """Evaluation points, oldest first."""
+    query = sa.select(evaluations).order_by(evaluations.c.job_id, evaluations.c.epoch, evaluations.c.metric)
+    if job_id is not None:
+        query = query.where(evaluations.c.job_id == job_id)
+    with engine.connect() as conn:
+        return [dict(row) for row in conn.execute(query).mappings()]

@@ -28,3 +28,47 @@ def cli():
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server on a Unix socket of its own, started for the test session.
+
+    Debian's `postgresql` package provides the binaries (scripts/setup.sh installs it); the server
+    refuses to run as root, so as root it runs as the `postgres` user.
+    """
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL binaries missing: scripts/setup.sh installs Debian's postgresql")
+        pytest.skip("PostgreSQL binaries missing: apt-get install postgresql")
+    folder = Path(tempfile.mkdtemp(prefix="study-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = folder / "data"
+    run = lambda *cmd: subprocess.run(as_user + list(cmd), check=True, capture_output=True, text=True)  # noqa: E731
+    run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
+        f"-k {folder} -p {port} -c listen_addresses='' -c fsync=off", "start")
+    try:
+        run(str(bin_dir / "createdb"), "-h", str(folder), "-p", str(port), "-U", "postgres", "study")
+        yield f"postgresql+psycopg://postgres@/study?host={folder}&port={port}"
+    finally:
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,295 @@
+"""`study run`: claim pending jobs one at a time and train them, so that nothing is lost or run twice.
+
+A job is claimed in one transaction and held by a lease that a heartbeat thread renews; a worker
+that dies loses its lease and the job goes back to pending (or to failed after `max_attempts`).
+Each epoch's progress and evaluation points are one transaction, written after the checkpoint,
+and the final points are re-inserted idempotently when the job ends, so a crash between the two
+loses nothing and records nothing twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import threading
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__, db
+from .errors import StudyError
+from .plan import JobSpec
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What `study run` was asked to do."""
+
+    db_url: str | None = None
+    device: str = "auto"
+    resume: bool = False
+    study: str | None = None
+    max_jobs: int | None = None
+    until: dt.datetime | None = None  # local wall time after which the worker checkpoints and stops
+    runs_dir: Path = Path("runs")
+    lease_s: float = 120.0
+    checkpoint_every_s: float = 600.0
+    max_attempts: int = 3
+
+
+@dataclass
+class RunSummary:
+    """What one `study run` did; `failed` makes the command exit non-zero."""
+
+    done: list[int] = field(default_factory=list)
+    diverged: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    released: list[int] = field(default_factory=list)
+    waiting_for_resume: int = 0
+    stop_reason: str = ""
+    fatal: str = ""  # why the worker stopped early (a full disk, say)
+
+
+class Events:
+    """Callbacks the CLI hooks its progress display to; the defaults do nothing."""
+
+    def job_started(self, job: dict, spec: JobSpec) -> None: ...
+
+    def progress(self, job: dict, progress) -> None: ...  # train.Progress
+
+    def job_ended(self, job: dict, outcome: str, message: str) -> None: ...
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT/SIGUSR1, by --until, or by a lost lease; a second Ctrl-C exits at once."""
+
+    def __init__(self, until: dt.datetime | None = None):
+        self.reason = ""
+        self.until = until
+        self.requeue = False
+        self._interrupts = 0
+
+    def __call__(self) -> bool:
+        if not self.reason and self.until and dt.datetime.now() >= self.until:
+            self.reason = f"--until {self.until:%H:%M} reached"
+        return bool(self.reason)
+
+    def handle(self, signum: int, _frame) -> None:  # noqa: ANN001
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            self._interrupts += 1
+            if self._interrupts > 1:
+                os._exit(130)  # a second Ctrl-C: the user wants out now; the last checkpoint stands
+        if signum == getattr(signal, "SIGUSR1", None):
+            self.requeue = True
+        self.reason = self.reason or f"{name} received"
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in ("SIGTERM", "SIGINT", "SIGUSR1"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), self.handle)
+
+
+def worker_name() -> str:
+    """host:pid:random — the host and pid let a restarted worker see that a dead one's lease is void."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def resolve_device(device: str) -> str:
+    """'auto' is the first CUDA GPU when there is one, else the CPU."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise StudyError(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__}")
+    return device
+
+
+def code_version() -> str:
+    """The git commit of the code when run from a checkout, else the package version."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / ".git").exists():
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+                capture_output=True, text=True, timeout=10, check=True,
+            )
+            return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return __version__
+
+
+def provenance(device: str, worker: str) -> dict:
+    """Everything needed to say where and with what a result was computed."""
+    import numpy
+    import torch
+
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
+    return {
+        "code_version": code_version(),
+        "package_version": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "device": device,
+        "device_name": name,
+        "host": socket.gethostname(),
+        "worker": worker,
+    }
+
+
+def job_dir(runs_dir: Path, study: str, job_id: int) -> Path:
+    """Where a job keeps its checkpoint and log."""
+    return Path(runs_dir) / study / f"job-{job_id}"
+
+
+class JobLog:
+    """Appends timestamped lines to the job's log file (kept after the job ends)."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+
+    def __call__(self, line: str) -> None:
+        with open(self.path, "a") as out:
+            out.write(f"{dt.datetime.now():%Y-%m-%d %H:%M:%S} {line}\n")
+
+
+class Heartbeat(threading.Thread):
+    """Renews the lease every lease/3 seconds; `lost` turns true if the job stopped being ours."""
+
+    def __init__(self, engine, job_id: int, worker: str, lease_s: float):
+        super().__init__(daemon=True)
+        self.engine, self.job_id, self.worker, self.lease_s = engine, job_id, worker, lease_s
+        self.lost = False
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                if not db.renew_lease(self.engine, self.job_id, self.worker, self.lease_s):
+                    self.lost = True
+                    return
+            except Exception:  # noqa: BLE001 - a database hiccup: try again at the next beat
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=30)
+
+
+def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSummary:
+    """Train pending jobs until none is left, --max-jobs are done, or a stop is requested."""
+    from .train import train  # torch is imported only when there is training to do
+
+    events = events or Events()
+    engine = engine or db.connect(options.db_url)
+    device = resolve_device(options.device)
+    worker = worker_name()
+    host = socket.gethostname()
+    stop = StopFlag(options.until)
+    stop.install()
+    summary = RunSummary()
+    claimed = 0
+    while not stop() and (options.max_jobs is None or claimed < options.max_jobs):
+        db.reclaim_lost(engine, host, options.max_attempts)
+        job = db.claim_job(engine, worker, options.lease_s, options.study, options.resume, provenance(device, worker))
+        if job is None:
+            break
+        claimed += 1
+        outcome = _run_job(engine, job, worker, device, options, stop, events, train)
+        if outcome in ("done", "diverged", "failed", "released"):
+            getattr(summary, outcome).append(job["id"])
+        if outcome == "disk_full":
+            summary.fatal = job["error_message"]
+            break
+    summary.stop_reason = stop.reason
+    if not options.resume:
+        summary.waiting_for_resume = sum(
+            1 for row in db.job_rows(engine, options.study, ("pending",)) if row["attempts"] > 0
+        )
+    if stop.requeue and os.environ.get("SLURM_JOB_ID"):
+        subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], check=False)
+    return summary
+
+
+def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, stop: StopFlag,
+             events: Events, train: Callable) -> str:
+    """One attempt at one job; returns done / diverged / failed / released / lost / disk_full."""
+    spec = JobSpec.from_dict(json.loads(job["spec"]))
+    folder = job_dir(options.runs_dir, job["study"], job["id"])
+    log = JobLog(folder / "log.txt")
+    checkpoint = folder / "checkpoint.pt"
+    log(f"attempt {job['attempts']} by {worker} on {device}: {spec.model.name}, N={spec.examples}, "
+        f"T={list(spec.epochs)}, seed={spec.seed}" + (f", resuming from {checkpoint}" if checkpoint.exists() else ""))
+    events.job_started(job, spec)
+    beat = Heartbeat(engine, job["id"], worker, options.lease_s)
+    beat.start()
+    should_stop = lambda: beat.lost or stop()  # noqa: E731
+
+    def on_epoch(epochs_done: int, points: list) -> None:
+        if not db.record_epoch(engine, job, worker, epochs_done, points, options.lease_s):
+            beat.lost = True
+        log(f"epoch {epochs_done}: " + ", ".join(f"{p.metric}={p.value:.4f}" for p in points) if points
+            else f"epoch {epochs_done}")
+
+    try:
+        result = train(
+            spec, device=device, checkpoint=checkpoint, checkpoint_every_s=options.checkpoint_every_s,
+            on_progress=lambda progress: events.progress(job, progress), on_epoch=on_epoch, should_stop=should_stop,
+        )
+    except OSError as error:
+        beat.stop()
+        if error.errno in DISK_FULL:
+            message = (f"disk full while writing {checkpoint.parent} ({os.strerror(error.errno)}); the previous "
+                       "checkpoint is intact: free space, then `study run --resume`")
+            log(message)
+            db.finish_job(engine, job, worker, "pending", job["epochs_done"], [], message, outcome="released")
+            job["error_message"] = message
+            events.job_ended(job, "released", message)
+            return "disk_full"
+        return _failed(engine, job, worker, log, events, error)
+    except Exception as error:  # noqa: BLE001 - a failed job is a row with its reason; the study goes on
+        beat.stop()
+        return _failed(engine, job, worker, log, events, error)
+    beat.stop()
+    if for_notes := "; ".join(result.notes):
+        log(f"notes: {for_notes}")
+    if beat.lost:
+        log("the job stopped being ours (cancelled, or its lease was taken over); stopped without recording")
+        events.job_ended(job, "lost", "cancelled or taken over")
+        return "lost"
+    if result.status == "interrupted":
+        message = f"interrupted after {result.epochs_done} epochs ({stop.reason}); checkpoint kept"
+        db.finish_job(engine, job, worker, "pending", result.epochs_done, result.evaluations, message, outcome="released")
+        log(message)
+        events.job_ended(job, "released", message)
+        return "released"
+    state = "diverged" if result.status == "diverged" else "done"
+    message = result.message if state == "diverged" else ""
+    db.finish_job(engine, job, worker, state, result.epochs_done, result.evaluations, message)
+    log(f"{state}" + (f": {message}" if message else f" after {result.epochs_done} epochs"))
+    events.job_ended(job, state, message)
+    return state
+
+
+def _failed(engine, job: dict, worker: str, log: JobLog, events: Events, error: Exception) -> str:
+    message = str(error) if isinstance(error, StudyError) else f"{type(error).__name__}: {error}"
+    log("failed: " + message + "\n" + "".join(traceback.format_exception(error)))
+    db.finish_job(engine, job, worker, "failed", job["epochs_done"], [], message)
+    events.job_ended(job, "failed", message)
+    return "failed"

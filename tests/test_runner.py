@@ -1,0 +1,257 @@
+"""`study run` on real tiny training: kill -9, SIGTERM, concurrent workers, divergence, full disk.
+
+Workers are real `study run` processes started by the tests; results are compared bit for bit
+with an uninterrupted run of the same grid.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from scaling_study import db
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+needs_fashion = pytest.mark.skipif(not Path(FASHION).exists(), reason="apt-get install dataset-fashion-mnist")
+pytestmark = needs_fashion
+
+
+def grid_text(name="runner", models=('"B-1/Wi-16"',), examples="[300, 600]", epochs="[1, 2, 3]", lr="1e-3",
+              optimizer="lion", batch=50) -> str:
+    return f"""
+[study]
+name = "{name}"
+seed = 0
+
+[data.pretrain]
+dataset = "fashion-mnist"
+path = "{FASHION}"
+
+[[data.downstream]]
+dataset = "fashion-mnist"
+path = "{FASHION}"
+protocol = "linear"
+
+[grid]
+models = [{", ".join(models)}]
+examples = {examples}
+epochs = {epochs}
+
+[train]
+optimizer = "{optimizer}"
+lr = {lr}
+batch_size = {batch}
+precision = "fp32"
+
+[evaluation]
+probe = "fast"
+"""
+
+
+def study(*args, cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """Run the real `study` command in a subprocess."""
+    result = subprocess.run([sys.executable, "-m", "scaling_study", *map(str, args)], cwd=cwd, capture_output=True,
+                            text=True, timeout=600, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"study {' '.join(map(str, args))} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def start(*args, cwd: Path, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "scaling_study", *map(str, args)], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def points(url: str) -> dict[tuple, float]:
+    """Every evaluation point, keyed by (job spec hash, epoch, metric)."""
+    engine = sa.create_engine(url)
+    query = sa.select(db.jobs.c.spec_hash, db.evaluations.c.epoch, db.evaluations.c.metric, db.evaluations.c.value)
+    with engine.connect() as conn:
+        rows = conn.execute(query.select_from(db.evaluations.join(db.jobs))).all()
+    engine.dispose()
+    keys = [(h, e, m) for h, e, m, _ in rows]
+    assert len(keys) == len(set(keys)), "an evaluation point was recorded twice"
+    return {(h, e, m): v for h, e, m, v in rows}
+
+
+def states(url: str) -> list[str]:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        result = list(conn.execute(sa.select(db.jobs.c.state).order_by(db.jobs.c.id)).scalars())
+    engine.dispose()
+    return result
+
+
+def attempts_per_job(url: str) -> dict[int, list[str]]:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(db.attempts.c.job_id, db.attempts.c.outcome)).all()
+    engine.dispose()
+    out: dict[int, list[str]] = {}
+    for job_id, outcome in rows:
+        out.setdefault(job_id, []).append(outcome)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[tuple, float]:
+    """The grid run once, uninterrupted: what every interrupted run must reproduce bit for bit."""
+    folder = tmp_path_factory.mktemp("reference")
+    (folder / "grid.toml").write_text(grid_text())
+    url = f"sqlite:///{folder / 'results.db'}"
+    study("plan", "grid.toml", "--db", url, cwd=folder)
+    study("run", "--db", url, cwd=folder)
+    assert states(url) == ["done", "done"]
+    result = points(url)
+    # 2 jobs x 3 epochs x (upstream top1, top5, probe, train loss)
+    assert len(result) == 2 * 3 * 4, sorted(result)
+    return result
+
+
+def test_run_records_every_point_once(reference):
+    metrics = {m for _, _, m in reference}
+    assert metrics == {"upstream/top1", "upstream/top5", "fashion-mnist/linear", "train/loss"}
+    assert all(0 <= v <= 1 for (_, _, m), v in reference.items() if m != "train/loss")
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_kill_9_then_resume_is_bit_identical(trial, reference, tmp_path):
+    (tmp_path / "grid.toml").write_text(grid_text())
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    study("plan", "grid.toml", "--db", url, cwd=tmp_path)
+    rng = random.Random(trial)
+    kills = 0
+    for _ in range(2):  # kill twice at random moments
+        worker = start("run", "--resume", "--db", url, "--checkpoint-every", 1, cwd=tmp_path)
+        time.sleep(rng.uniform(2.0, 6.0))  # python + torch start-up takes ~2 s
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGKILL)
+            kills += 1
+        worker.communicate(timeout=60)
+    study("run", "--resume", "--db", url, cwd=tmp_path)  # the dead worker's lease is void at once (same host)
+    assert states(url) == ["done", "done"]
+    assert points(url) == reference
+    assert kills >= 1
+
+
+def test_sigterm_checkpoints_releases_and_resumes(reference, tmp_path):
+    (tmp_path / "grid.toml").write_text(grid_text())
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    study("plan", "grid.toml", "--db", url, cwd=tmp_path)
+    worker = start("run", "--db", url, cwd=tmp_path)
+    job_dir = tmp_path / "runs" / "runner" / "job-1"
+    deadline = time.time() + 60
+    while not (job_dir / "log.txt").exists() and time.time() < deadline:  # the job has started
+        time.sleep(0.05)
+    time.sleep(0.3)
+    sent = time.time()
+    worker.send_signal(signal.SIGTERM)
+    out, err = worker.communicate(timeout=30)
+    assert time.time() - sent < 10, "SIGTERM must stop the worker within seconds"
+    assert worker.returncode == 143, (out, err)
+    assert "SIGTERM received" in out
+    assert states(url)[0] == "pending"
+    assert attempts_per_job(url)[1] == ["released"]
+    assert (job_dir / "checkpoint.pt").exists()
+    plain = study("run", "--db", url, cwd=tmp_path)  # without --resume the interrupted job waits
+    assert "interrupted jobs wait" in plain.stdout
+    study("run", "--resume", "--db", url, cwd=tmp_path)
+    assert states(url) == ["done", "done"]
+    assert points(url) == reference
+    assert "resuming from" in (job_dir / "log.txt").read_text()
+
+
+def run_concurrently(url: str, folder: Path, workers: int = 4) -> None:
+    (folder / "grid.toml").write_text(grid_text(examples="[100, 200, 300]", epochs="[1, 2]",
+                                                models=('"B-1/Wi-8"', '"B-1/Wi-16"', '"B-2/Wi-8"')))
+    study("plan", "grid.toml", "--db", url, cwd=folder)
+    procs = [start("run", "--db", url, cwd=folder) for _ in range(workers)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, (out, err)
+    assert states(url) == ["done"] * 9
+    runs = attempts_per_job(url)
+    assert all(outcomes == ["done"] for outcomes in runs.values()), runs
+    assert len(points(url)) == 9 * 2 * 4
+
+
+def test_four_workers_on_sqlite_never_run_a_job_twice(tmp_path):
+    run_concurrently(f"sqlite:///{tmp_path / 'results.db'}", tmp_path)
+
+
+def test_four_workers_on_postgresql_never_run_a_job_twice(postgres_url, tmp_path):
+    run_concurrently(postgres_url, tmp_path)
+
+
+def test_diverged_and_failed_jobs_are_rows_and_the_study_goes_on(tmp_path, cli):
+    text = grid_text(name="mixed", optimizer="sgd", lr="1e6", examples="[200]", epochs="[1]")
+    text = text.replace('models = ["B-1/Wi-16"]', 'models = ["B-1/Wi-16", "B-1/Wi-8"]')
+    (tmp_path / "grid.toml").write_text(text)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    study("plan", "grid.toml", "--db", url, cwd=tmp_path)
+    broken = tmp_path / "broken.toml"  # same study, one more job whose data is missing
+    broken.write_text(grid_text(name="mixed", examples="[200]", epochs="[1]").replace(FASHION, str(tmp_path / "nowhere"), 1))
+    study("plan", broken, "--db", url, cwd=tmp_path)
+    result = study("run", "--db", url, cwd=tmp_path, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: 1 jobs failed"), result.stderr
+    assert "Traceback" not in result.stderr
+    assert states(url) == ["diverged", "diverged", "failed"]
+    engine = db.connect(url)
+    rows = db.job_rows(engine)
+    assert "step" in rows[0]["error"] and "nowhere" in rows[2]["error"]
+    status = study("status", "--db", url, cwd=tmp_path).stdout
+    assert "diverged" in status and "nowhere" in status
+    assert "failed" in study("logs", 3, "--db", url, cwd=tmp_path).stdout
+    assert "failed -> pending" in study("retry", 3, "--db", url, cwd=tmp_path).stdout
+    assert "pending -> cancelled" in study("cancel", 3, "--db", url, cwd=tmp_path).stdout
+    assert study("cancel", 3, "--db", url, cwd=tmp_path, check=False).returncode == 1
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path):
+    (tmp_path / "grid.toml").write_text(grid_text(name="disk", models=('"B-2/Wi-128"',), examples="[300]",
+                                                  epochs="[1, 2]"))
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    study("plan", "grid.toml", "--db", url, cwd=tmp_path)
+    worker = start("run", "--db", url, cwd=tmp_path)
+    checkpoint = tmp_path / "runs" / "disk" / "job-1" / "checkpoint.pt"
+    deadline = time.time() + 60
+    while not checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    worker.send_signal(signal.SIGTERM)
+    worker.communicate(timeout=30)
+    before = checkpoint.read_bytes()
+    assert len(before) > 2_000_000
+
+    def small_files():  # any file written beyond 1.5 MB fails with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, 1_500_000))
+
+    result = study("run", "--resume", "--db", url, cwd=tmp_path, check=False, preexec_fn=small_files)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "disk full" in result.stderr and "previous checkpoint is intact" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert checkpoint.read_bytes() == before
+    assert not [p for p in checkpoint.parent.iterdir() if p.name not in ("checkpoint.pt", "log.txt")]
+    assert states(url) == ["pending"]
+    study("run", "--resume", "--db", url, cwd=tmp_path)
+    assert states(url) == ["done"]
+
+
+def test_submitit_local_executor_runs_the_study(tmp_path):
+    (tmp_path / "grid.toml").write_text(grid_text(examples="[100]", epochs="[1]"))
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    study("plan", "grid.toml", "--db", url, cwd=tmp_path)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    result = study("submit", "--workers", 2, "--db", url, "--wait", cwd=tmp_path, env=env)
+    assert "all workers finished" in result.stdout
+    assert states(url) == ["done"]
+    assert list(attempts_per_job(url).values()) == [["done"]]
