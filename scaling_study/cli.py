@@ -61,17 +61,28 @@ def plan(
     grid = load_grid(grid_file)
     specs = expand(grid)
     summary = summarize(specs)
-    table = Table(title=f"study {grid.study.name!r}: {grid.pretrain.dataset} at {specs[0].resolution}px")
-    for column in ("model", "params", "FLOP(f)", "jobs", "eval points", "PFLOPs (naive)", "PFLOPs (run)"):
+    engine = None if dry_run else db.connect(db_url)
+    first = specs[0]
+    measured = db.latest_calibrations(engine, first.resolution, first.channels, grid.train.batch_size) if engine else {}
+    hours: dict[str, float] = {}
+    for spec in specs:  # training images over measured img/s; evaluation time is not included
+        if spec.model.name in measured:
+            seconds = spec.examples * spec.total_epochs / measured[spec.model.name]["images_per_s"]
+            hours[spec.model.name] = hours.get(spec.model.name, 0.0) + seconds / 3600
+    estimate = len(hours) == len(summary.rows)
+    table = Table(title=f"study {grid.study.name!r}: {grid.pretrain.dataset} at {first.resolution}px")
+    columns = ["model", "params", "FLOP(f)", "jobs", "eval points", "PFLOPs (naive)", "PFLOPs (run)"]
+    for column in columns + (["hours"] if estimate else []):
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
     for row in summary.rows:
         table.add_row(
             row.name, f"{row.params / 1e6:,.2f}M", f"{row.flops / 1e6:,.2f}M", str(row.jobs), str(row.points),
-            _pflops(row.naive_compute), _pflops(row.compute),
+            _pflops(row.naive_compute), _pflops(row.compute), *([f"{hours[row.name]:,.1f}"] if estimate else []),
         )
     table.add_row(
         "total", "", "", str(summary.jobs), str(summary.points),
-        _pflops(summary.naive_compute), _pflops(summary.compute), style="bold",
+        _pflops(summary.naive_compute), _pflops(summary.compute),
+        *([f"{sum(hours.values()):,.1f}"] if estimate else []), style="bold",
     )
     console.print(table)
     saved = 1 - summary.compute / summary.naive_compute
@@ -81,9 +92,13 @@ def plan(
         f"epoch count were its own run; shared trajectories save {saved:.0%}). "
         "Compute per Eq. 4, C = FLOP(f)*3*N*T, one multiply-accumulate = one FLOP."
     )
-    if dry_run:
+    if estimate:
+        devices = sorted({measured[name]["device"] for name in hours})
+        console.print(f"estimated {sum(hours.values()):,.1f} hours of training on {', '.join(devices)} (study bench)")
+    elif engine is not None:
+        console.print("no throughput calibration for these models yet: `study bench GRID` measures one")
+    if engine is None:
         return
-    engine = db.connect(db_url)
     added, existing = db.add_jobs(engine, grid.study.name, str(grid_file), grid.text, specs)
     console.print(f"added {added} jobs ({existing} already planned) to {engine.url.render_as_string(hide_password=True)}")
 

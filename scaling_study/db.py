@@ -452,3 +452,49 @@ def point_rows(engine: Engine, job_id: int | None = None) -> list[dict]:
         query = query.where(evaluations.c.job_id == job_id)
     with engine.connect() as conn:
         return [dict(row) for row in conn.execute(query).mappings()]
+
+
+# ---- Throughput calibrations from `study bench`, so that `study plan` can estimate hours ----
+
+calibrations = sa.Table(
+    "calibrations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("device", sa.String(200), nullable=False),  # e.g. "NVIDIA H100 80GB HBM3" or "cpu"
+    sa.Column("model", sa.String(100), nullable=False),
+    sa.Column("resolution", sa.Integer, nullable=False),
+    sa.Column("channels", sa.Integer, nullable=False),
+    sa.Column("batch_size", sa.Integer, nullable=False),
+    sa.Column("precision", sa.String(10), nullable=False),
+    sa.Column("images_per_s", sa.Float, nullable=False),  # training, loader and augmentation included
+    sa.Column("mfu", sa.Float),  # model FLOP/s over the same process's GEMM FLOP/s
+    sa.Column("peak_memory_bytes", sa.BigInteger),
+    sa.Column("details", sa.Text),  # JSON: GEMM FLOP/s, loader img/s, versions
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+
+def _calibrations_table(conn: Connection) -> None:
+    if not sa.inspect(conn).has_table("calibrations"):
+        calibrations.create(conn)
+
+
+MIGRATIONS.append(("0003_calibrations", _calibrations_table))
+
+
+def add_calibration(engine: Engine, **values) -> None:
+    """Record one `study bench` measurement."""
+    with engine.begin() as conn:
+        conn.execute(calibrations.insert().values(created_at=now(), **values))
+
+
+def latest_calibrations(engine: Engine, resolution: int, channels: int, batch_size: int) -> dict[str, dict]:
+    """The newest calibration per model for this input shape and batch size: {model: row}."""
+    query = (
+        sa.select(calibrations)
+        .where(calibrations.c.resolution == resolution, calibrations.c.channels == channels,
+               calibrations.c.batch_size == batch_size)
+        .order_by(calibrations.c.id)
+    )
+    with engine.connect() as conn:
+        return {row["model"]: dict(row) for row in conn.execute(query).mappings()}
