@@ -112,6 +112,7 @@ class GridAxes:
     examples: tuple[int | float, ...]
     epochs: tuple[int, ...]
     seeds: tuple[int, ...] = (0,)
+    batch_sizes: tuple[int, ...] = ()  # an optional axis (the paper's Fig. 4); empty: [train].batch_size
 
 
 @dataclass(frozen=True)
@@ -309,7 +310,7 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
     axes = doc["grid"]
     if not isinstance(axes, dict):
         parser.fail("[grid]", "expected a table")
-    valid = ("models", "examples", "epochs", "seeds")
+    valid = ("models", "examples", "epochs", "seeds", "batch_sizes")
     for key in axes:
         if key not in valid:
             parser.fail("[grid]", f"unknown key {key!r}; valid keys: {', '.join(valid)}", key, "grid")
@@ -332,6 +333,8 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
         examples=parser.positive_list(axes["examples"], "[grid].examples", "examples", "grid", fractions=True),
         epochs=tuple(sorted(parser.positive_list(axes["epochs"], "[grid].epochs", "epochs", "grid"))),
         seeds=parser.positive_list(axes.get("seeds", [study.seed]), "[grid].seeds", "seeds", "grid", zero=True),
+        batch_sizes=parser.positive_list(axes["batch_sizes"], "[grid].batch_sizes", "batch_sizes", "grid")
+        if "batch_sizes" in axes else (),
     )
     grid = Grid(path, text, study, pretrain, downstream, grid_axes, train, evaluation)
     info = dataset_info(grid)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
 
@@ -117,32 +118,32 @@ def _hash(value: object) -> str:
 
 
 def expand(grid: Grid) -> list[JobSpec]:
-    """Every job of the grid, in a stable order (model, examples, seed, epochs)."""
+    """Every job of the grid, in a stable order (model, examples, seed, batch size, epochs)."""
     info = dataset_info(grid)
     shared = grid.train.schedule in SHARED_SCHEDULES
     epoch_groups = [grid.grid.epochs] if shared else [(t,) for t in grid.grid.epochs]
+    recipes = [dataclasses.replace(grid.train, batch_size=b) for b in grid.grid.batch_sizes] or [grid.train]
     jobs = []
-    for model in grid.grid.models:
-        for value in grid.grid.examples:
-            examples = budget.resolve_examples(value, info.train_size)
-            for seed in grid.grid.seeds:
-                for epochs in epoch_groups:
-                    jobs.append(
-                        JobSpec(
-                            model=model,
-                            pretrain=grid.pretrain,
-                            resolution=info.resolution,
-                            channels=info.channels,
-                            classes=info.classes,
-                            examples=examples,
-                            subset_seed=grid.study.seed,
-                            seed=seed,
-                            epochs=tuple(epochs),
-                            train=grid.train,
-                            downstream=grid.downstream,
-                            evaluation=grid.evaluation,
-                        )
-                    )
+    for model, value, seed, recipe, epochs in itertools.product(
+        grid.grid.models, grid.grid.examples, grid.grid.seeds, recipes, epoch_groups
+    ):
+        examples = budget.resolve_examples(value, info.train_size)
+        jobs.append(
+            JobSpec(
+                model=model,
+                pretrain=grid.pretrain,
+                resolution=info.resolution,
+                channels=info.channels,
+                classes=info.classes,
+                examples=examples,
+                subset_seed=grid.study.seed,
+                seed=seed,
+                epochs=tuple(epochs),
+                train=recipe,
+                downstream=grid.downstream,
+                evaluation=grid.evaluation,
+            )
+        )
     return jobs
 
 

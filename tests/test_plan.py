@@ -169,3 +169,17 @@ def test_every_command_has_help(cli):
     for name, command in group.commands.items():
         assert command.help, name
         assert cli(name, "--help").exit_code == 0
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "grids").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_grid_plans_and_opens_with_its_command(path, cli):
+    header = path.read_text().split("[study]")[0]
+    assert f"study plan grids/{path.name}" in header and "Plans" in header
+    result = cli("plan", path, "--dry-run")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_batch_size_axis_makes_one_trajectory_per_batch_size():
+    jobs = expand(parse_grid((ROOT / "grids" / "batch-size.toml").read_text()))
+    assert sorted(job.train.batch_size for job in jobs) == [1024, 2048, 4096, 8192, 16384]
+    assert len({job.id for job in jobs}) == 5
