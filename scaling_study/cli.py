@@ -130,8 +130,9 @@ def status(
     if not rows:
         return
     jobs_table = Table(title="jobs" if all_jobs else "running and failed jobs")
-    for column in ("id", "study", "model", "N", "state", "epochs", "worker", "ETA", "reason"):
-        jobs_table.add_column(column, overflow="fold")
+    for column in ("id", "study", "model", "N", "state", "epochs", "worker", "ETA"):
+        jobs_table.add_column(column, no_wrap=True)
+    jobs_table.add_column("reason", overflow="fold", min_width=30)
     for row in rows:
         eta = ""
         if row["state"] == "running" and row["epochs_done"] and row["started_at"]:
@@ -149,24 +150,24 @@ class _RichEvents:
     """Runner callbacks drawn as rich progress bars: jobs overall, and the current job's epochs."""
 
     def __init__(self, progress, total_jobs: int):
-        self.progress = progress
+        self.bars = progress
         self.overall = progress.add_task("jobs", total=total_jobs, rate="")
         self.current = None
 
     def job_started(self, job, spec) -> None:
         if self.current is not None:
-            self.progress.remove_task(self.current)
+            self.bars.remove_task(self.current)
         label = f"job {job['id']} {spec.model.name} N={spec.examples:,}"
-        self.current = self.progress.add_task(label, total=spec.total_epochs, rate="")
+        self.current = self.bars.add_task(label, total=spec.total_epochs, rate="")
 
     def progress(self, job, progress) -> None:
-        done = progress.epoch + progress.step / max(progress.steps_per_epoch, 1)
-        self.progress.update(self.current, completed=done, rate=f"{progress.images_per_s:,.0f} img/s")
+        done = progress.step / max(progress.steps_per_epoch, 1)  # steps of the whole trajectory, in epochs
+        self.bars.update(self.current, completed=done, rate=f"{progress.images_per_s:,.0f} img/s")
 
     def job_ended(self, job, outcome: str, message: str) -> None:
-        self.progress.advance(self.overall)
+        self.bars.advance(self.overall)
         text = f"job {job['id']} {job['model']} N={job['examples']:,}: {outcome}" + (f" ({message})" if message else "")
-        self.progress.console.print(text, markup=False, highlight=False)
+        self.bars.console.print(text, markup=False, highlight=False)
 
 
 def _parse_until(value: str | None):
@@ -306,6 +307,167 @@ def submit(
             except Exception as error:  # noqa: BLE001 - report each worker's failure as one line
                 raise StudyError(f"worker {handle.job_id} failed: {str(error).strip().splitlines()[-1]}") from None
         console.print("all workers finished")
+
+
+data_app = typer.Typer(help="Convert raw datasets into prepared stores.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+@user_errors
+def data_prepare(
+    source: Annotated[Path, typer.Argument(help="Raw dataset directory (IDX, CIFAR batches, .npz, STL-10, folders)")],
+    out: Annotated[Path, typer.Option("--out", help="Store directory to write")],
+    fmt: Annotated[str, typer.Option("--format", help="auto, idx, cifar, npz, stl10, tiny-imagenet, folders")] = "auto",
+    resolution: Annotated[int, typer.Option(min=0, help="Side length to resize to [default: native]")] = 0,
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset name for the store [default: from the files]")] = None,
+    workers: Annotated[int, typer.Option(min=0, help="Decoding threads [default: CPU count]")] = 0,
+    chunk_size: Annotated[int, typer.Option(min=0, help="Images per chunk between progress saves [default: auto]")] = 0,
+    beton: Annotated[bool, typer.Option("--beton", help="Also write FFCV .beton files (needs the ffcv extra)")] = False,
+) -> None:
+    """Convert a dataset once into a memory-mappable uint8 store; an interrupted run resumes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .store import prepare
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        tasks: dict[str, int] = {}
+
+        def report(split: str, done: int, total: int) -> None:
+            if split not in tasks:
+                tasks[split] = progress.add_task(f"{split} images", total=total)
+            progress.update(tasks[split], completed=done)
+
+        result = prepare(source, out, fmt, resolution, dataset or "", workers, chunk_size, progress=report, beton=beton)
+    meta = result.meta
+    counts = ", ".join(f"{meta['splits'][s]['count']:,} {s}" for s in meta["splits"])
+    state = "already prepared" if result.already else "resumed and prepared" if result.resumed else "prepared"
+    console.print(
+        f"{state} {meta['dataset']} ({counts} images, {len(meta['classes'])} classes, {meta['channels']} channel(s), "
+        f"{meta['resolution']}px) in {out}; {meta['skipped_count']} unreadable file(s) skipped",
+        markup=False, highlight=False,
+    )
+
+
+# ---- Analysis: import, export, fit ----
+
+MODEL_KINDS = ("bottleneck", "standard")
+
+
+def _one_study(engine, study: str | None) -> str:  # noqa: ANN001 - an Engine
+    """The study named, or the only one in the database."""
+    names = db.study_names(engine)
+    if study:
+        if study not in names:
+            raise StudyError(f"no study {study!r}; studies in the database: {', '.join(names) or 'none'}")
+        return study
+    if not names:
+        raise StudyError("the database has no studies yet: `study plan GRID` or `study import FILE.csv` first")
+    if len(names) > 1:
+        raise StudyError(f"{len(names)} studies in the database; choose one with --study: {', '.join(names)}")
+    return names[0]
+
+
+@app.command("import")
+@user_errors
+def import_results(
+    file: Annotated[Path, typer.Argument(help="CSV: model, params, flops_per_example, examples, epochs, error[, metric, seed]")],
+    study: Annotated[Optional[str], typer.Option(help="Study to import into [default: the file's `study` column, else its name]")] = None,
+    db_url: DbOption = None,
+) -> None:
+    """Import results produced elsewhere; every bad row is reported and then nothing is imported."""
+    from .exchange import read_results_csv
+
+    trajectories = read_results_csv(file, study)
+    engine = db.connect(db_url)
+    jobs_added, points_added, present = db.import_trajectories(engine, str(file), trajectories)
+    names = sorted({t["study"] for t in trajectories})
+    console.print(
+        f"imported {points_added} evaluation points ({present} already present) in {len(trajectories)} trajectories "
+        f"({jobs_added} new jobs) into study {', '.join(names)}",
+        markup=False, highlight=False,
+    )
+
+
+@app.command("export")
+@user_errors
+def export_results(
+    db_url: DbOption = None,
+    study: Annotated[Optional[str], typer.Option(help="Only this study")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="Only this metric, e.g. cifar100/linear")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
+    out: Annotated[Optional[Path], typer.Option(help="File to write [default: evaluations.<format>]")] = None,
+) -> None:
+    """Write every evaluation point (one row per job, epoch and metric) as CSV or Parquet."""
+    from .exchange import FORMATS, write_frame
+
+    if fmt not in FORMATS:
+        raise StudyError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    engine = db.connect(db_url)
+    if study:
+        _one_study(engine, study)
+    frame = db.evaluations_frame(engine, study, metric)
+    if frame.empty:
+        raise StudyError("no evaluation points to export" + (f" for metric {metric!r}" if metric else ""))
+    path = write_frame(frame, out or Path(f"evaluations.{fmt}"), fmt)
+    console.print(f"wrote {len(frame)} evaluation points to {path}", markup=False, highlight=False)
+
+
+@app.command("fit")
+@user_errors
+def fit_laws(
+    db_url: DbOption = None,
+    study: Annotated[Optional[str], typer.Option(help="Study to fit [default: the only one in the database]")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="Metric [default: the first */linear, else upstream/top1]")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="Only models of this kind: bottleneck (B-MLP) or standard (S-MLP)")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="T of the envelope and iso-FLOP allocation [default: the smallest T]")] = None,
+    exclude: Annotated[Optional[list[int]], typer.Option(help="Leave out this job id (repeat for more)")] = None,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% intervals")] = 1000,
+    out: Annotated[Path, typer.Option(help="Directory for the figures, report.md and fit.json")] = Path("reports"),
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples")] = 0,
+) -> None:
+    """Fit E(C), the bottleneck laws and the compute-optimal allocation; write figures and a report."""
+    from . import fit as fits
+    from .plots import write_figures
+    from .report import write_report
+
+    if kind and kind not in MODEL_KINDS:
+        raise StudyError(f"unknown --kind {kind!r}; valid kinds: {', '.join(MODEL_KINDS)}")
+    engine = db.connect(db_url)
+    name = _one_study(engine, study)
+    selected, filters = fits.select(db.evaluations_frame(engine, name, metric), metric, kind, exclude or ())
+    analysis = fits.analyse(selected, filters, epochs, bootstrap, seed)
+    figures = write_figures(analysis, out)
+    written = write_report(analysis, name, figures, out)
+
+    def cell(e) -> str:  # noqa: ANN001 - a fit.Estimate
+        return f"{e.value:.3g}" + ("" if e.low != e.low else f" [{e.low:.3g}, {e.high:.3g}]")
+
+    laws = Table(title=f"study {name!r}, {analysis.metric}: {len(selected)} points, 95% bootstrap intervals")
+    for column in ("law", "points", "alpha", "E_inf", "status"):
+        laws.add_column(column, justify="left" if column in ("law", "status") else "right")
+    named = (("E(C) envelope", analysis.compute), ("E vs params", analysis.bottleneck_params),
+             ("E vs examples", analysis.bottleneck_examples), ("E(P, D)", analysis.parametric))
+    for label, law in named:
+        if isinstance(law, fits.Skipped):
+            laws.add_row(label, "", "", "", f"not fitted: {law.reason}")
+        else:
+            alpha = cell(law.params["alpha"])
+            if "beta" in law.params:
+                alpha += f", beta {cell(law.params['beta'])}"
+            laws.add_row(label, str(len(law.points)), alpha, cell(law.params["E_inf"]), law.status)
+    console.print(laws)
+    allocation = Table(title=f"compute-optimal allocation P* ~ C^a, N* ~ C^b (T = {analysis.epochs})")
+    for column in ("estimator", "a", "b"):
+        allocation.add_column(column, justify="left" if column == "estimator" else "right")
+    for estimate in analysis.allocations:
+        if isinstance(estimate, fits.Skipped):
+            allocation.add_row(estimate.name, "not fitted", estimate.reason)
+        else:
+            allocation.add_row(estimate.estimator, cell(estimate.a), cell(estimate.b))
+    console.print(allocation)
+    console.print("wrote " + ", ".join(str(p) for p in [*figures, *written]), markup=False, highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m scaling_study`

@@ -176,10 +176,10 @@ class Heartbeat(threading.Thread):
         super().__init__(daemon=True)
         self.engine, self.job_id, self.worker, self.lease_s = engine, job_id, worker, lease_s
         self.lost = False
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.lease_s / 3):
+        while not self._halt.wait(self.lease_s / 3):
             try:
                 if not db.renew_lease(self.engine, self.job_id, self.worker, self.lease_s):
                     self.lost = True
@@ -188,7 +188,7 @@ class Heartbeat(threading.Thread):
                 continue
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=30)
 
 
@@ -252,19 +252,16 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
             spec, device=device, checkpoint=checkpoint, checkpoint_every_s=options.checkpoint_every_s,
             on_progress=lambda progress: events.progress(job, progress), on_epoch=on_epoch, should_stop=should_stop,
         )
-    except OSError as error:
+    except Exception as error:  # noqa: BLE001 - a failed job is a row with its reason; the study goes on
         beat.stop()
-        if error.errno in DISK_FULL:
-            message = (f"disk full while writing {checkpoint.parent} ({os.strerror(error.errno)}); the previous "
+        if _disk_full(error):
+            message = (f"disk full while writing {checkpoint.parent} ({_disk_full(error)}); the previous "
                        "checkpoint is intact: free space, then `study run --resume`")
             log(message)
             db.finish_job(engine, job, worker, "pending", job["epochs_done"], [], message, outcome="released")
             job["error_message"] = message
             events.job_ended(job, "released", message)
             return "disk_full"
-        return _failed(engine, job, worker, log, events, error)
-    except Exception as error:  # noqa: BLE001 - a failed job is a row with its reason; the study goes on
-        beat.stop()
         return _failed(engine, job, worker, log, events, error)
     beat.stop()
     if for_notes := "; ".join(result.notes):
@@ -285,6 +282,19 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
     log(f"{state}" + (f": {message}" if message else f" after {result.epochs_done} epochs"))
     events.job_ended(job, state, message)
     return state
+
+
+def _disk_full(error: BaseException | None) -> str:
+    """The OS's words if `error`, or an exception it was raised from, is a full disk or quota; else ''.
+
+    torch.save reports a failed write as a RuntimeError raised while the OSError is handled."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            return os.strerror(error.errno)
+        error = error.__cause__ or error.__context__
+    return ""
 
 
 def _failed(engine, job: dict, worker: str, log: JobLog, events: Events, error: Exception) -> str:
