@@ -498,3 +498,117 @@ def latest_calibrations(engine: Engine, resolution: int, channels: int, batch_si
     )
     with engine.connect() as conn:
         return {row["model"]: dict(row) for row in conn.execute(query).mappings()}
+
+
+# ---- Analysis: every evaluation point as a frame, and results imported from elsewhere ----
+
+FRAME_COLUMNS = ("study", "job_id", "model", "kind", "params", "flops_per_example", "examples", "epochs", "seed",
+                 "metric", "error", "compute", "state")
+_KIND_PREFIXES = {"B-": "bottleneck", "S-": "standard"}
+
+
+def _model_kind(model: str, spec: str) -> str:
+    """bottleneck / standard from the job's spec, else from the model's name (B-... / S-...), else unknown."""
+    try:
+        described = json.loads(spec).get("model")
+    except (ValueError, AttributeError):
+        described = None
+    if isinstance(described, dict) and described.get("kind"):
+        return str(described["kind"])
+    return next((kind for prefix, kind in _KIND_PREFIXES.items() if model.startswith(prefix)), "unknown")
+
+
+def evaluations_frame(engine: Engine, study: str | None = None, metric: str | None = None):
+    """Every evaluation point with its job's description: one row per (job, epoch, metric), `epochs` = T."""
+    import pandas as pd  # only the analysis needs pandas
+
+    query = (
+        sa.select(
+            studies.c.name.label("study"), jobs.c.id.label("job_id"), jobs.c.model, jobs.c.params,
+            jobs.c.flops_per_example, jobs.c.examples, evaluations.c.epoch.label("epochs"), jobs.c.seed,
+            evaluations.c.metric, evaluations.c.value.label("error"), evaluations.c.compute, jobs.c.state,
+        )
+        .select_from(evaluations.join(jobs, evaluations.c.job_id == jobs.c.id).join(studies))
+        .order_by(studies.c.name, jobs.c.id, evaluations.c.metric, evaluations.c.epoch)
+    )
+    specs = sa.select(jobs.c.id, jobs.c.model, jobs.c.spec).select_from(jobs.join(studies))
+    if study:
+        query = query.where(studies.c.name == study)
+        specs = specs.where(studies.c.name == study)
+    if metric:
+        query = query.where(evaluations.c.metric == metric)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+        kinds = {row.id: _model_kind(row.model, row.spec) for row in conn.execute(specs)}
+    frame = pd.DataFrame(rows, columns=[c for c in FRAME_COLUMNS if c != "kind"])
+    frame.insert(3, "kind", frame["job_id"].map(kinds))
+    types = {"study": str, "model": str, "kind": str, "metric": str, "state": str, "job_id": "int64", "params": "int64", "flops_per_example": "int64", "examples": "int64",
+             "epochs": "int64", "seed": "int64", "error": "float64", "compute": "float64"}
+    return frame.astype(types)
+
+
+def import_trajectories(engine: Engine, source: str, trajectories: Iterable[dict]) -> tuple[int, int, int]:
+    """Record imported results in one transaction: (jobs added, points added, points already present).
+
+    Each trajectory is a dict with study, spec (a dict), spec_hash, model, params, flops_per_example,
+    examples, seed and points [(epoch, metric, error)]. Its job is `done`; a study or job that exists
+    is reused, a point that exists with the same value is skipped, and one that exists with another
+    value is an error (nothing is written).
+    """
+    from .budget import compute
+
+    jobs_added = points_added = points_present = 0
+    conflicts: list[str] = []
+    with engine.begin() as conn:
+        study_ids: dict[str, int] = {}
+        for trajectory in trajectories:
+            name = trajectory["study"]
+            if name not in study_ids:
+                row = conn.execute(sa.select(studies.c.id).where(studies.c.name == name)).first()
+                study_ids[name] = row.id if row else conn.execute(
+                    studies.insert().values(name=name, grid_path=source, grid_toml="", created_at=now())
+                ).inserted_primary_key[0]
+            study_id = study_ids[name]
+            last = max(epoch for epoch, _, _ in trajectory["points"])
+            row = conn.execute(
+                sa.select(jobs.c.id, jobs.c.epochs).where(jobs.c.study_id == study_id, jobs.c.spec_hash == trajectory["spec_hash"])
+            ).first()
+            if row is None:
+                stamp = now()
+                job_id = conn.execute(jobs.insert().values(
+                    study_id=study_id, spec_hash=trajectory["spec_hash"], spec=json.dumps(trajectory["spec"], sort_keys=True),
+                    model=trajectory["model"], params=trajectory["params"], flops_per_example=trajectory["flops_per_example"],
+                    examples=trajectory["examples"], epochs=last, seed=trajectory["seed"], state="done", attempts=0,
+                    epochs_done=last, provenance=json.dumps({"imported_from": source}), created_at=stamp,
+                    started_at=stamp, finished_at=stamp,
+                )).inserted_primary_key[0]
+                jobs_added += 1
+                existing: dict[tuple[int, str], float] = {}
+            else:
+                job_id = row.id
+                if last > row.epochs:
+                    conn.execute(jobs.update().where(jobs.c.id == job_id).values(epochs=last, epochs_done=last))
+                existing = {
+                    (r.epoch, r.metric): r.value
+                    for r in conn.execute(sa.select(evaluations.c.epoch, evaluations.c.metric, evaluations.c.value)
+                                          .where(evaluations.c.job_id == job_id))
+                }
+            new = []
+            for epoch, metric, value in trajectory["points"]:
+                known = existing.get((epoch, metric))
+                if known is None:
+                    new.append(dict(job_id=job_id, epoch=epoch, metric=metric, value=float(value), created_at=now(),
+                                    compute=compute(trajectory["flops_per_example"], trajectory["examples"], epoch)))
+                elif abs(known - value) <= 1e-12 * max(1.0, abs(known)):
+                    points_present += 1
+                else:
+                    conflicts.append(f"{trajectory['model']} N={trajectory['examples']} seed={trajectory['seed']} "
+                                     f"T={epoch} {metric}: {value!r} here, {known!r} in the database")
+            if new:
+                conn.execute(evaluations.insert(), new)
+                points_added += len(new)
+        if conflicts:
+            shown = "; ".join(conflicts[:3]) + (f"; and {len(conflicts) - 3} more" if len(conflicts) > 3 else "")
+            raise StudyError(f"{len(conflicts)} imported point(s) differ from points already recorded "
+                             f"({shown}); nothing imported")
+    return jobs_added, points_added, points_present

@@ -1,0 +1,160 @@
+"""Results in and out: `study import` reads a CSV of results produced elsewhere, `study export` writes the frame.
+
+An imported CSV has one row per evaluation point: `model, params, flops_per_example, examples,
+epochs, error`, optionally `metric` (default "imported") and `seed` (default 0). The columns that
+`study export` adds (`study, job_id, kind, state, compute`) are accepted and ignored, except
+`study`, which names the study of the row when `--study` is not given; compute is always
+recomputed by Eq. 4. Every bad row is reported; if there is one, nothing is imported.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import uuid
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import StudyError
+
+REQUIRED = ("model", "params", "flops_per_example", "examples", "epochs", "error")
+DEFAULTS = {"metric": "imported", "seed": "0"}
+IGNORED = ("study", "job_id", "kind", "state", "compute")  # written by `study export`
+FORMATS = ("csv", "parquet")
+
+
+class BadRows(StudyError):
+    """Rows of an imported file that cannot be read: one message per row, and a summary."""
+
+    def __init__(self, rows: list[str], summary: str):
+        super().__init__("\n".join([*rows, summary]))
+        self.rows = rows
+        self.summary = summary
+
+
+def _integer(text: str, positive: bool = True) -> int:
+    value = float(text)  # accepts 1e6 and 1000000.0
+    if not math.isfinite(value) or value != int(value) or (positive and value <= 0):
+        raise ValueError
+    return int(value)
+
+
+def _spec_hash(spec: dict) -> str:
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def read_results_csv(path: Path, study: str | None = None) -> list[dict]:
+    """The trajectories of a results CSV (see `db.import_trajectories`), or a StudyError listing every bad row."""
+    path = Path(path)
+    try:
+        handle = path.open(newline="", encoding="utf-8-sig")
+    except OSError as error:
+        raise StudyError(f"cannot read {path}: {error.strerror}") from None
+    with handle:
+        reader = csv.DictReader(handle)
+        header = [name.strip() for name in reader.fieldnames or []]
+        if not header:
+            raise StudyError(f"{path}: empty file; expected a header with {', '.join(REQUIRED)}")
+        reader.fieldnames = header
+        missing = [c for c in REQUIRED if c not in header]
+        if missing:
+            raise StudyError(f"{path}:1: missing column(s) {', '.join(missing)}; required: {', '.join(REQUIRED)}")
+        valid = set(REQUIRED) | set(DEFAULTS) | set(IGNORED)
+        unknown = [c for c in header if c not in valid]
+        if unknown:
+            raise StudyError(f"{path}:1: unknown column(s) {', '.join(unknown)}; valid columns: "
+                             f"{', '.join(REQUIRED + tuple(DEFAULTS) + IGNORED)}")
+        bad: list[str] = []
+        rows = 0
+        trajectories: dict[tuple, dict] = {}
+        seen: dict[tuple, int] = {}
+        models: dict[tuple[str, str], tuple[int, int, int]] = {}
+        for record in reader:
+            rows += 1
+            line = reader.line_num
+            if None in record:
+                bad.append(f"{path}:{line}: {len(header) + len(record[None])} fields, the header has {len(header)}")
+                continue
+            values = {k: (v or "").strip() for k, v in record.items()}
+            problems = []
+            parsed: dict = {"model": values["model"]}
+            if not parsed["model"]:
+                problems.append("model is empty")
+            for column in ("params", "flops_per_example", "examples", "epochs"):
+                try:
+                    parsed[column] = _integer(values[column])
+                except ValueError:
+                    problems.append(f"{column} {values[column]!r} is not a positive integer")
+            try:
+                parsed["error"] = float(values["error"])
+                if not 0.0 <= parsed["error"] <= 1.0:
+                    raise ValueError
+            except ValueError:
+                problems.append(f"error {values['error']!r} is not an error rate in [0, 1]")
+            parsed["metric"] = values.get("metric") or DEFAULTS["metric"]
+            try:
+                parsed["seed"] = _integer(values.get("seed") or DEFAULTS["seed"], positive=False)
+            except ValueError:
+                problems.append(f"seed {values.get('seed')!r} is not an integer")
+            parsed["study"] = study or values.get("study") or path.stem
+            if problems:
+                bad.append(f"{path}:{line}: " + "; ".join(problems))
+                continue
+            described = (parsed["params"], parsed["flops_per_example"], line)
+            first = models.setdefault((parsed["study"], parsed["model"]), described)
+            if first[:2] != described[:2]:
+                bad.append(f"{path}:{line}: model {parsed['model']} has params {parsed['params']} and flops_per_example "
+                           f"{parsed['flops_per_example']}, but {first[0]} and {first[1]} on line {first[2]}")
+                continue
+            point = (parsed["study"], parsed["model"], parsed["examples"], parsed["seed"], parsed["metric"], parsed["epochs"])
+            if point in seen:
+                bad.append(f"{path}:{line}: duplicate of line {seen[point]} (same study, model, examples, seed, metric, epochs)")
+                continue
+            seen[point] = line
+            key = point[:4]
+            if key not in trajectories:
+                spec = {"imported": True, "model": parsed["model"], "params": parsed["params"],
+                        "flops_per_example": parsed["flops_per_example"], "examples": parsed["examples"],
+                        "seed": parsed["seed"]}
+                trajectories[key] = {"study": parsed["study"], "spec": spec, "spec_hash": _spec_hash(spec),
+                                     **{k: spec[k] for k in ("model", "params", "flops_per_example", "examples", "seed")},
+                                     "points": []}
+            trajectories[key]["points"].append((parsed["epochs"], parsed["metric"], parsed["error"]))
+    if bad:
+        raise BadRows(bad, f"{len(bad)} bad row(s) of {rows} in {path}; nothing imported")
+    if not trajectories:
+        raise StudyError(f"{path}: no rows to import")
+    return list(trajectories.values())
+
+
+def write_atomic(path: Path, write) -> Path:  # noqa: ANN001 - write(temp_path) writes the file
+    """Write a file through a temporary sibling and os.replace, so a reader never sees half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a fresh name that `write` creates itself, so the file gets the usual permissions (mkstemp's are 0600)
+    temp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        write(temp)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_frame(frame: pd.DataFrame, path: Path, fmt: str) -> Path:
+    """The evaluation frame as CSV or Parquet."""
+    if fmt not in FORMATS:
+        raise StudyError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise StudyError("--format parquet needs pyarrow: pip install pyarrow") from None
+        return write_atomic(path, lambda temp: frame.to_parquet(temp, index=False))
+    return write_atomic(path, lambda temp: frame.to_csv(temp, index=False))

@@ -1,0 +1,260 @@
+"""The figures of `study fit` (the one module that imports matplotlib): PNG at 200 dpi and PDF, Agg backend.
+
+- fig1_error_vs_compute: every point (colour = model size, marker size = N, a line joins the
+  epochs of one trajectory), the fitted E(C) dotted and E_inf as a labelled horizontal line;
+- fig6_bottlenecks: error vs parameters at the largest N, error vs examples for the largest model;
+- fig7_allocation: P*(C) and N*(C) by the envelope, iso-FLOP and parametric estimators;
+- residuals_compute: log residuals of the E(C) fit on the envelope points.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
+from matplotlib.colors import LinearSegmentedColormap, Normalize  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from . import fit as fits  # noqa: E402
+from .budget import PFLOP  # noqa: E402
+from .exchange import write_atomic  # noqa: E402
+
+COMPUTE_LABEL = "compute (PFLOPs, multiply-accumulates)"
+SIZES = LinearSegmentedColormap.from_list("model_size", ["#1f4e9c", "#5e60ce", "#b5179e", "#d7263d"])
+STYLE = {
+    "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 7.5, "xtick.labelsize": 8,
+    "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
+    "grid.alpha": 0.25, "grid.linewidth": 0.5, "savefig.bbox": "tight", "pdf.fonttype": 42,
+}
+ESTIMATORS = {"envelope": ("-", "o", "#1f4e9c"), "isoflop": ("--", "D", "#d7263d"), "parametric": (":", None, "#222222")}
+
+
+def _save(figure: Figure, out: Path, stem: str) -> list[Path]:
+    paths = []
+    for suffix, options in (("png", {"dpi": 200}), ("pdf", {})):
+        path = out / f"{stem}.{suffix}"
+        write_atomic(path, lambda temp, s=suffix, o=options: figure.savefig(temp, format=s, **o))
+        paths.append(path)
+    return paths
+
+
+_SUPERSCRIPTS = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
+
+
+def _tick(value: float, _position: object = None) -> str:
+    """A log-axis tick as plain text: 0.3, 20, 1000, or 10 with a unicode superscript (no mathtext: fast)."""
+    if value <= 0:
+        return ""
+    if 1e-3 <= value < 1e4:
+        return f"{value:g}"
+    exponent = math.log10(value)
+    if abs(exponent - round(exponent)) < 1e-9:
+        return "10" + str(round(exponent)).translate(_SUPERSCRIPTS)
+    mantissa, power = f"{value:.0e}".split("e")
+    return f"{mantissa}\u00d710" + str(int(power)).translate(_SUPERSCRIPTS)
+
+
+def _log_axes(ax) -> None:  # noqa: ANN001 - matplotlib Axes
+    """Both axes logarithmic, labelled by `_tick` (decades only; minor ticks unlabelled)."""
+    for axis, scale in ((ax.xaxis, ax.set_xscale), (ax.yaxis, ax.set_yscale)):
+        scale("log")
+        axis.set_major_formatter(ticker.FuncFormatter(_tick))
+        axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _plain_log_axis(axis, low: float, high: float) -> None:  # noqa: ANN001 - a matplotlib Axis
+    """Label a log axis with plain numbers: at 1..9 x 10^k within a factor 3, at 1, 2, 3, 5 x 10^k within 30."""
+    if high / low < 30:
+        subs = np.arange(1.0, 10.0) if high / low < 3 else (1.0, 2.0, 3.0, 5.0)
+        axis.set_major_locator(ticker.LogLocator(subs=subs))
+        axis.set_minor_locator(ticker.LogLocator(subs=np.arange(1, 10)))
+    axis.set_major_formatter(ticker.FuncFormatter(_tick))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _model_colours(frame: pd.DataFrame) -> tuple[dict[str, tuple], pd.DataFrame]:
+    models = frame.drop_duplicates("model").sort_values(["params", "model"])[["model", "params"]]
+    logp = np.log(models["params"].to_numpy(float))
+    norm = Normalize(logp.min(), logp.max() if np.ptp(logp) else logp.min() + 1)
+    return {m: SIZES(norm(v)) for m, v in zip(models["model"], logp)}, models
+
+
+def _marker_sizes(examples: pd.Series, low: float, high: float) -> np.ndarray:
+    span = math.log(high / low) if high > low else 1.0
+    return 8.0 + 70.0 * np.log(examples.to_numpy(float) / low) / span
+
+
+def _estimate(e: fits.Estimate, digits: int = 3) -> str:
+    if math.isnan(e.low):
+        return f"{e.value:.{digits}f}"
+    return f"{e.value:.{digits}f} [{e.low:.{digits}f}, {e.high:.{digits}f}]"
+
+
+def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
+    """Fig. 1 style: all points, trajectories, the fitted E(C) and E_inf."""
+    frame = analysis.frame
+    law = analysis.compute
+    colours, models = _model_colours(frame)
+    n_low, n_high = frame["examples"].min(), frame["examples"].max()
+    figure = Figure(figsize=(7.4, 4.6))
+    ax = figure.add_subplot()
+    pflops = frame["compute"] / PFLOP
+    segments, segment_colours = [], []
+    for _, job in frame.sort_values("epochs").groupby("job_id"):
+        if len(job) > 1:
+            segments.append(np.column_stack([job["compute"] / PFLOP, job["error"]]))
+            segment_colours.append(colours[job["model"].iloc[0]])
+    ax.add_collection(LineCollection(segments, colors=segment_colours, linewidths=0.7, alpha=0.45, zorder=1))
+    ax.scatter(pflops, frame["error"], s=_marker_sizes(frame["examples"], n_low, n_high),
+               c=[colours[m] for m in frame["model"]], edgecolors="white", linewidths=0.4, alpha=0.9, zorder=2)
+    on = frame[frame["envelope"]]
+    ax.scatter(on["compute"] / PFLOP, on["error"], s=_marker_sizes(on["examples"], n_low, n_high) + 10,
+               facecolors="none", edgecolors="black", linewidths=0.7, zorder=3)
+    grid = np.geomspace(pflops.min(), pflops.max(), 300)
+    e_inf = law.value("E_inf")
+    ax.plot(grid, fits.compute_law(grid, law), ":", color="black", linewidth=1.6, zorder=4)
+    if e_inf > 0:
+        ax.axhline(e_inf, color="0.35", linestyle="--", linewidth=0.9, zorder=0)
+        # at the left, where the runs are still far above it
+        ax.annotate(f"E\u221e = {e_inf:.3f}", (0.0, e_inf), xycoords=("axes fraction", "data"),
+                    xytext=(6, 3), textcoords="offset points", ha="left", va="bottom", fontsize=8, color="0.25")
+    _log_axes(ax)
+    low = min(frame["error"].min(), e_inf if e_inf > 0 else frame["error"].min())
+    ax.set_ylim(low * 0.93, frame["error"].max() * 1.07)
+    _plain_log_axis(ax.yaxis, low * 0.93, frame["error"].max() * 1.07)
+    ax.set_xlabel(COMPUTE_LABEL)
+    ax.set_ylabel(f"{analysis.metric} error")
+    ax.set_title(f"{analysis.metric}: error vs compute ({len(frame)} points, {frame['job_id'].nunique()} runs)")
+    handles = [Line2D([], [], marker="o", linestyle="", markersize=6, markerfacecolor=colours[m],
+                      markeredgecolor="white", label=m) for m in models["model"]]
+    model_legend = ax.legend(handles=handles, title="model (size)", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                             frameon=False, ncol=1 if len(handles) <= 14 else 2)
+    ax.add_artist(model_legend)
+    sizes = np.unique(np.geomspace(n_low, n_high, 3).round(-1 if n_high > 100 else 0))
+    size_handles = [Line2D([], [], marker="o", linestyle="", color="0.5",
+                           markersize=math.sqrt(_marker_sizes(pd.Series([n]), n_low, n_high)[0]), label=f"{n:,.0f}")
+                    for n in sizes]
+    alpha = law.params["alpha"]
+    law_handles = [
+        Line2D([], [], linestyle=":", color="black", linewidth=1.6,
+               label=f"E(C) = a (b + C)^-\u03b1 + E\u221e\n\u03b1 = {_estimate(alpha)}"),
+        Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="black",
+               label="compute-optimal"),
+    ]
+    ax.legend(handles=law_handles + size_handles, title="fit; marker size = N", loc="lower left",
+              bbox_to_anchor=(1.01, 0.0), frameon=False)
+    return _save(figure, out, "fig1_error_vs_compute")
+
+
+def _bottleneck_panel(ax, law: fits.LawFit | fits.Skipped, column: str, symbol: str, xlabel: str,  # noqa: ANN001
+                      title: str, colours: dict) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    if isinstance(law, fits.Skipped):
+        ax.text(0.5, 0.5, f"not fitted:\n{law.reason}", transform=ax.transAxes, ha="center", va="center",
+                fontsize=8, wrap=True)
+        return
+    points = law.points
+    x = points[column].to_numpy(float)
+    ax.scatter(x, points["error"], s=36, c=[colours.get(m, "0.4") for m in points["model"]],
+               edgecolors="black", linewidths=0.4, zorder=3, label="best point")
+    grid = np.geomspace(x.min() / 1.3, x.max() * 1.3, 200)
+    ax.plot(grid, fits.saturating_law(grid, law), ":", color="black", linewidth=1.5,
+            label=f"A {symbol}^-\u03b1 + E\u221e, \u03b1 = {_estimate(law.params['alpha'])}")
+    e_inf = law.value("E_inf")
+    if e_inf > 0:
+        ax.axhline(e_inf, color="0.35", linestyle="--", linewidth=0.9, zorder=0, label=f"E\u221e = {e_inf:.3f}")
+    _log_axes(ax)
+    low = min(points["error"].min(), e_inf if e_inf > 0 else points["error"].min()) * 0.95
+    high = points["error"].max() * 1.05
+    ax.set_ylim(low, high)
+    _plain_log_axis(ax.yaxis, low, high)
+    ax.legend(loc="upper right", frameon=False)
+
+
+def bottlenecks(analysis: fits.Analysis, out: Path) -> list[Path]:
+    """Fig. 6: error vs parameters when data is plentiful, and vs examples when parameters are."""
+    colours, _ = _model_colours(analysis.frame)
+    figure = Figure(figsize=(8.6, 3.6))
+    left, right = figure.subplots(1, 2)
+    largest_n = analysis.frame["examples"].max()
+    _bottleneck_panel(left, analysis.bottleneck_params, "params", "P", "parameters P",
+                      f"data plentiful: N = {largest_n:,}", colours)
+    largest = analysis.frame.sort_values("params").iloc[-1]["model"]
+    _bottleneck_panel(right, analysis.bottleneck_examples, "examples", "N", "examples N",
+                      f"parameters plentiful: {largest}", colours)
+    left.set_ylabel(f"{analysis.metric} error")
+    figure.tight_layout()
+    return _save(figure, out, "fig6_bottlenecks")
+
+
+def allocation(analysis: fits.Analysis, out: Path) -> list[Path]:
+    """Fig. 7: compute-optimal parameters and examples vs compute, per estimator."""
+    figure = Figure(figsize=(8.6, 3.8))
+    axes = figure.subplots(1, 2)
+    fitted = [a for a in analysis.allocations if isinstance(a, fits.Allocation)]
+    frame = analysis.frame
+    grid = np.geomspace(frame["compute"].min() / PFLOP, frame["compute"].max() / PFLOP, 100)
+    for ax, column, exponent, ylabel in ((axes[0], "params", "a", "parameters P*"),
+                                         (axes[1], "examples", "b", f"examples N* (T = {analysis.epochs})")):
+        handles = []
+        for estimate in fitted:
+            line, marker, colour = ESTIMATORS[estimate.estimator]
+            value = getattr(estimate, exponent)
+            intercept = estimate.p0 if column == "params" else estimate.n0
+            span = grid  # a regression is drawn over the compute it was fitted on, the parametric law everywhere
+            if marker:
+                span = np.geomspace(estimate.points["pflops"].min() / 2, estimate.points["pflops"].max() * 2, 50)
+            ax.plot(span, np.exp(intercept) * span**value.value, line, color=colour, linewidth=1.4)
+            handles.append(Line2D([], [], linestyle=line, color=colour, linewidth=1.4, marker=marker, markersize=5,
+                                  markerfacecolor="none", label=f"{estimate.estimator}: {exponent} = {_estimate(value)}"))
+            if marker:
+                ax.scatter(estimate.points["pflops"], estimate.points[column], marker=marker, s=22,
+                           facecolors="none", edgecolors=colour, linewidths=0.9, zorder=3)
+        _log_axes(ax)
+        ax.set_xlabel(COMPUTE_LABEL)
+        ax.set_ylabel(ylabel)
+        ax.legend(handles=handles, loc="upper left", frameon=False)
+    for skipped in (a for a in analysis.allocations if isinstance(a, fits.Skipped)):
+        axes[0].annotate(f"{skipped.name}: not fitted", (0.98, 0.04), xycoords="axes fraction", ha="right", fontsize=7)
+    axes[0].set_title(f"P*(C) \u221d C^a  (envelope and iso-FLOP at T = {analysis.epochs})")
+    axes[1].set_title("N*(C) \u221d C^b")
+    figure.tight_layout()
+    return _save(figure, out, "fig7_allocation")
+
+
+def residuals(analysis: fits.Analysis, out: Path) -> list[Path]:
+    """Log residuals log(E / E_pred) of the E(C) fit on the envelope points, in percent."""
+    points = analysis.compute.points
+    figure = Figure(figsize=(6.4, 3.2))
+    ax = figure.add_subplot()
+    relative = 100.0 * (np.log(points["error"]) - np.log(points["predicted"]))
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.plot(points["pflops"], relative, "o", markersize=4, markerfacecolor="#1f4e9c", markeredgecolor="white",
+            markeredgewidth=0.4)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(_tick))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xlabel(COMPUTE_LABEL)
+    ax.set_ylabel("log(E / E_fit)  (%)")
+    ax.set_title(f"residuals of the E(C) fit: {len(points)} compute-optimal points, "
+                 f"median |r| = {np.median(np.abs(relative)):.2f}%")
+    figure.tight_layout()
+    return _save(figure, out, "residuals_compute")
+
+
+def write_figures(analysis: fits.Analysis, out: Path) -> list[Path]:
+    """Every figure, as PNG (200 dpi) and PDF, into `out`."""
+    out = Path(out)
+    with matplotlib.rc_context(STYLE):
+        return [*error_vs_compute(analysis, out), *bottlenecks(analysis, out), *allocation(analysis, out),
+                *residuals(analysis, out)]

@@ -1,0 +1,202 @@
+"""The written results of `study fit`: reports/fit.json (every number) and reports/report.md (tables)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from . import fit as fits
+from .exchange import write_atomic
+
+JSON_NAME = "fit.json"
+MARKDOWN_NAME = "report.md"
+
+
+def _number(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _estimate(e: fits.Estimate) -> dict:
+    return {"value": _number(e.value), "low": _number(e.low), "high": _number(e.high)}
+
+
+def _law(law: fits.LawFit | fits.Skipped) -> dict:
+    if isinstance(law, fits.Skipped):
+        return {"skipped": law.reason}
+    return {
+        "formula": law.formula, "status": law.status, "points": len(law.points), "huber_loss": law.loss,
+        "bootstrap": law.bootstrap, "resamples_converged": law.resamples, "note": law.note,
+        "params": {k: _estimate(v) for k, v in law.params.items()},
+    }
+
+
+def _allocation(a: fits.Allocation | fits.Skipped) -> dict:
+    if isinstance(a, fits.Skipped):
+        return {"skipped": a.reason}
+    return {"a": _estimate(a.a), "b": _estimate(a.b), "log_p_at_1_pflop": a.p0, "log_n_at_1_pflop": a.n0,
+            "method": a.method, "resamples": a.resamples, "points": a.points.to_dict(orient="records")}
+
+
+def _held_out(h: fits.HeldOut | fits.Skipped) -> dict:
+    if isinstance(h, fits.Skipped):
+        return {"skipped": h.reason}
+    return {"threshold_pflops": h.threshold_pflops, "train_points": h.train_points, "test_points": h.test_points,
+            "mean_abs_relative_error": h.mean_abs_rel_error, "max_abs_relative_error": h.max_abs_rel_error,
+            "params": {k: _number(v) for k, v in h.params.items()}}
+
+
+def _versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for package in ("scaling-study", "numpy", "scipy", "pandas", "matplotlib"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def as_dict(analysis: fits.Analysis, study: str, figures: list[Path]) -> dict:
+    """Every number of the analysis, JSON-ready (NaN as null)."""
+    frame = analysis.frame
+    return {
+        "study": study,
+        "metric": analysis.metric,
+        "filters": analysis.filters,
+        "compute_unit": "PFLOPs: 1e15 multiply-accumulates, C = FLOP(f) * 3 * N * T (Eq. 4)",
+        "points": len(frame),
+        "runs": int(frame["job_id"].nunique()),
+        "models": int(frame["model"].nunique()),
+        "envelope_points": int(frame["envelope"].sum()),
+        "epochs_for_allocation": analysis.epochs,
+        "bootstrap_resamples": analysis.bootstrap,
+        "seed": analysis.seed,
+        "huber_delta": fits.HUBER_DELTA,
+        "flops_per_example": {"kappa": analysis.flops_scale, "gamma": analysis.flops_exponent,
+                              "law": "FLOP(f) = kappa * P^gamma"},
+        "laws": {
+            "compute": _law(analysis.compute),
+            "bottleneck_params": _law(analysis.bottleneck_params),
+            "bottleneck_examples": _law(analysis.bottleneck_examples),
+            "parametric": _law(analysis.parametric),
+        },
+        "allocation": {a.estimator if isinstance(a, fits.Allocation) else a.name: _allocation(a)
+                       for a in analysis.allocations},
+        "held_out": {h.name: _held_out(h) for h in analysis.held_out},
+        "figures": [str(p) for p in figures],
+        "provenance": {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **_versions()},
+    }
+
+
+def _cell(e: fits.Estimate) -> str:
+    if math.isnan(e.value):
+        return "–"
+    value = f"{e.value:.4g}"
+    return value if math.isnan(e.low) else f"{value} [{e.low:.4g}, {e.high:.4g}]"
+
+
+def _law_section(title: str, law: fits.LawFit | fits.Skipped) -> list[str]:
+    lines = [f"### {title}", ""]
+    if isinstance(law, fits.Skipped):
+        return lines + [f"Not fitted: {law.reason}.", ""]
+    lines += [f"`{law.formula}`: {len(law.points)} points, status **{law.status}**, Huber loss {law.loss:.4g}."]
+    if law.note:
+        lines += [f"{law.note[0].upper()}{law.note[1:]}."]
+    lines += [f"Bootstrap: {law.bootstrap}; {law.resamples} refits converged.", "",
+              "| parameter | estimate [95% interval] |", "|---|---|"]
+    lines += [f"| {name} | {_cell(e)} |" for name, e in law.params.items()]
+    return lines + [""]
+
+
+def _agreement(fitted: list[fits.Allocation]) -> list[str]:
+    if len(fitted) < 2:
+        return ["Only one estimator could be fitted; nothing to compare.", ""]
+    lines = []
+    for exponent in ("a", "b"):
+        values = {f.estimator: getattr(f, exponent) for f in fitted}
+        spread = max(v.value for v in values.values()) - min(v.value for v in values.values())
+        lows = [v.low for v in values.values() if not math.isnan(v.low)]
+        highs = [v.high for v in values.values() if not math.isnan(v.high)]
+        overlap = bool(lows) and len(lows) == len(values) and max(lows) <= min(highs)
+        lines.append(f"- `{exponent}`: estimates span {spread:.3f}; the 95% intervals "
+                     f"{'share a common range' if overlap else 'do not all overlap'}.")
+    return lines + [""]
+
+
+def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path) -> str:
+    """The report: data and filters, every fit with intervals, estimator agreement, held-out check."""
+    frame = analysis.frame
+    f = analysis.filters
+    lines = [
+        f"# Scaling laws: study `{study}`, metric `{analysis.metric}`", "",
+        "## Data", "",
+        f"- {len(frame)} evaluation points of {frame['job_id'].nunique()} runs of {frame['model'].nunique()} models; "
+        f"{int(frame['envelope'].sum())} on the compute-optimal envelope.",
+        f"- Filters: metric `{f.get('metric')}`, model kind `{f.get('kind', 'all')}`, excluded jobs "
+        f"{f.get('excluded_jobs') or 'none'}, {f.get('dropped_zero_error', 0)} zero-error point(s) dropped "
+        "(the fits are in log space).",
+        f"- Compute: C = FLOP(f) * 3 * N * T (Eq. 4) in PFLOPs of multiply-accumulates, "
+        f"{frame['compute'].min() / 1e15:.3g} to {frame['compute'].max() / 1e15:.3g}.",
+        f"- N from {frame['examples'].min():,} to {frame['examples'].max():,}; T in "
+        f"{{{', '.join(str(t) for t in sorted(frame['epochs'].unique()))}}}; FLOP(f) = "
+        f"{analysis.flops_scale:.3g} P^{analysis.flops_exponent:.3f} across the models.",
+        f"- Fits: Huber loss (delta = {fits.HUBER_DELTA:g}) of log residuals, L-BFGS-B from the best starts of a grid; "
+        f"{analysis.bootstrap} bootstrap resamples (seed {analysis.seed}), 95% percentile intervals.",
+        "",
+        "## Fits", "",
+        *_law_section("Error vs compute, Eq. 5 (compute-optimal envelope)", analysis.compute),
+        *_law_section("Error vs parameters when data is plentiful (Fig. 6)", analysis.bottleneck_params),
+        *_law_section("Error vs examples when parameters are plentiful (Fig. 6)", analysis.bottleneck_examples),
+        *_law_section("Parametric E(P, D) (Hoffmann et al. approach 3)", analysis.parametric),
+        "## Compute-optimal allocation (Fig. 7)", "",
+        f"P*(C) ~ C^a and N*(C) ~ C^b; the envelope and iso-FLOP estimators use the points at T = {analysis.epochs}.", "",
+        "| estimator | a (P*) [95%] | b (N*) [95%] | method |", "|---|---|---|---|",
+    ]
+    fitted = []
+    for a in analysis.allocations:
+        if isinstance(a, fits.Skipped):
+            lines.append(f"| {a.name} | – | – | not fitted: {a.reason} |")
+        else:
+            fitted.append(a)
+            lines.append(f"| {a.estimator} | {_cell(a.a)} | {_cell(a.b)} | {a.method} |")
+    lines += ["", "Agreement:", "", *_agreement(fitted)]
+    lines += ["## Held-out check", "",
+              f"Each law refitted without the top {fits.HELD_OUT_FRACTION:.0%} of points by compute, then scored on them "
+              "(for E(C): the envelope points above the threshold).", "",
+              "| law | threshold (PFLOPs) | train points | held-out points | mean abs rel. error | max abs rel. error |",
+              "|---|---|---|---|---|---|"]
+    for h in analysis.held_out:
+        if isinstance(h, fits.Skipped):
+            lines.append(f"| {h.name} | – | – | – | not done: {h.reason} | |")
+        else:
+            lines.append(f"| {h.name} | {h.threshold_pflops:.3g} | {h.train_points} | {h.test_points} | "
+                         f"{h.mean_abs_rel_error:.2%} | {h.max_abs_rel_error:.2%} |")
+    lines += ["", "## Figures", ""]
+    lines += [f"![{p.stem}]({p.relative_to(out) if p.is_relative_to(out) else p})" for p in figures if p.suffix == ".png"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(analysis: fits.Analysis, study: str, figures: list[Path], out: Path) -> list[Path]:
+    """fit.json and report.md into `out`."""
+    out = Path(out)
+    data = as_dict(analysis, study, figures)
+    text = json.dumps(_clean(data), indent=2, allow_nan=False)
+    json_path = write_atomic(out / JSON_NAME, lambda temp: temp.write_text(text + "\n"))
+    md_path = write_atomic(out / MARKDOWN_NAME, lambda temp: temp.write_text(markdown(analysis, study, figures, out)))
+    return [json_path, md_path]
+
+
+def _clean(value: object) -> object:
+    """JSON-ready: numpy scalars as Python numbers, NaN and infinities as null."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,131 @@
+"""Evaluation frames generated from known laws: the ground truth for tests, benchmarks and demos.
+
+Each frame has the columns of `db.evaluations_frame`, so it can be fitted directly, written
+as a CSV for `study import`, or compared with what the fit recovers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from . import budget
+
+EPOCHS = (50, 100, 200, 400, 800)
+
+
+@dataclass(frozen=True)
+class ParametricLaw:
+    """E(P, D) = E_inf + A / P^alpha + B / D^beta with D = N * T (Hoffmann et al. 2022, approach 3)."""
+
+    e_inf: float = 0.2
+    A: float = 400.0
+    alpha: float = 0.65
+    B: float = 15.0
+    beta: float = 0.35
+
+    @property
+    def a(self) -> float:
+        """Exponent of P*(C) when FLOP(f) is proportional to P."""
+        return self.beta / (self.alpha + self.beta)
+
+    @property
+    def b(self) -> float:
+        """Exponent of N*(C) (and D*(C)) when FLOP(f) is proportional to P."""
+        return self.alpha / (self.alpha + self.beta)
+
+    def error(self, params, examples, epochs):  # noqa: ANN001, ANN201 - numpy in, numpy out
+        """The law's error at P parameters, N examples and T epochs."""
+        data = np.asarray(examples, float) * np.asarray(epochs, float)
+        return self.e_inf + self.A / np.asarray(params, float) ** self.alpha + self.B / data**self.beta
+
+
+@dataclass(frozen=True)
+class ComputeLaw:
+    """E(C) = a (b + C)^-alpha + E_inf (Eq. 5), C in PFLOPs."""
+
+    a: float = 0.35
+    b: float = 0.02
+    alpha: float = 0.25
+    e_inf: float = 0.15
+
+    def error(self, pflops):  # noqa: ANN001, ANN201 - numpy in, numpy out
+        """The law's error at `pflops` of compute."""
+        return self.a * (self.b + np.asarray(pflops, float)) ** -self.alpha + self.e_inf
+
+
+def _frame(rows: dict[str, np.ndarray], study: str, metric: str) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    frame.insert(0, "study", study)
+    frame["metric"] = metric
+    frame["compute"] = budget.compute(frame["flops_per_example"], frame["examples"], frame["epochs"])
+    frame["state"] = "done"
+    order = ["study", "job_id", "model", "kind", "params", "flops_per_example", "examples", "epochs",
+             "seed", "metric", "error", "compute", "state"]
+    return frame[order]
+
+
+def _grid(models: int, examples: int, epochs: tuple[int, ...], seeds: int,
+          params_range: tuple[float, float], examples_range: tuple[float, float]) -> dict[str, np.ndarray]:
+    params = np.unique(np.round(np.geomspace(*params_range, models)).astype(np.int64))
+    sizes = np.unique(np.round(np.geomspace(*examples_range, examples)).astype(np.int64))
+    p, n, s, t = (a.ravel() for a in np.meshgrid(params, sizes, np.arange(seeds), np.asarray(epochs), indexing="ij"))
+    names = {int(v): f"B-{i + 1}/P-{v / 1e6:.3g}M" for i, v in enumerate(params)}
+    trajectory = pd.factorize(pd.Series(list(zip(p, n, s))))[0] + 1
+    return {
+        "job_id": trajectory.astype(np.int64),
+        "model": np.array([names[int(v)] for v in p]),
+        "kind": np.full(p.size, "bottleneck"),
+        "params": p,
+        "flops_per_example": p.copy(),  # FLOP(f) = P: one multiply-accumulate per weight
+        "examples": n,
+        "epochs": t.astype(np.int64),
+        "seed": s.astype(np.int64),
+    }
+
+
+def parametric_study(
+    law: ParametricLaw = ParametricLaw(),
+    models: int = 10,
+    examples: int = 13,
+    epochs: tuple[int, ...] = EPOCHS,
+    seeds: int = 1,
+    noise: float = 0.01,
+    outliers: int = 3,
+    params_range: tuple[float, float] = (1e5, 1e8),
+    examples_range: tuple[float, float] = (3e2, 3e6),
+    seed: int = 0,
+    metric: str = "synthetic/linear",
+) -> pd.DataFrame:
+    """A full (model x N x seed x T) grid with errors from E(P, D), log-normal noise and a few outliers."""
+    rng = np.random.default_rng(seed)
+    rows = _grid(models, examples, epochs, seeds, params_range, examples_range)
+    error = law.error(rows["params"], rows["examples"], rows["epochs"]) * np.exp(rng.normal(0, noise, rows["params"].size))
+    bad = rng.choice(error.size, size=min(outliers, error.size), replace=False)
+    error[bad] *= rng.uniform(1.3, 1.6, bad.size)  # failed runs: far above the law
+    rows["error"] = np.clip(error, 1e-4, 1.0)
+    return _frame(rows, "synthetic", metric)
+
+
+def compute_study(
+    law: ComputeLaw = ComputeLaw(),
+    models: int = 8,
+    examples: int = 8,
+    epochs: tuple[int, ...] = EPOCHS,
+    noise: float = 0.003,
+    outliers: int = 3,
+    seed: int = 0,
+    metric: str = "synthetic/linear",
+) -> pd.DataFrame:
+    """Points on and above a known E(C) law: about a third sit on it, the rest above it (off-optimal runs)."""
+    rng = np.random.default_rng(seed)
+    rows = _grid(models, examples, epochs, 1, (1e5, 1e8), (1e3, 1e6))
+    pflops = budget.compute(rows["flops_per_example"], rows["examples"], rows["epochs"]) / budget.PFLOP
+    excess = np.where(rng.random(pflops.size) < 0.35, 0.0, rng.uniform(0.02, 0.4, pflops.size))
+    error = law.error(pflops) * np.exp(excess + rng.normal(0, noise, pflops.size))
+    bad = rng.choice(error.size, size=min(outliers, error.size), replace=False)
+    error[bad] *= rng.uniform(1.3, 1.6, bad.size)
+    rows["error"] = np.clip(error, 1e-4, 1.0)
+    return _frame(rows, "synthetic", metric)
