@@ -96,6 +96,7 @@ class EvaluationConfig:
     probe_epochs: int = 50
     probe_lr: float = 1e-5
     probe_batch_size: int = 4096
+    probe_examples: int = 0  # fit the probe on a class-stratified subset of the downstream train split; 0: all
     finetune_epochs: int = 50
     finetune_lr_head: float = 0.01
     finetune_lr_body: float = 0.001

@@ -1,0 +1,111 @@
+"""Training-step FLOP/s as a fraction of the same process's fp32 matmul FLOP/s (CPU or GPU).
+
+    python benchmarks/train_mfu.py [--model B-6/Wi-256] [--classes 1000] [--batch 1024] [--rounds 5]
+
+The step is train.py's own (Stepper: forward, MixUp + label-smoothing loss, backward, LION),
+on a batch already on the device (data loading is measured by the loader's benchmark, not here).
+FLOPs are counted exactly: 2 per multiply-accumulate; the forward costs 2*MACs and the backward
+4*MACs minus the first layer's input gradient, which is never computed:
+    train FLOPs per example = 2 * (3 * MACs - MACs_embedding).
+The counting and the GEMM timing are scaling_study/bench.py's (what `study bench` uses).
+The reference is torch.mm in fp32 in the same process, two ways: the model's own GEMM shapes
+(forward, input- and weight-gradient of every layer, FLOP-weighted) and a large 4096^3 product.
+Timings alternate reference and step for `rounds` rounds and keep each one's best (least
+disturbed by other processes); the ratio is step FLOP/s over reference FLOP/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from results_file import write  # noqa: E402
+
+from scaling_study.bench import best_time, gemm_shapes, matmul_rate, train_flops_per_example  # noqa: E402
+from scaling_study.loader import Batch  # noqa: E402
+from scaling_study.models import build, parse_model  # noqa: E402
+from scaling_study.optim import Lion  # noqa: E402
+from scaling_study.train import Stepper, keep_freed_memory  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="B-6/Wi-256")
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5, help="steps timed per round")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (train.compile)")
+    parser.add_argument("--default-malloc", action="store_true", help="skip train.keep_freed_memory (CPU)")
+    parser.add_argument("--lion-pytorch", action="store_true", help="lion-pytorch's Lion instead of ours (before)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if not args.default_malloc:
+        keep_freed_memory(device)
+
+    spec = parse_model(args.model, "benchmark")
+    input_dim = 3 * args.resolution**2
+    torch.manual_seed(0)
+    model = build(spec, input_dim, args.classes).to(device)
+    if args.lion_pytorch:
+        import lion_pytorch
+
+        optimizer = lion_pytorch.Lion(model.parameters(), lr=1e-5, weight_decay=1e-3)
+    else:
+        optimizer = Lion(model.parameters(), lr=1e-5, weight_decay=1e-3)
+    forward = torch.compile(model) if args.compile else model
+    stepper = Stepper(model, forward, optimizer, label_smoothing=0.3, grad_clip=0.0, precision="fp32",
+                      device=device, micro_batch_size=0, notes=[])
+    g = torch.Generator().manual_seed(0)
+    batch = Batch(
+        x=torch.randn(args.batch, 3, args.resolution, args.resolution, generator=g).to(device),
+        y=torch.randint(0, args.classes, (args.batch,), generator=g).to(device),
+        y_mix=torch.randint(0, args.classes, (args.batch,), generator=g).to(device),
+        lam=torch.rand(args.batch, generator=g).to(device),
+    )
+
+    def step() -> None:
+        stepper.backward(batch)
+        stepper.step(1e-5)
+
+    flops_per_step = args.batch * train_flops_per_example(spec, input_dim, args.classes)
+    shapes = gemm_shapes(spec, input_dim, args.classes, args.batch)
+    assert sum(2.0 * m * k * n for m, k, n in shapes) == flops_per_step  # the count is the GEMMs' own
+
+    step_s, shaped, large = float("inf"), 0.0, 0.0
+    big = [(4096, 4096, 4096)]
+    for _ in range(args.rounds):
+        shaped = max(shaped, matmul_rate(shapes, device, 3))
+        large = max(large, matmul_rate(big, device, 3))
+        step_s = min(step_s, best_time(step, device, args.steps))
+    rate = flops_per_step / step_s
+    figures = {
+        "model": args.model, "classes": args.classes, "resolution": args.resolution, "batch": args.batch,
+        "precision": "fp32", "optimizer": "lion", "threads": torch.get_num_threads(),
+        "compile": args.compile, "keep_freed_memory": not args.default_malloc,
+        "lion": "lion-pytorch" if args.lion_pytorch else "scaling_study.optim",
+        "train_flops_per_example": flops_per_step / args.batch,
+        "step_s": step_s, "images_per_s": args.batch / step_s, "step_flops_per_s": rate,
+        "matmul_flops_per_s_model_shapes": shaped, "matmul_flops_per_s_4096": large,
+        "ratio_vs_model_shapes": rate / shaped, "ratio_vs_4096": rate / large,
+    }
+    print(f"{args.model}, {args.classes} classes, {args.resolution}px, batch {args.batch}, fp32, LION on {device}:")
+    print(f"  step {step_s * 1e3:.1f} ms = {args.batch / step_s:,.0f} img/s = {rate / 1e9:.1f} GFLOP/s "
+          f"({flops_per_step / args.batch / 1e6:.2f} MFLOP per example)")
+    print(f"  torch.mm: {shaped / 1e9:.1f} GFLOP/s on the step's shapes, {large / 1e9:.1f} GFLOP/s at 4096^3")
+    print(f"  ratio: {rate / shaped:.1%} of matmul at the step's shapes, {rate / large:.1%} of the 4096^3 matmul")
+    variant = "" if not (args.compile or args.default_malloc or args.lion_pytorch or args.classes != 1000) else (
+        "_" + "_".join(name for name, on in (("compile", args.compile), ("default-malloc", args.default_malloc),
+                                             ("lion-pytorch", args.lion_pytorch),
+                                             (f"{args.classes}-classes", args.classes != 1000)) if on))
+    print(f"wrote {write('train_mfu' + variant, figures)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""Scoring a model at an evaluation epoch: upstream error, linear probes, fine-tuning, TTA, ReaL.
+
+Every score is an ERROR rate in [0, 1]. The pure functions take a model, splits or cached
+features and return numbers or trained heads; `evaluate` is the one place that loads splits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import data, loader
+from .errors import StudyError
+from .grid import Augmentation, EvaluationConfig
+from .optim import Lion
+from .plan import JobSpec
+
+FAST_PROBE_L2 = 1e-4  # L2 on standardized features, per example (the mean loss is penalized)
+FAST_PROBE_MAX_ITER = 100
+
+Classifier = Callable[[torch.Tensor], torch.Tensor]
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """An independent 63-bit seed for one purpose ('init', 'probe/cifar100/50', ...) of a run."""
+    digest = hashlib.sha256(f"{seed}/{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context for a precision: auto is bf16 on CUDA and fp32 elsewhere."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if precision == "auto" and device.type == "cuda":
+        dtype = torch.bfloat16
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def mixed_loss(logits: torch.Tensor, y: torch.Tensor, y_mix: torch.Tensor, lam: torch.Tensor,
+               label_smoothing: float) -> torch.Tensor:
+    """Per-example lam*CE(y) + (1-lam)*CE(y_mix), both with label smoothing (one log-softmax)."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    picked = lam * logp.gather(1, y[:, None])[:, 0] + (1 - lam) * logp.gather(1, y_mix[:, None])[:, 0]
+    if label_smoothing == 0:
+        return -picked
+    # PyTorch's definition: (1 - eps) * NLL + eps * mean over classes of -log p.
+    return -(1 - label_smoothing) * picked - label_smoothing * logp.mean(dim=-1)
+
+
+def seeded_linear(width: int, classes: int, seed: int, zero: bool = False) -> nn.Linear:
+    """A linear head initialised from `seed` (PyTorch's default init) or at zero."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = nn.Linear(width, classes)
+    if zero:
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    return head
+
+
+@torch.no_grad()
+def predict(classifier: Classifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+            precision: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32) and labels of a classifier over eval batches."""
+    logits, labels = [], []
+    for x, y in batches:
+        with autocast(precision, device):
+            out = classifier(x)
+        logits.append(out.float())
+        labels.append(y)
+    return torch.cat(logits), torch.cat(labels)
+
+
+@torch.no_grad()
+def predict_tta(classifier: Classifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                precision: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits averaged over the crops of each test image (batches of shape (crops, B, C, R, R))."""
+    logits, labels = [], []
+    for x, y in batches:
+        crops, b = x.shape[0], x.shape[1]
+        with autocast(precision, device):
+            out = classifier(x.reshape(crops * b, *x.shape[2:]))
+        logits.append(out.float().reshape(crops, b, -1).mean(dim=0))
+        labels.append(y)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def topk_errors(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> tuple[float, ...]:
+    """Top-k error rates; k is capped at the number of classes."""
+    labels = labels.to(logits.device)
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hits = top == labels[:, None]
+    return tuple(1.0 - hits[:, : min(k, logits.shape[1])].any(dim=1).double().mean().item() for k in ks)
+
+
+def real_error(predictions: torch.Tensor, real_labels: list[list[int]]) -> float:
+    """ImageNet ReaL error: a prediction is right if it is in the image's label set; empty sets skipped."""
+    if len(real_labels) != len(predictions):
+        raise StudyError(f"ReaL labels list {len(real_labels)} images, the test split has {len(predictions)}")
+    scored = [(int(p), set(s)) for p, s in zip(predictions.tolist(), real_labels) if s]
+    if not scored:
+        raise StudyError("ReaL labels file has no image with a label set")
+    return 1.0 - sum(p in s for p, s in scored) / len(scored)
+
+
+def load_real_labels(path: str) -> list[list[int]]:
+    """The ReaL labels JSON file: one list of correct class indices per test image."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise StudyError(f"cannot read ReaL labels file {path}: {error}") from None
+    if not isinstance(raw, list) or not all(isinstance(s, list) for s in raw):
+        raise StudyError(f"ReaL labels file {path}: expected a JSON list of lists of class indices")
+    return raw
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     precision: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen body's features (float32, on device) and labels, computed once."""
+    return predict(model.features, batches, precision, device)
+
+
+def probe_paper(features: torch.Tensor, labels: torch.Tensor, classes: int, *, epochs: int, lr: float,
+                batch_size: int, label_smoothing: float, seed: int) -> nn.Linear:
+    """App. A.3's probe: a linear head on frozen features, LION at `lr` for `epochs` epochs.
+
+    The head starts at zero (the problem is convex; this removes the init's noise) and sees
+    the cached features in a seeded random order each epoch.
+    """
+    device = features.device
+    head = seeded_linear(features.shape[1], classes, seed, zero=True).to(device)
+    optimizer = Lion(head.parameters(), lr=lr, weight_decay=0.0)
+    order = torch.Generator().manual_seed(seed)
+    labels = labels.to(device)
+    n = features.shape[0]
+    ones = torch.ones(min(batch_size, n), device=device)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=order).to(device)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            y = labels[idx]
+            loss = mixed_loss(head(features[idx]), y, y, ones[: len(idx)], label_smoothing).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return head.requires_grad_(False)
+
+
+def probe_fast(features: torch.Tensor, labels: torch.Tensor, classes: int, *, l2: float = FAST_PROBE_L2,
+               max_iter: int = FAST_PROBE_MAX_ITER) -> nn.Linear:
+    """Multinomial logistic regression by full-batch L-BFGS on standardized features, small L2.
+
+    The standardization is folded into the returned head, which reads raw features.
+    """
+    device = features.device
+    mean = features.mean(dim=0)
+    std = features.std(dim=0).clamp_min(1e-6)
+    z = (features - mean) / std
+    labels = labels.to(device)
+    weight = torch.zeros(classes, features.shape[1], device=device, requires_grad=True)
+    bias = torch.zeros(classes, device=device, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
+                                  tolerance_grad=1e-6, tolerance_change=1e-10, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(torch.addmm(bias, z, weight.t()), labels) + 0.5 * l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    head = nn.Linear(features.shape[1], classes).to(device)
+    with torch.no_grad():
+        head.weight.copy_(weight / std)
+        head.bias.copy_(bias - (weight / std) @ mean)
+    return head.requires_grad_(False)
+
+
+def finetune(model: nn.Module, split: data.Split, evaluation: EvaluationConfig, *, label_smoothing: float,
+             precision: str, device: torch.device, resolution: int, seed: int) -> nn.Module:
+    """Sec. 4.2's fine-tuning: a copy of the model with a new head, SGD momentum 0.9, lr head/body."""
+    tuned = copy.deepcopy(model)
+    tuned.head = seeded_linear(tuned.head.in_features, len(split.classes), derive_seed(seed, "head")).to(device)
+    body = [p for name, p in tuned.named_parameters() if not name.startswith("head.")]
+    optimizer = torch.optim.SGD(
+        [{"params": tuned.head.parameters(), "lr": evaluation.finetune_lr_head},
+         {"params": body, "lr": evaluation.finetune_lr_body}],
+        lr=evaluation.finetune_lr_head, momentum=0.9,
+    )
+    augmentation = Augmentation(crop_scale=evaluation.finetune_crop_scale, flip=True, mixup=0.0)
+    batches = loader.TrainLoader(split, np.arange(len(split.labels)), evaluation.probe_batch_size, device,
+                                 derive_seed(seed, "order"), augmentation, resolution)
+    if precision == "fp16":
+        precision = "fp32"  # fine-tuning has no loss scaler; fp16 gradients could underflow
+    tuned.train()
+    for epoch in range(evaluation.finetune_epochs):
+        for batch in batches.epoch(epoch):
+            with autocast(precision, device):
+                logits = tuned(batch.x)
+            loss = mixed_loss(logits, batch.y, batch.y_mix, batch.lam, label_smoothing).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    tuned.eval()
+    return tuned.requires_grad_(False)
+
+
+def _check_channels(spec: JobSpec, dataset: str, split: data.Split) -> None:
+    channels = len(split.mean)
+    if channels != spec.channels:
+        raise StudyError(
+            f"downstream dataset {dataset!r} has {channels} channel(s) but the model was pre-trained on "
+            f"{spec.pretrain.dataset!r} with {spec.channels}; use a downstream dataset with {spec.channels}"
+        )
+
+
+def _native_resolution(dataset: str) -> int:
+    """Downstream splits are read at their native size (0 for datasets outside the catalogue);
+    eval_batches and the loader resize them to the model's resolution."""
+    known = data.CATALOGUE.get(dataset)
+    return known.resolution if known else 0
+
+
+def check_downstream(spec: JobSpec) -> None:
+    """Refuse, before any training, downstream datasets whose channels differ from pre-training's."""
+    for ds in spec.downstream:
+        split = data.load_split(ds.dataset, ds.path, "test", _native_resolution(ds.dataset))
+        _check_channels(spec, ds.dataset, split)
+
+
+def evaluate(model: nn.Module, spec: JobSpec, device: torch.device, epoch: int) -> dict[str, float]:
+    """All metrics of `spec.evaluation` for `model` after `epoch` epochs, as metric name -> error."""
+    ev = spec.evaluation
+    precision = spec.train.precision
+    batch = ev.probe_batch_size
+    metrics: dict[str, float] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        if ev.upstream:
+            test = data.load_split(spec.pretrain.dataset, spec.pretrain.path, "test", spec.resolution)
+            batches = loader.eval_batches(test, batch, device, spec.resolution)
+            logits, labels = predict(model, batches, precision, device)
+            metrics["upstream/top1"], metrics["upstream/top5"] = topk_errors(logits, labels)
+        real = load_real_labels(ev.real_labels) if ev.real_labels else None
+        finetuned = {ds.dataset for ds in spec.downstream if ds.protocol == "finetune"}
+        for ds in spec.downstream:
+            native = _native_resolution(ds.dataset)
+            train_split = data.load_split(ds.dataset, ds.path, "train", native)
+            test_split = data.load_split(ds.dataset, ds.path, "test", native)
+            _check_channels(spec, ds.dataset, test_split)
+            seed = derive_seed(spec.seed, f"{ds.protocol}/{ds.dataset}/{epoch}")
+            classes = len(train_split.classes)
+            if ds.protocol == "linear":
+                rows = None  # the probe's training examples: all, or a fixed class-stratified subset
+                if 0 < ev.probe_examples < len(train_split):
+                    rows = data.stratified_subset(train_split.labels, ev.probe_examples, spec.subset_seed)
+                feats, labels = extract_features(
+                    model, loader.eval_batches(train_split, batch, device, spec.resolution, rows), precision, device)
+                if ev.probe == "fast":
+                    head = probe_fast(feats, labels, classes)
+                else:
+                    head = probe_paper(feats, labels, classes, epochs=ev.probe_epochs, lr=ev.probe_lr,
+                                       batch_size=batch, label_smoothing=spec.train.label_smoothing, seed=seed)
+                del feats
+                test_feats, test_labels = extract_features(
+                    model, loader.eval_batches(test_split, batch, device, spec.resolution), precision, device)
+                logits = head(test_feats)
+
+                def classifier(x: torch.Tensor, head: nn.Module = head) -> torch.Tensor:
+                    return head(model.features(x))
+
+                tta_scale = spec.train.augmentation.crop_scale
+            else:
+                tuned = finetune(model, train_split, ev, label_smoothing=spec.train.label_smoothing,
+                                 precision=precision, device=device, resolution=spec.resolution, seed=seed)
+                logits, test_labels = predict(
+                    tuned, loader.eval_batches(test_split, batch, device, spec.resolution), precision, device)
+                classifier = tuned
+                tta_scale = ev.finetune_crop_scale
+            metrics[f"{ds.dataset}/{ds.protocol}"] = topk_errors(logits, test_labels, (1,))[0]
+            if ds.protocol == "linear" and ds.dataset in finetuned:
+                continue  # TTA and ReaL points of a dataset come from its fine-tuned model
+            if ev.tta_crops > 0:
+                tta_batch = max(1, batch // ev.tta_crops)
+                logits, test_labels = predict_tta(
+                    classifier,
+                    loader.tta_batches(test_split, tta_batch, device, spec.resolution, ev.tta_crops,
+                                       derive_seed(seed, "tta"), scale=tta_scale),
+                    precision, device)
+                metrics[f"{ds.dataset}/tta"] = topk_errors(logits, test_labels, (1,))[0]
+            if real is not None and len(real) == len(test_split.labels):
+                metrics[f"{ds.dataset}/real"] = real_error(logits.argmax(dim=1), real)
+        if real is not None and not any(k.endswith("/real") for k in metrics):
+            raise StudyError(
+                f"ReaL labels file {ev.real_labels} lists {len(real)} images, which matches the test split of "
+                f"no downstream dataset ({', '.join(ds.dataset for ds in spec.downstream) or 'none'})"
+            )
+    finally:
+        model.train(was_training)
+    return metrics
+

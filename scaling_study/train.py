@@ -1,0 +1,384 @@
+"""One training trajectory: the paper's recipe, evaluations along the way, exact resume.
+
+`train(spec)` trains to spec.total_epochs and evaluates at every epoch of spec.epochs. Its
+checkpoint (model, optimizer, position, RNG states, evaluations so far, the spec) is written
+atomically at the end of every epoch, every `checkpoint_every_s` and when asked to stop;
+resuming from any of them on the CPU gives bit-identical weights and metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import budget, data, evaluate, loader
+from .errors import StudyError
+from .evaluate import autocast, derive_seed, mixed_loss
+from .models import build
+from .optim import make_optimizer
+from .plan import JobSpec
+
+CHECKPOINT_FORMAT = 1
+_NOT_COMPARED = {"path", "real_labels"}  # machine-local: a checkpoint may move between machines
+
+
+@dataclass(frozen=True)
+class EvalPoint:
+    """One metric at one epoch; value is an error rate in [0, 1] (train/loss: the mean loss)."""
+
+    epoch: int
+    metric: str
+    value: float
+
+
+@dataclass
+class Progress:
+    """Where a running trajectory is, after an optimizer step."""
+
+    epoch: int  # 1-based epoch in progress
+    step: int  # optimizer steps done in the whole trajectory
+    steps_per_epoch: int
+    total_epochs: int
+    loss: float
+    images_per_s: float
+
+
+@dataclass
+class Result:
+    """How a trajectory ended and every evaluation point it produced (also before a resume)."""
+
+    status: str  # "done" | "diverged" | "interrupted"
+    epochs_done: int
+    evaluations: list[EvalPoint]
+    message: str = ""
+    step: int = 0
+    loss: float = float("nan")
+    notes: list[str] = field(default_factory=list)
+
+
+def lr_at(step: int, total_steps: int, *, lr: float, schedule: str = "constant", warmup_steps: int = 0,
+          decay_fraction: float = 0.2) -> float:
+    """Learning rate of 0-based optimizer step `step` out of `total_steps`.
+
+    Linear warmup over the first `warmup_steps` steps (from lr/warmup_steps up to lr), then
+    constant; cosine from lr to 0 at step total_steps; or WSD: constant, then linear to 0 over
+    the last `decay_fraction` of the steps.
+    """
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "wsd":
+        decay = round(decay_fraction * total_steps)
+        if decay <= 0 or step < total_steps - decay:
+            return lr
+        return lr * max(0.0, (total_steps - step) / decay)
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def init_model(spec: JobSpec) -> nn.Module:
+    """The spec's model, initialised from a seed derived from spec.seed (global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(spec.seed, "init"))
+        return build(spec.model, spec.input_dim, spec.classes)
+
+
+class Stepper:
+    """Forward and backward of one batch, accumulated over micro-batches, then the optimizer step.
+
+    The loss of each micro-batch is summed over its examples and divided by the whole batch's
+    size, so the accumulated gradient equals the full batch's. A CUDA out-of-memory error
+    halves the micro-batch and redoes the batch.
+    """
+
+    def __init__(self, model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
+                 optimizer: torch.optim.Optimizer, *, label_smoothing: float, grad_clip: float,
+                 precision: str, device: torch.device, micro_batch_size: int, notes: list[str]):
+        self.model = model
+        self.forward = forward
+        self.optimizer = optimizer
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.label_smoothing = label_smoothing
+        self.grad_clip = grad_clip
+        self.precision = precision
+        self.device = device
+        self.micro_batch_size = micro_batch_size
+        self.notes = notes
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def backward(self, batch: loader.Batch) -> float:
+        """Accumulate the batch's gradient; returns its mean loss (not yet stepped)."""
+        while True:
+            size = len(batch.y)
+            micro = min(self.micro_batch_size or size, size)
+            try:
+                return self._accumulate(batch, micro)
+            except torch.cuda.OutOfMemoryError:
+                if micro <= 1:
+                    raise
+            # Outside the except block, so the failed attempt's tensors are freed first.
+            self.optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            self.micro_batch_size = micro // 2
+            self.notes.append(f"CUDA OOM at micro-batch {micro}: halved to {self.micro_batch_size}")
+
+    def _accumulate(self, batch: loader.Batch, micro: int) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        size = len(batch.y)
+        total = torch.zeros((), device=self.device)
+        for start in range(0, size, micro):
+            part = slice(start, start + micro)
+            with autocast(self.precision, self.device):
+                logits = self.forward(batch.x[part])
+            loss = mixed_loss(logits, batch.y[part], batch.y_mix[part], batch.lam[part], self.label_smoothing)
+            loss = loss.sum() / size
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+        return total.item()
+
+    def step(self, lr: float) -> None:
+        """Apply the accumulated gradient at learning rate `lr`."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+
+def _flatten(value: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict):
+        out: dict[str, object] = {}
+        for key, item in value.items():
+            if key not in _NOT_COMPARED:
+                out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    if isinstance(value, (list, tuple)):
+        out = {}
+        for i, item in enumerate(value):
+            out.update(_flatten(item, f"{prefix}{i}."))
+        return out or {prefix[:-1]: "[]"}
+    return {prefix[:-1]: value}
+
+
+def spec_difference(stored: dict, spec: JobSpec) -> str:
+    """'' if `stored` describes the same job as `spec` (paths aside), else the first differences."""
+    old, new = _flatten(stored), _flatten(spec.to_dict())
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>"))
+    return ", ".join(f"{k}: {old.get(k, '<absent>')!r} != {new.get(k, '<absent>')!r}" for k in keys[:3])
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save to a temp file beside `path`, flush and fsync, then os.replace (atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def load_checkpoint(path: Path, spec: JobSpec) -> dict:
+    """A checkpoint's state, refused (StudyError) when it was written for another job."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file: say which, in one line
+        raise StudyError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}".splitlines()[0]) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise StudyError(f"checkpoint {path} is not a scaling-study checkpoint (format {CHECKPOINT_FORMAT})")
+    difference = spec_difference(state["spec"], spec)
+    if difference:
+        raise StudyError(f"checkpoint {path} belongs to a different job ({difference}); "
+                         "delete it or run the job it was written for")
+    return state
+
+
+def keep_freed_memory(device: torch.device) -> None:
+    """On the CPU (glibc), keep freed memory in the heap for reuse instead of returning it to the OS.
+
+    Each step allocates megabytes of activations and gradients; by default glibc serves them
+    with fresh mmaps and unmaps them on free, so every step page-faults its working set in
+    again (measured on B-6/Wi-256, batch 1024: 17,000 faults and 11% of the step). This sets
+    the process-wide MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ tunables through mallopt.
+    """
+    if device.type != "cpu" or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(ctypes.c_int(-3), ctypes.c_int(32 << 20))  # M_MMAP_THRESHOLD: glibc's maximum, 32 MiB
+        libc.mallopt(ctypes.c_int(-1), ctypes.c_int(2**31 - 1))  # M_TRIM_THRESHOLD: (almost) never trim
+
+
+@contextlib.contextmanager
+def _deterministic(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels on the CPU for the duration of training (restored afterwards)."""
+    if device.type != "cpu":
+        yield
+        return
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def train(spec: JobSpec, *, device: str = "cpu", checkpoint: Path | None = None,
+          checkpoint_every_s: float = 600.0,
+          on_progress: Callable[[Progress], None] | None = None,
+          on_epoch: Callable[[int, list[EvalPoint]], None] | None = None,
+          should_stop: Callable[[], bool] = lambda: False) -> Result:
+    """Train one trajectory to spec.total_epochs, evaluating at every epoch in spec.epochs.
+
+    Resumes from `checkpoint` when it exists (refused if written for another spec). At the end
+    of every epoch: evaluate (at evaluation epochs), write the checkpoint atomically, then call
+    on_epoch(epochs_done, new_points). should_stop() is polled after every optimizer step.
+    """
+    dev = torch.device(device)
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    keep_freed_memory(dev)
+    with _deterministic(dev):
+        return _train(spec, dev, checkpoint, checkpoint_every_s, on_progress, on_epoch, should_stop)
+
+
+def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpoint_every_s: float,
+           on_progress: Callable[[Progress], None] | None,
+           on_epoch: Callable[[int, list[EvalPoint]], None] | None,
+           should_stop: Callable[[], bool]) -> Result:
+    tc = spec.train
+    state = load_checkpoint(checkpoint, spec) if checkpoint is not None and checkpoint.exists() else None
+    if device.type == "cuda" and tc.precision in ("auto", "bf16"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    split = data.load_split(spec.pretrain.dataset, spec.pretrain.path, "train", spec.resolution)
+    if len(split.mean) != spec.channels or len(split.classes) != spec.classes:
+        raise StudyError(
+            f"{spec.pretrain.dataset} at {spec.pretrain.path!r} has {len(split.mean)} channels and "
+            f"{len(split.classes)} classes; the job was planned for {spec.channels} and {spec.classes}"
+        )
+    evaluate.check_downstream(spec)
+    indices = data.stratified_subset(split.labels, spec.examples, spec.subset_seed)
+    batches = loader.TrainLoader(split, indices, tc.batch_size, device, spec.seed, tc.augmentation, spec.resolution)
+    steps_per_epoch = budget.steps_per_epoch(spec.examples, tc.batch_size)
+    total_steps = budget.total_steps(spec.examples, tc.batch_size, spec.total_epochs)
+    if len(batches) != steps_per_epoch:
+        raise StudyError(f"the loader gives {len(batches)} batches per epoch, the budget {steps_per_epoch}")
+    warmup_steps = round(tc.warmup_epochs * steps_per_epoch)
+
+    model = init_model(spec).to(device)
+    optimizer = make_optimizer(tc.optimizer, model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
+                               momentum=tc.momentum)
+    forward = torch.compile(model) if tc.compile else model
+    notes: list[str] = []
+    stepper = Stepper(model, forward, optimizer, label_smoothing=tc.label_smoothing, grad_clip=tc.grad_clip,
+                      precision=tc.precision, device=device, micro_batch_size=tc.micro_batch_size, notes=notes)
+
+    epoch, batch_index, step = 0, 0, 0  # epochs done, batches done in the current epoch, steps done
+    loss_sum, loss_count, last_loss = 0.0, 0, float("nan")
+    evaluations: list[EvalPoint] = []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        stepper.scaler.load_state_dict(state["scaler"])
+        stepper.micro_batch_size = state["micro_batch_size"]
+        epoch, batch_index, step = state["epoch"], state["batch"], state["step"]
+        loss_sum, loss_count, last_loss = state["loss_sum"], state["loss_count"], state["last_loss"]
+        evaluations = [EvalPoint(int(e), str(m), float(v)) for e, m, v in state["evaluations"]]
+        notes.extend(state["notes"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def save() -> None:
+        if checkpoint is None:
+            return
+        save_checkpoint(checkpoint, {
+            "format": CHECKPOINT_FORMAT,
+            "spec": spec.to_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": stepper.scaler.state_dict(),
+            "micro_batch_size": stepper.micro_batch_size,
+            "epoch": epoch, "batch": batch_index, "step": step,
+            "loss_sum": loss_sum, "loss_count": loss_count, "last_loss": last_loss,
+            "evaluations": [(p.epoch, p.metric, p.value) for p in evaluations],
+            "notes": list(notes),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
+        })
+
+    def result(status: str, message: str = "", at_step: int | None = None) -> Result:
+        return Result(status, epoch, list(evaluations), message, step if at_step is None else at_step, last_loss,
+                      list(notes))
+
+    last_save = time.monotonic()
+    model.train()
+    while epoch < spec.total_epochs:
+        started, images = time.perf_counter(), 0
+        for batch in batches.epoch(epoch, start_batch=batch_index):
+            loss = stepper.backward(batch)
+            if not math.isfinite(loss) or loss > tc.divergence_loss:
+                last_loss = loss
+                limit = "" if not math.isfinite(loss) else f" (above divergence_loss {tc.divergence_loss:g})"
+                return result("diverged", f"loss {loss:.6g}{limit} at step {step + 1} (epoch {epoch + 1})", step + 1)
+            stepper.step(lr_at(step, total_steps, lr=tc.lr, schedule=tc.schedule, warmup_steps=warmup_steps,
+                               decay_fraction=tc.decay_fraction))
+            step += 1
+            batch_index += 1
+            size = len(batch.y)
+            loss_sum += loss * size
+            loss_count += size
+            last_loss = loss
+            images += size
+            if on_progress is not None:
+                elapsed = time.perf_counter() - started
+                on_progress(Progress(epoch + 1, step, steps_per_epoch, spec.total_epochs, loss,
+                                     images / elapsed if elapsed > 0 else 0.0))
+            if should_stop():
+                save()
+                return result("interrupted", f"stopped at step {step} (epoch {epoch + 1})")
+            if checkpoint is not None and time.monotonic() - last_save >= checkpoint_every_s:
+                save()
+                last_save = time.monotonic()
+        if batch_index != steps_per_epoch:
+            raise StudyError(f"epoch {epoch + 1} ended after {batch_index} of {steps_per_epoch} batches")
+        epoch += 1
+        batch_index = 0
+        new: list[EvalPoint] = []
+        if epoch in spec.epochs:
+            metrics = evaluate.evaluate(model, spec, device, epoch)
+            new = [EvalPoint(epoch, name, value) for name, value in metrics.items()]
+            new.append(EvalPoint(epoch, "train/loss", loss_sum / loss_count))
+            evaluations.extend(new)
+        loss_sum, loss_count = 0.0, 0
+        save()
+        last_save = time.monotonic()
+        if on_epoch is not None:
+            on_epoch(epoch, new)
+    return result("done")
