@@ -1,0 +1,87 @@
+"""`study bench`: real tiny measurements stored in a real SQLite file, then read by `study plan`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from scaling_study import db
+from scaling_study.bench import gemm_shapes, train_flops_per_example
+from scaling_study.models import parse_model
+
+GRID = """
+[study]
+name = "bench-test"
+
+[data.pretrain]
+dataset = "fashion-mnist"
+path = "/nowhere"  # bench never reads the data: synthetic images of the dataset's shape
+
+[grid]
+models = ["B-1/Wi-32", "B-1/Wi-16"]
+examples = [1000]
+epochs = [1, 2]
+
+[train]
+batch_size = 64
+precision = "fp32"
+"""
+
+
+@pytest.fixture
+def grid(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(GRID)
+    return path
+
+
+def flat(result) -> str:
+    return " ".join(result.output.split())
+
+
+def test_bench_stores_calibrations_then_plan_prints_hours(cli, db_url, grid):
+    before = cli("plan", grid, "--db", db_url)
+    assert before.exit_code == 0, before.output
+    assert "hours" not in before.output and "no throughput calibration" in flat(before)
+
+    first = cli("bench", grid, "--models", "B-1/Wi-32", "--steps", "3", "--device", "cpu", "--db", db_url)
+    assert first.exit_code == 0, first.output
+    assert "B-1/Wi-32" in first.output and "MFU" in first.output
+    partial = cli("plan", grid, "--db", db_url)
+    assert "hours" not in partial.output  # not every model is calibrated yet
+
+    second = cli("bench", grid, "--models", "B-1/Wi-16", "--steps", "3", "--device", "cpu", "--db", db_url)
+    assert second.exit_code == 0, second.output
+    rows = db.latest_calibrations(db.connect(db_url), 28, 1, 64)
+    assert sorted(rows) == ["B-1/Wi-16", "B-1/Wi-32"]
+    for row in rows.values():
+        assert row["images_per_s"] > 0 and row["mfu"] > 0 and row["peak_memory_bytes"] >= 0
+        assert row["precision"] == "fp32" and row["device"].startswith("cpu")
+        details = json.loads(row["details"])
+        assert details["loader_images_per_s"] > 0 and details["gemm_flops_per_s"] > 0
+        assert details["steps"] == 3 and "peak_memory" in details
+
+    after = cli("plan", grid, "--db", db_url)
+    assert after.exit_code == 0, after.output
+    assert "hours" in after.output and "estimated" in flat(after) and "hours of training on cpu" in flat(after)
+
+
+def test_bench_refuses_a_model_not_in_the_grid(cli, db_url, grid):
+    result = cli("bench", grid, "--models", "B-9/Wi-7", "--db", db_url)
+    assert result.exit_code == 1
+    assert "model 'B-9/Wi-7' is not in" in flat(result) and "B-1/Wi-32, B-1/Wi-16" in flat(result)
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_bench_refuses_cuda_where_there_is_none(cli, db_url, grid):
+    result = cli("bench", grid, "--device", "cuda", "--db", db_url)
+    assert result.exit_code == 1 and "no CUDA GPU" in flat(result)
+
+
+def test_train_flops_are_the_gemms_flops():
+    model = parse_model("B-2/Wi-16", "test")
+    shapes = gemm_shapes(model, 784, 10, 64)
+    assert sum(2 * m * k * n for m, k, n in shapes) == 64 * train_flops_per_example(model, 784, 10)
