@@ -50,6 +50,10 @@ def _pflops(value: float) -> str:
     return f"{value / budget.PFLOP:,.3g}"
 
 
+def _hours(value: float) -> str:
+    return f"{value:,.1f}" if value >= 0.1 else f"{value:.2g}"  # a CPU demo's hours are not all 0.0
+
+
 @app.command()
 @user_errors
 def plan(
@@ -77,12 +81,12 @@ def plan(
     for row in summary.rows:
         table.add_row(
             row.name, f"{row.params / 1e6:,.2f}M", f"{row.flops / 1e6:,.2f}M", str(row.jobs), str(row.points),
-            _pflops(row.naive_compute), _pflops(row.compute), *([f"{hours[row.name]:,.1f}"] if estimate else []),
+            _pflops(row.naive_compute), _pflops(row.compute), *([_hours(hours[row.name])] if estimate else []),
         )
     table.add_row(
         "total", "", "", str(summary.jobs), str(summary.points),
         _pflops(summary.naive_compute), _pflops(summary.compute),
-        *([f"{sum(hours.values()):,.1f}"] if estimate else []), style="bold",
+        *([_hours(sum(hours.values()))] if estimate else []), style="bold",
     )
     console.print(table)
     saved = 1 - summary.compute / summary.naive_compute
@@ -94,13 +98,50 @@ def plan(
     )
     if estimate:
         devices = sorted({measured[name]["device"] for name in hours})
-        console.print(f"estimated {sum(hours.values()):,.1f} hours of training on {', '.join(devices)} (study bench)")
+        console.print(f"estimated {_hours(sum(hours.values()))} hours of training on {', '.join(devices)} (study bench)")
     elif engine is not None:
         console.print("no throughput calibration for these models yet: `study bench GRID` measures one")
     if engine is None:
         return
     added, existing = db.add_jobs(engine, grid.study.name, str(grid_file), grid.text, specs)
     console.print(f"added {added} jobs ({existing} already planned) to {engine.url.render_as_string(hide_password=True)}")
+    engine.dispose()  # close now: SQLite folds its write-ahead log into the file before we return
+
+
+@app.command()
+@user_errors
+def bench(
+    grid_file: Annotated[Path, typer.Argument(help="Grid TOML file whose models are measured")],
+    models: Annotated[Optional[list[str]], typer.Option("--models", help="Only this model of the grid (repeat, or comma-separate, for more)")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda, cuda:1, ...")] = "auto",
+    steps: Annotated[int, typer.Option(min=1, help="Training steps timed per model, after 3 warm-up steps")] = 10,
+    db_url: DbOption = None,
+) -> None:
+    """Measure each model's training img/s, MFU, loader img/s and peak memory here; `study plan` then gives hours."""
+    from . import bench as benchmark
+    from .runner import resolve_device
+
+    grid = load_grid(grid_file)
+    names = [name.strip() for value in models or () for name in value.split(",") if name.strip()]
+    specs = benchmark.model_specs(grid, names or None)
+    dev = resolve_device(device)
+    engine = db.connect(db_url)
+    first = specs[0]
+    table = Table(title=f"{grid.pretrain.dataset} at {first.resolution}px x {first.channels}, "
+                        f"batch {grid.train.batch_size}, {benchmark.resolved_precision(grid.train.precision, dev)}")
+    for column in ("model", "train img/s", "loader img/s", "train TFLOP/s", "GEMM TFLOP/s", "MFU", "peak memory"):
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
+    for spec in specs:  # stored one by one: an interrupted bench keeps what it measured
+        m = benchmark.measure(spec, dev, steps)
+        db.add_calibration(engine, **m.row())
+        table.add_row(m.model, f"{m.images_per_s:,.0f}", f"{m.loader_images_per_s:,.0f}",
+                      f"{m.train_flops_per_s / 1e12:.3g}", f"{m.gemm_flops_per_s / 1e12:.3g}", f"{m.mfu:.0%}",
+                      f"{m.peak_memory_bytes / 2**20:,.0f} MiB")
+    console.print(table)
+    console.print(f"stored {len(specs)} calibrations for {m.device} in "
+                  f"{engine.url.render_as_string(hide_password=True)}; `study plan {grid_file}` now prints hours",
+                  markup=False, highlight=False, soft_wrap=True)
+    engine.dispose()
 
 
 @app.command()
@@ -346,7 +387,7 @@ def data_prepare(
     console.print(
         f"{state} {meta['dataset']} ({counts} images, {len(meta['classes'])} classes, {meta['channels']} channel(s), "
         f"{meta['resolution']}px) in {out}; {meta['skipped_count']} unreadable file(s) skipped",
-        markup=False, highlight=False,
+        markup=False, highlight=False, soft_wrap=True,
     )
 
 
@@ -377,9 +418,14 @@ def import_results(
     db_url: DbOption = None,
 ) -> None:
     """Import results produced elsewhere; every bad row is reported and then nothing is imported."""
-    from .exchange import read_results_csv
+    from .exchange import BadRows, read_results_csv
 
-    trajectories = read_results_csv(file, study)
+    try:
+        trajectories = read_results_csv(file, study)
+    except BadRows as bad:  # one line per bad row, then the summary as the error
+        for row in bad.rows:
+            errors.print(row, markup=False, highlight=False, soft_wrap=True)
+        raise StudyError(bad.summary) from None
     engine = db.connect(db_url)
     jobs_added, points_added, present = db.import_trajectories(engine, str(file), trajectories)
     names = sorted({t["study"] for t in trajectories})

@@ -72,10 +72,13 @@ def _log_axes(ax) -> None:  # noqa: ANN001 - matplotlib Axes
 
 
 def _plain_log_axis(axis, low: float, high: float) -> None:  # noqa: ANN001 - a matplotlib Axis
-    """Label a log axis with plain numbers: at 1..9 x 10^k within a factor 3, at 1, 2, 3, 5 x 10^k within 30."""
-    if high / low < 30:
-        subs = np.arange(1.0, 10.0) if high / low < 3 else (1.0, 2.0, 3.0, 5.0)
-        axis.set_major_locator(ticker.LogLocator(subs=subs))
+    """Label a log axis with plain numbers: evenly spaced round values within a factor 3 (where a
+    decade's 1..9 x 10^k may give a single tick), at 1, 2, 3, 5 x 10^k within 30."""
+    if high / low < 3:
+        axis.set_major_locator(ticker.MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+        axis.set_minor_locator(ticker.NullLocator())
+    elif high / low < 30:
+        axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
         axis.set_minor_locator(ticker.LogLocator(subs=np.arange(1, 10)))
     axis.set_major_formatter(ticker.FuncFormatter(_tick))
     axis.set_minor_formatter(ticker.NullFormatter())

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from . import __version__, db
 from .errors import StudyError
 from .plan import JobSpec
@@ -214,7 +216,7 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
         outcome = _run_job(engine, job, worker, device, options, stop, events, train)
         if outcome in ("done", "diverged", "failed", "released"):
             getattr(summary, outcome).append(job["id"])
-        if outcome == "disk_full":
+        if outcome in ("disk_full", "database_refused"):
             summary.fatal = job["error_message"]
             break
     summary.stop_reason = stop.reason
@@ -229,7 +231,7 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
 
 def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, stop: StopFlag,
              events: Events, train: Callable) -> str:
-    """One attempt at one job; returns done / diverged / failed / released / lost / disk_full."""
+    """One attempt at one job; returns done / diverged / failed / released / lost / disk_full / database_refused."""
     spec = JobSpec.from_dict(json.loads(job["spec"]))
     folder = job_dir(options.runs_dir, job["study"], job["id"])
     log = JobLog(folder / "log.txt")
@@ -262,6 +264,13 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
             job["error_message"] = message
             events.job_ended(job, "released", message)
             return "disk_full"
+        if refused := _database_refused(error):  # writing the failure down would fail too: stop here
+            message = (f"the database refused job {job['id']}'s progress ({refused}); its checkpoint is kept: "
+                       "once the database takes writes again, `study run --resume` continues it")
+            log(message)
+            job["error_message"] = message
+            events.job_ended(job, "released", message)
+            return "database_refused"
         return _failed(engine, job, worker, log, events, error)
     beat.stop()
     if for_notes := "; ".join(result.notes):
@@ -293,6 +302,20 @@ def _disk_full(error: BaseException | None) -> str:
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno in DISK_FULL:
             return os.strerror(error.errno)
+        error = error.__cause__ or error.__context__
+    return ""
+
+
+def _database_refused(error: BaseException | None) -> str:
+    """The database's words if `error` (or what it was raised from) is a failed database write; else ''.
+
+    A full disk under SQLite, a read-only or unreachable server: the job cannot be recorded, so
+    it is left to its checkpoint and `--resume` rather than marked failed."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, sa.exc.DBAPIError):
+            return str(error.orig).strip().splitlines()[0] if str(error.orig).strip() else type(error.orig).__name__
         error = error.__cause__ or error.__context__
     return ""
 

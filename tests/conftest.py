@@ -36,7 +36,7 @@ def _postgres_bin() -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def postgres_url():
+def postgres_server():
     """A real PostgreSQL server on a Unix socket of its own, started for the test session.
 
     Debian's `postgresql` package provides the binaries (scripts/setup.sh installs it); the server
@@ -66,9 +66,21 @@ def postgres_url():
     run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
     run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
         f"-k {folder} -p {port} -c listen_addresses='' -c fsync=off", "start")
+    databases = iter(range(10**6))
+
+    def new_database() -> str:
+        name = f"study{next(databases)}"
+        run(str(bin_dir / "createdb"), "-h", str(folder), "-p", str(port), "-U", "postgres", name)
+        return f"postgresql+psycopg://postgres@/{name}?host={folder}&port={port}"
+
     try:
-        run(str(bin_dir / "createdb"), "-h", str(folder), "-p", str(port), "-U", "postgres", "study")
-        yield f"postgresql+psycopg://postgres@/study?host={folder}&port={port}"
+        yield new_database
     finally:
         run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh, empty database on the session's PostgreSQL server: no test sees another's jobs."""
+    return postgres_server()

@@ -122,19 +122,41 @@ def attempts_per_job(url: str) -> dict[int, list[str]]:
     return out
 
 
+def log_bytes(folder: Path) -> int:
+    """Total size of the job logs: each attempt writes a line there as soon as it has claimed its job."""
+    return sum(p.stat().st_size for p in folder.glob("runs/*/job-*/log.txt"))
+
+
+def wait_for_training(worker: subprocess.Popen, folder: Path, before: int) -> float:
+    """Block until the worker has claimed a job (its log grew past `before`) or exited; returns the time."""
+    while log_bytes(folder) <= before and worker.poll() is None:
+        time.sleep(0.01)
+    return time.monotonic()
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[tuple, float]:
-    """The grid run once, uninterrupted: what every interrupted run must reproduce bit for bit."""
+def reference_run(tmp_path_factory) -> tuple[dict[tuple, float], float]:
+    """The grid run once, uninterrupted: its points (what every interrupted run must reproduce bit
+    for bit) and the seconds from the first claim to the end (when a kill lands mid-work)."""
     folder = tmp_path_factory.mktemp("reference")
     (folder / "grid.toml").write_text(grid_text())
     url = f"sqlite:///{folder / 'results.db'}"
     study("plan", "grid.toml", "--db", url, cwd=folder)
-    study("run", "--db", url, cwd=folder)
+    worker = start("run", "--db", url, cwd=folder)
+    claimed = wait_for_training(worker, folder, 0)
+    out, err = worker.communicate(timeout=600)
+    work_s = time.monotonic() - claimed
+    assert worker.returncode == 0, out + err
     assert states(url) == ["done", "done"]
     result = points(url)
     # 2 jobs x 3 epochs x (upstream top1, top5, probe, train loss)
     assert len(result) == 2 * 3 * 4, sorted(result)
-    return result
+    return result, work_s
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run) -> dict[tuple, float]:
+    return reference_run[0]
 
 
 def test_run_records_every_point_once(reference):
@@ -144,15 +166,18 @@ def test_run_records_every_point_once(reference):
 
 
 @pytest.mark.parametrize("trial", range(3))
-def test_kill_9_then_resume_is_bit_identical(trial, reference, tmp_path):
+def test_kill_9_then_resume_is_bit_identical(trial, reference_run, tmp_path):
+    reference, work_s = reference_run
     (tmp_path / "grid.toml").write_text(grid_text())
     url = f"sqlite:///{tmp_path / 'results.db'}"
     study("plan", "grid.toml", "--db", url, cwd=tmp_path)
     rng = random.Random(trial)
     kills = 0
-    for _ in range(2):  # kill twice at random moments
+    for _ in range(2):  # kill twice at random moments of the work (the second may find it all done)
+        before = log_bytes(tmp_path)
         worker = start("run", "--resume", "--db", url, "--checkpoint-every", 1, cwd=tmp_path)
-        time.sleep(rng.uniform(2.0, 6.0))  # python + torch start-up takes ~2 s
+        claimed = wait_for_training(worker, tmp_path, before)
+        time.sleep(max(0.0, claimed + rng.uniform(0.05, 0.8) * work_s - time.monotonic()))
         if worker.poll() is None:
             worker.send_signal(signal.SIGKILL)
             kills += 1
@@ -275,3 +300,26 @@ def test_submitit_local_executor_runs_the_study(tmp_path):
     assert "all workers finished" in result.stdout
     assert states(url) == ["done"]
     assert list(attempts_per_job(url).values()) == [["done"]]
+
+
+def test_a_database_that_refuses_writes_stops_the_worker_and_loses_nothing(tmp_path):
+    (tmp_path / "grid.toml").write_text(grid_text(name="refused", examples="[300]", epochs="[1, 2]"))
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    study("plan", "grid.toml", "--db", url, cwd=tmp_path)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # the real engine refuses every new evaluation point, as a full disk would
+        conn.exec_driver_sql("CREATE TRIGGER refuse BEFORE INSERT ON evaluations "
+                             "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+    result = study("run", "--db", url, cwd=tmp_path, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.startswith("error: the database refused job 1's progress (database or disk is full)")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert (tmp_path / "runs" / "refused" / "job-1" / "checkpoint.pt").exists()
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER refuse")
+    engine.dispose()
+    assert points(url) == {}
+    study("run", "--resume", "--db", url, cwd=tmp_path)
+    assert states(url) == ["done"]
+    assert sorted({(e, m) for _, e, m in points(url)}) == [
+        (e, m) for e in (1, 2) for m in ("fashion-mnist/linear", "train/loss", "upstream/top1", "upstream/top5")]
