@@ -29,18 +29,13 @@ import numpy as np
 import torch
 
 from scaling_study import ffcv_backend
-from scaling_study.bench import make_stepper, synthetic_spec
+from scaling_study.bench import make_stepper, sync, synthetic_spec
 from scaling_study.data import Split
 from scaling_study.grid import Augmentation, TrainConfig
 from scaling_study.loader import Batch, TrainLoader
 from scaling_study.train import keep_freed_memory
 
 RESULTS = Path(__file__).resolve().parent / "results" / "loader_throughput.json"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def loader_timer(split: Split, batch_size: int, device: torch.device, resident: bool, beton: Path | None = None):

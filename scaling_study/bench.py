@@ -32,9 +32,9 @@ from .errors import StudyError
 from .grid import EvaluationConfig, Grid, PretrainData, TrainConfig
 from .loader import Batch, TrainLoader
 from .models import ModelSpec, parse_model
-from .optim import make_optimizer
 from .plan import JobSpec, expand
-from .train import Stepper, _deterministic, init_model, keep_freed_memory
+from .evaluate import resolved_precision
+from .train import Stepper, _deterministic, build_stepper, keep_freed_memory
 
 WARMUP_STEPS = 3
 
@@ -112,18 +112,10 @@ def synthetic_spec(model: str, *, resolution: int, channels: int, classes: int, 
 
 
 def make_stepper(spec: JobSpec, device: torch.device) -> Stepper:
-    """The model, optimizer and Stepper as train() builds them for `spec` (the same training step)."""
-    tc = spec.train
-    if device.type == "cuda" and tc.precision in ("auto", "bf16"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    model = init_model(spec).to(device)
-    optimizer = make_optimizer(tc.optimizer, model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
-                               momentum=tc.momentum)
-    forward = torch.compile(model) if tc.compile else model
-    model.train()
-    return Stepper(model, forward, optimizer, label_smoothing=tc.label_smoothing, grad_clip=tc.grad_clip,
-                   precision=tc.precision, device=device, micro_batch_size=tc.micro_batch_size, notes=[])
+    """The model, optimizer and Stepper exactly as train() builds them for `spec`, in training mode."""
+    stepper = build_stepper(spec, device, [])
+    stepper.model.train()
+    return stepper
 
 
 def synthetic_split(count: int, channels: int, resolution: int, classes: int, seed: int = 0) -> Split:
@@ -138,13 +130,6 @@ def endless(loader: TrainLoader) -> Iterator[Batch]:
     """The loader's batches epoch after epoch, as a long training run draws them."""
     for epoch in itertools.count():
         yield from loader.epoch(epoch)
-
-
-def resolved_precision(precision: str, device: str | torch.device) -> str:
-    """What `auto` means on this device (bf16 on CUDA, fp32 elsewhere)."""
-    if precision == "auto":
-        return "bf16" if torch.device(device).type == "cuda" else "fp32"
-    return precision
 
 
 def device_name(device: torch.device) -> str:

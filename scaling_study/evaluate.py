@@ -36,11 +36,16 @@ def derive_seed(seed: int, purpose: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def resolved_precision(precision: str, device: str | torch.device) -> str:
+    """What `auto` means on this device (bf16 on CUDA, fp32 elsewhere)."""
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return precision
+
+
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The autocast context for a precision: auto is bf16 on CUDA and fp32 elsewhere."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if precision == "auto" and device.type == "cuda":
-        dtype = torch.bfloat16
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolved_precision(precision, device))
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)

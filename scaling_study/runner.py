@@ -293,16 +293,22 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
     return state
 
 
+def _causes(error: BaseException | None):
+    """`error` and every exception it was raised from or while handling, innermost last."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
 def _disk_full(error: BaseException | None) -> str:
     """The OS's words if `error`, or an exception it was raised from, is a full disk or quota; else ''.
 
     torch.save reports a failed write as a RuntimeError raised while the OSError is handled."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in DISK_FULL:
-            return os.strerror(error.errno)
-        error = error.__cause__ or error.__context__
+    for cause in _causes(error):
+        if isinstance(cause, OSError) and cause.errno in DISK_FULL:
+            return os.strerror(cause.errno)
     return ""
 
 
@@ -311,12 +317,10 @@ def _database_refused(error: BaseException | None) -> str:
 
     A full disk under SQLite, a read-only or unreachable server: the job cannot be recorded, so
     it is left to its checkpoint and `--resume` rather than marked failed."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, sa.exc.DBAPIError):
-            return str(error.orig).strip().splitlines()[0] if str(error.orig).strip() else type(error.orig).__name__
-        error = error.__cause__ or error.__context__
+    for cause in _causes(error):
+        if isinstance(cause, sa.exc.DBAPIError):
+            words = str(cause.orig).strip()
+            return words.splitlines()[0] if words else type(cause.orig).__name__
     return ""
 
 

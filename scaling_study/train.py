@@ -160,6 +160,20 @@ class Stepper:
         self.scaler.update()
 
 
+def build_stepper(spec: JobSpec, device: torch.device, notes: list[str]) -> Stepper:
+    """The spec's model (seeded init), optimizer and Stepper on `device`, as every training run uses them."""
+    tc = spec.train
+    if device.type == "cuda" and tc.precision in ("auto", "bf16"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model = init_model(spec).to(device)
+    optimizer = make_optimizer(tc.optimizer, model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
+                               momentum=tc.momentum)
+    forward = torch.compile(model) if tc.compile else model
+    return Stepper(model, forward, optimizer, label_smoothing=tc.label_smoothing, grad_clip=tc.grad_clip,
+                   precision=tc.precision, device=device, micro_batch_size=tc.micro_batch_size, notes=notes)
+
+
 def _flatten(value: object, prefix: str = "") -> dict[str, object]:
     if isinstance(value, dict):
         out: dict[str, object] = {}
@@ -272,9 +286,6 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
            should_stop: Callable[[], bool]) -> Result:
     tc = spec.train
     state = load_checkpoint(checkpoint, spec) if checkpoint is not None and checkpoint.exists() else None
-    if device.type == "cuda" and tc.precision in ("auto", "bf16"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
     split = data.load_split(spec.pretrain.dataset, spec.pretrain.path, "train", spec.resolution)
     if len(split.mean) != spec.channels or len(split.classes) != spec.classes:
@@ -291,13 +302,9 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
         raise StudyError(f"the loader gives {len(batches)} batches per epoch, the budget {steps_per_epoch}")
     warmup_steps = round(tc.warmup_epochs * steps_per_epoch)
 
-    model = init_model(spec).to(device)
-    optimizer = make_optimizer(tc.optimizer, model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
-                               momentum=tc.momentum)
-    forward = torch.compile(model) if tc.compile else model
     notes: list[str] = []
-    stepper = Stepper(model, forward, optimizer, label_smoothing=tc.label_smoothing, grad_clip=tc.grad_clip,
-                      precision=tc.precision, device=device, micro_batch_size=tc.micro_batch_size, notes=notes)
+    stepper = build_stepper(spec, device, notes)
+    model, optimizer = stepper.model, stepper.optimizer
 
     epoch, batch_index, step = 0, 0, 0  # epochs done, batches done in the current epoch, steps done
     loss_sum, loss_count, last_loss = 0.0, 0, float("nan")
