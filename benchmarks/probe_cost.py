@@ -168,7 +168,6 @@ def main(path: str) -> None:
     for job in jobs:
         f = flops(job)
         rows.append((job, f["probe"] / f["pretrain"]))
-    analytic = [r for _, r in rows]
     total = sum(flops(j)["probe"] for j in jobs) / sum(flops(j)["pretrain"] for j in jobs)
     worst_job, worst = max(rows, key=lambda r: r[1])
     print(f"{path}: {len(jobs)} trajectories, {len(jobs[0].epochs)} evaluations each")

@@ -13,13 +13,12 @@ import csv
 import hashlib
 import json
 import math
-import os
-import uuid
 from pathlib import Path
 
 import pandas as pd
 
 from .errors import StudyError
+from .files import write_atomic
 
 REQUIRED = ("model", "params", "flops_per_example", "examples", "epochs", "error")
 DEFAULTS = {"metric": "imported", "seed": "0"}
@@ -130,21 +129,6 @@ def read_results_csv(path: Path, study: str | None = None) -> list[dict]:
     if not trajectories:
         raise StudyError(f"{path}: no rows to import")
     return list(trajectories.values())
-
-
-def write_atomic(path: Path, write) -> Path:  # noqa: ANN001 - write(temp_path) writes the file
-    """Write a file through a temporary sibling and os.replace, so a reader never sees half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a fresh name that `write` creates itself, so the file gets the usual permissions (mkstemp's are 0600)
-    temp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_frame(frame: pd.DataFrame, path: Path, fmt: str) -> Path:

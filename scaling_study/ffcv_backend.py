@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import StudyError
+from .files import write_atomic
 
 INSTALL = ("apt-get install -y libopencv-dev libturbojpeg0-dev pkg-config && pip install '.[ffcv]'")
 
@@ -55,12 +56,13 @@ class _Rows:
 def write_beton(path: str | Path, images: np.ndarray, labels: np.ndarray, workers: int = 0) -> None:
     """Write uint8 (N, C, H, W) images and int labels as a .beton (temp name, then os.replace)."""
     require_ffcv()
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.partial")
     fields = {"image": NDArrayField(np.dtype("uint8"), tuple(images.shape[1:])), "label": IntField()}
-    writer = DatasetWriter(str(temp), fields, num_workers=workers or os.cpu_count() or 1)
-    writer.from_indexed_dataset(_Rows(images, labels))
-    os.replace(temp, path)
+
+    def write(temp: Path) -> None:
+        DatasetWriter(str(temp), fields, num_workers=workers or os.cpu_count() or 1).from_indexed_dataset(
+            _Rows(images, labels))
+
+    write_atomic(path, write)
 
 
 def read_batches(path: str | Path, indices: np.ndarray, batch_size: int, workers: int = 0) -> Iterator[np.ndarray]:

@@ -26,7 +26,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from . import fit as fits  # noqa: E402
 from .budget import PFLOP  # noqa: E402
-from .exchange import write_atomic  # noqa: E402
+from .files import write_atomic  # noqa: E402
 
 COMPUTE_LABEL = "compute (PFLOPs, multiply-accumulates)"
 SIZES = LinearSegmentedColormap.from_list("model_size", ["#1f4e9c", "#5e60ce", "#b5179e", "#d7263d"])

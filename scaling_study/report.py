@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import fit as fits
-from .exchange import write_atomic
+from .files import write_atomic
 
 JSON_NAME = "fit.json"
 MARKDOWN_NAME = "report.md"

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import StudyError
+from .files import write_atomic
 from .readers import Source, open_source
 
 FORMAT_VERSION = 1
@@ -44,13 +45,8 @@ def labels_file(split: str) -> str:
 
 
 def write_json_atomic(path: Path, value: object) -> None:
-    """Write JSON to a temp file beside `path`, fsync it, then os.replace: never half a file."""
-    temp = path.with_name(f".{path.name}.tmp")
-    with open(temp, "w") as f:
-        json.dump(value, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, path)
+    """JSON written whole and fsynced (files.write_atomic): never half a file, even after a power cut."""
+    write_atomic(path, lambda temp: temp.write_text(json.dumps(value, indent=1)), durable=True)
 
 
 def read_meta(path: Path) -> dict | None:

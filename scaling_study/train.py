@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from torch import nn
 from . import budget, data, evaluate, loader
 from .errors import StudyError
 from .evaluate import autocast, derive_seed, mixed_loss
+from .files import write_atomic
 from .models import build
 from .optim import make_optimizer
 from .plan import JobSpec
@@ -197,23 +197,15 @@ def spec_difference(stored: dict, spec: JobSpec) -> str:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temp file beside `path`, flush and fsync, then os.replace (atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
+    """torch.save, written whole and fsynced (files.write_atomic): the previous checkpoint stays
+    intact until the new one is complete. Saved through a Python file object, so that a full disk
+    surfaces as the OSError behind torch's RuntimeError (runner._disk_full looks for it)."""
+
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+
+    write_atomic(path, write, durable=True)
 
 
 def load_checkpoint(path: Path, spec: JobSpec) -> dict:

@@ -8,7 +8,6 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from scaling_study import db
 from scaling_study.grid import load_grid
