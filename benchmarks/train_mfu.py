@@ -12,6 +12,15 @@ The reference is torch.mm in fp32 in the same process, two ways: the model's own
 (forward, input- and weight-gradient of every layer, FLOP-weighted) and a large 4096^3 product.
 Timings alternate reference and step for `rounds` rounds and keep each one's best (least
 disturbed by other processes); the ratio is step FLOP/s over reference FLOP/s.
+
+Where the step's time goes, measured in the same rounds:
+  - GEMM chain: the same layers' products alone (no bias, norm, activation, loss or optimizer),
+    forward and backward through autograd: the most any step built on torch.mm can reach;
+  - activation: the model's GELU (ReLU for S-MLPs), forward and backward, at the step's shapes;
+  - optimizer: the LION update alone, on the model's parameters and gradients;
+  - rest: what is left (LayerNorm, bias and residual adds, the loss, autograd bookkeeping).
+`bound` is the ratio the step would have if it cost only GEMM chain + activation: an upper
+bound for any implementation of this model whose GEMMs are torch's.
 """
 
 from __future__ import annotations
@@ -32,6 +41,42 @@ from scaling_study.optim import Lion  # noqa: E402
 from scaling_study.train import Stepper, keep_freed_memory  # noqa: E402
 
 
+def layer_sizes(spec, input_dim: int, classes: int) -> list[tuple[int, int]]:
+    """(fan_in, fan_out) of every linear layer, in order."""
+    hidden = spec.width * spec.expansion if spec.kind == "bottleneck" else spec.width
+    blocks = [(spec.width, hidden), (hidden, spec.width)] if spec.kind == "bottleneck" else [(spec.width, spec.width)]
+    return [(input_dim, spec.width), *blocks * spec.depth, (spec.width, classes)]
+
+
+def gemm_chain(spec, input_dim: int, classes: int, batch: int, device: torch.device):
+    """A step of the model's matrix products only: bias-free linears, forward and backward."""
+    chain = torch.nn.Sequential(*(torch.nn.Linear(i, o, bias=False) for i, o in layer_sizes(spec, input_dim, classes)))
+    chain = chain.to(device)
+    x = torch.randn(batch, input_dim, device=device)
+    grad = torch.randn(batch, classes, device=device)
+
+    def step() -> None:
+        chain.zero_grad(set_to_none=True)
+        chain(x).backward(grad)
+
+    return step
+
+
+def activation(spec, batch: int, device: torch.device):
+    """The model's activations alone, forward and backward, at the step's shapes (all blocks)."""
+    hidden = spec.width * spec.expansion if spec.kind == "bottleneck" else spec.width
+    fn = torch.nn.functional.gelu if spec.kind == "bottleneck" else torch.nn.functional.relu
+    inputs = [torch.randn(batch, hidden, device=device, requires_grad=True) for _ in range(spec.depth)]
+    grad = torch.randn(batch, hidden, device=device)
+
+    def step() -> None:
+        for u in inputs:
+            u.grad = None
+            fn(u).backward(grad)
+
+    return step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="B-6/Wi-256")
@@ -41,7 +86,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5, help="steps timed per round")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (train.compile)")
+    parser.add_argument("--compile", action="store_true",
+                        help="as train.compile: torch.compile the model, and LION's update fused (Lion(fused=True))")
     parser.add_argument("--default-malloc", action="store_true", help="skip train.keep_freed_memory (CPU)")
     parser.add_argument("--lion-pytorch", action="store_true", help="lion-pytorch's Lion instead of ours (before)")
     args = parser.parse_args()
@@ -58,7 +104,7 @@ def main() -> None:
 
         optimizer = lion_pytorch.Lion(model.parameters(), lr=1e-5, weight_decay=1e-3)
     else:
-        optimizer = Lion(model.parameters(), lr=1e-5, weight_decay=1e-3)
+        optimizer = Lion(model.parameters(), lr=1e-5, weight_decay=1e-3, fused=args.compile)
     forward = torch.compile(model) if args.compile else model
     stepper = Stepper(model, forward, optimizer, label_smoothing=0.3, grad_clip=0.0, precision="fp32",
                       device=device, micro_batch_size=0, notes=[])
@@ -78,13 +124,21 @@ def main() -> None:
     shapes = gemm_shapes(spec, input_dim, args.classes, args.batch)
     assert sum(2.0 * m * k * n for m, k, n in shapes) == flops_per_step  # the count is the GEMMs' own
 
+    chain_step = gemm_chain(spec, input_dim, args.classes, args.batch, device)
+    activation_step = activation(spec, args.batch, device)
     step_s, shaped, large = float("inf"), 0.0, 0.0
+    chain_s = activation_s = optimizer_s = float("inf")
     big = [(4096, 4096, 4096)]
     for _ in range(args.rounds):
         shaped = max(shaped, matmul_rate(shapes, device, 3))
         large = max(large, matmul_rate(big, device, 3))
         step_s = min(step_s, best_time(step, device, args.steps))
+        chain_s = min(chain_s, best_time(chain_step, device, args.steps))
+        activation_s = min(activation_s, best_time(activation_step, device, args.steps))
+        optimizer_s = min(optimizer_s, best_time(lambda: optimizer.step(), device, args.steps))
     rate = flops_per_step / step_s
+    rest_s = step_s - chain_s - activation_s - optimizer_s
+    bound = flops_per_step / (chain_s + activation_s) / shaped
     figures = {
         "model": args.model, "classes": args.classes, "resolution": args.resolution, "batch": args.batch,
         "precision": "fp32", "optimizer": "lion", "threads": torch.get_num_threads(),
@@ -94,12 +148,19 @@ def main() -> None:
         "step_s": step_s, "images_per_s": args.batch / step_s, "step_flops_per_s": rate,
         "matmul_flops_per_s_model_shapes": shaped, "matmul_flops_per_s_4096": large,
         "ratio_vs_model_shapes": rate / shaped, "ratio_vs_4096": rate / large,
+        "gemm_chain_s": chain_s, "activation_s": activation_s, "optimizer_s": optimizer_s, "rest_s": rest_s,
+        "ratio_gemm_chain": flops_per_step / chain_s / shaped, "bound_gemm_chain_plus_activation": bound,
     }
     print(f"{args.model}, {args.classes} classes, {args.resolution}px, batch {args.batch}, fp32, LION on {device}:")
     print(f"  step {step_s * 1e3:.1f} ms = {args.batch / step_s:,.0f} img/s = {rate / 1e9:.1f} GFLOP/s "
           f"({flops_per_step / args.batch / 1e6:.2f} MFLOP per example)")
     print(f"  torch.mm: {shaped / 1e9:.1f} GFLOP/s on the step's shapes, {large / 1e9:.1f} GFLOP/s at 4096^3")
     print(f"  ratio: {rate / shaped:.1%} of matmul at the step's shapes, {rate / large:.1%} of the 4096^3 matmul")
+    print(f"  step = GEMM chain {chain_s * 1e3:.1f} ms ({chain_s / step_s:.1%}) + activation {activation_s * 1e3:.1f} ms "
+          f"({activation_s / step_s:.1%}) + optimizer {optimizer_s * 1e3:.1f} ms ({optimizer_s / step_s:.1%}) "
+          f"+ rest {rest_s * 1e3:.1f} ms ({rest_s / step_s:.1%})")
+    print(f"  the GEMM chain alone reaches {flops_per_step / chain_s / shaped:.1%}; "
+          f"GEMM chain + activation, with everything else free, {bound:.1%}")
     variant = "" if not (args.compile or args.default_malloc or args.lion_pytorch or args.classes != 1000) else (
         "_" + "_".join(name for name, on in (("compile", args.compile), ("default-malloc", args.default_malloc),
                                              ("lion-pytorch", args.lion_pytorch),

@@ -33,8 +33,8 @@ from .grid import EvaluationConfig, Grid, PretrainData, TrainConfig
 from .loader import Batch, TrainLoader
 from .models import ModelSpec, parse_model
 from .plan import JobSpec, expand
-from .evaluate import resolved_precision
-from .train import Stepper, _deterministic, build_stepper, keep_freed_memory
+from .evaluate import evaluate, resolved_precision
+from .train import Stepper, _deterministic, build_stepper, init_model, keep_freed_memory
 
 WARMUP_STEPS = 3
 
@@ -201,6 +201,7 @@ class Measurement:
     gemm_flops_per_s: float
     peak_memory_bytes: int
     details: dict
+    evaluation_s: float | None = None  # one evaluation point; None: not measured (details["evaluation"] says why)
 
     @property
     def train_flops_per_s(self) -> float:
@@ -213,7 +214,7 @@ class Measurement:
 
     def row(self) -> dict:
         """Keyword arguments of db.add_calibration."""
-        details = {**self.details, "loader_images_per_s": self.loader_images_per_s,
+        details = {**self.details, "loader_images_per_s": self.loader_images_per_s, "evaluation_s": self.evaluation_s,
                    "train_flops_per_example": self.train_flops_per_example,
                    "train_flops_per_s": self.train_flops_per_s, "gemm_flops_per_s": self.gemm_flops_per_s}
         return dict(device=self.device, model=self.model, resolution=self.resolution, channels=self.channels,
@@ -242,9 +243,31 @@ def _timed(count: int, fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def evaluation_seconds(spec: JobSpec, device: torch.device) -> tuple[float | None, str]:
+    """Seconds of one evaluation point of `spec` on its real data, and how it was measured.
+
+    The second of two evaluations of a freshly initialised model: the first also reads the
+    datasets into the process's cache, which a worker does once, not at every point.
+    (None, why) when the grid's data cannot be read here.
+    """
+    if not spec.evaluation.upstream and not spec.downstream:
+        return 0.0, "nothing to evaluate"
+    model = init_model(spec).to(device)
+    try:
+        evaluate(model, spec, device, spec.epochs[-1])
+    except StudyError as error:
+        return None, f"not measured: {error}"
+    sync(device)
+    start = time.perf_counter()
+    evaluate(model, spec, device, spec.epochs[-1])
+    sync(device)
+    return time.perf_counter() - start, "evaluate() on the grid's data, untrained model, second of two calls"
+
+
 def measure(spec: JobSpec, device: str | torch.device, steps: int = 10, warmup: int = WARMUP_STEPS,
-            gemm_repeats: int = 3) -> Measurement:
-    """Measure one model: training and loader img/s, the GEMM reference, MFU and peak memory."""
+            gemm_repeats: int = 3, evaluation: bool = True) -> Measurement:
+    """Measure one model: training and loader img/s, the GEMM reference, MFU, peak memory and
+    (when `evaluation`) the seconds of one evaluation point."""
     dev = torch.device(device)
     tc = spec.train
     keep_freed_memory(dev)  # as train() does
@@ -275,6 +298,7 @@ def measure(spec: JobSpec, device: str | torch.device, steps: int = 10, warmup: 
         batches = endless(loader)
         _timed(warmup, lambda: next(batches), dev)
         loader_s = _timed(steps, lambda: next(batches), dev)
+        evaluation_s, how = evaluation_seconds(spec, dev) if evaluation else (None, "not measured: --no-evaluation")
     precision = resolved_precision(tc.precision, dev)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     gemm = matmul_rate(gemm_shapes(spec.model, spec.input_dim, spec.classes, tc.batch_size), dev, gemm_repeats, dtype)
@@ -286,12 +310,12 @@ def measure(spec: JobSpec, device: str | torch.device, steps: int = 10, warmup: 
         "loader": f"TrainLoader, {'device-resident' if loader.resident else 'streamed'}, synthetic uint8 images, "
                   "the grid's augmentation",
         "gemm": f"torch.mm at the step's GEMM shapes in {dtype}, best of {gemm_repeats}",
-        "peak_memory": memory.method,
+        "peak_memory": memory.method, "evaluation": how,
     }
     return Measurement(
         device=device_name(dev), model=spec.model.name, resolution=spec.resolution, channels=spec.channels,
         batch_size=tc.batch_size, precision=precision, images_per_s=images / train_s,
         loader_images_per_s=images / loader_s,
         train_flops_per_example=train_flops_per_example(spec.model, spec.input_dim, spec.classes),
-        gemm_flops_per_s=gemm, peak_memory_bytes=peak, details=details,
+        gemm_flops_per_s=gemm, peak_memory_bytes=peak, details=details, evaluation_s=evaluation_s,
     )

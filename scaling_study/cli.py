@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -51,7 +52,7 @@ def _pflops(value: float) -> str:
 
 
 def _hours(value: float) -> str:
-    return f"{value:,.1f}" if value >= 0.1 else f"{value:.2g}"  # a CPU demo's hours are not all 0.0
+    return f"{value:,.1f}" if value >= 10 else f"{value:.2g}"  # a CPU demo's hours are not all 0.0
 
 
 @app.command()
@@ -68,12 +69,18 @@ def plan(
     engine = None if dry_run else db.connect(db_url)
     first = specs[0]
     measured = db.latest_calibrations(engine, first.resolution, first.channels, grid.train.batch_size) if engine else {}
-    hours: dict[str, float] = {}
-    for spec in specs:  # training images over measured img/s; evaluation time is not included
+    train_h: dict[str, float] = {}  # training images over measured img/s
+    for spec in specs:
         if spec.model.name in measured:
             seconds = spec.examples * spec.total_epochs / measured[spec.model.name]["images_per_s"]
-            hours[spec.model.name] = hours.get(spec.model.name, 0.0) + seconds / 3600
-    estimate = len(hours) == len(summary.rows)
+            train_h[spec.model.name] = train_h.get(spec.model.name, 0.0) + seconds / 3600
+    estimate = len(train_h) == len(summary.rows)
+    eval_h: dict[str, float] = {}  # evaluation points times the measured seconds of one
+    for row in summary.rows if estimate else ():
+        per_point = json.loads(measured[row.name]["details"] or "{}").get("evaluation_s")
+        if per_point is not None:
+            eval_h[row.name] = row.points * per_point / 3600
+    hours = {name: train_h[name] + eval_h.get(name, 0.0) for name in train_h}
     table = Table(title=f"study {grid.study.name!r}: {grid.pretrain.dataset} at {first.resolution}px")
     columns = ["model", "params", "FLOP(f)", "jobs", "eval points", "PFLOPs (naive)", "PFLOPs (run)"]
     for column in columns + (["hours"] if estimate else []):
@@ -97,8 +104,16 @@ def plan(
         "Compute per Eq. 4, C = FLOP(f)*3*N*T, one multiply-accumulate = one FLOP."
     )
     if estimate:
-        devices = sorted({measured[name]["device"] for name in hours})
-        console.print(f"estimated {_hours(sum(hours.values()))} hours of training on {', '.join(devices)} (study bench)")
+        devices = ", ".join(sorted({measured[name]["device"] for name in hours}))
+        if len(eval_h) == len(hours):
+            console.print(f"estimated {_hours(sum(hours.values()))} hours on {devices} (study bench): "
+                          f"{_hours(sum(train_h.values()))} of training and {_hours(sum(eval_h.values()))} of "
+                          f"evaluation at {summary.points} points")
+        else:
+            missing = ", ".join(name for name in hours if name not in eval_h)
+            what = "of training" if not eval_h else "of training and some evaluation"
+            console.print(f"estimated {_hours(sum(hours.values()))} hours {what} on {devices} (study bench); "
+                          f"evaluation not measured for {missing} (`study bench` on a machine with the grid's data)")
     elif engine is not None:
         console.print("no throughput calibration for these models yet: `study bench GRID` measures one")
     if engine is None:
@@ -115,9 +130,11 @@ def bench(
     models: Annotated[Optional[list[str]], typer.Option("--models", help="Only this model of the grid (repeat, or comma-separate, for more)")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda, cuda:1, ...")] = "auto",
     steps: Annotated[int, typer.Option(min=1, help="Training steps timed per model, after 3 warm-up steps")] = 10,
+    evaluation: Annotated[bool, typer.Option(help="Also time one evaluation point on the grid's data")] = True,
     db_url: DbOption = None,
 ) -> None:
-    """Measure each model's training img/s, MFU, loader img/s and peak memory here; `study plan` then gives hours."""
+    """Measure each model's training img/s, MFU, loader img/s, peak memory and evaluation time here;
+    `study plan` then gives hours."""
     from . import bench as benchmark
     from .runner import resolve_device
 
@@ -129,15 +146,21 @@ def bench(
     first = specs[0]
     table = Table(title=f"{grid.pretrain.dataset} at {first.resolution}px x {first.channels}, "
                         f"batch {grid.train.batch_size}, {benchmark.resolved_precision(grid.train.precision, dev)}")
-    for column in ("model", "train img/s", "loader img/s", "train TFLOP/s", "GEMM TFLOP/s", "MFU", "peak memory"):
+    for column in ("model", "train img/s", "loader img/s", "train TFLOP/s", "GEMM TFLOP/s", "MFU", "peak memory",
+                   "eval s/point"):
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
+    unmeasured = ""
     for spec in specs:  # stored one by one: an interrupted bench keeps what it measured
-        m = benchmark.measure(spec, dev, steps)
+        m = benchmark.measure(spec, dev, steps, evaluation=evaluation)
         db.add_calibration(engine, **m.row())
         table.add_row(m.model, f"{m.images_per_s:,.0f}", f"{m.loader_images_per_s:,.0f}",
                       f"{m.train_flops_per_s / 1e12:.3g}", f"{m.gemm_flops_per_s / 1e12:.3g}", f"{m.mfu:.0%}",
-                      f"{m.peak_memory_bytes / 2**20:,.0f} MiB")
+                      f"{m.peak_memory_bytes / 2**20:,.0f} MiB", "-" if m.evaluation_s is None else f"{m.evaluation_s:.3g}")
+        if m.evaluation_s is None:
+            unmeasured = m.details["evaluation"]
     console.print(table)
+    if unmeasured:
+        console.print(f"evaluation {unmeasured}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"stored {len(specs)} calibrations for {m.device} in "
                   f"{engine.url.render_as_string(hide_password=True)}; `study plan {grid_file}` now prints hours",
                   markup=False, highlight=False, soft_wrap=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -12,11 +13,14 @@ class Lion(torch.optim.Optimizer):
 
     lion-pytorch clones the momentum for every parameter at every step; this reuses one
     scratch buffer, so no memory is allocated (and page-faulted in) per step. Same state_dict.
+    `fused=True` runs the update of all parameters as one torch.compile'd function (one pass
+    over memory instead of seven), still bit for bit lion-pytorch's.
     """
 
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, fused: bool = False):
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
+        self.fused = fused
         self._scratch: torch.Tensor | None = None
 
     def _buffer(self, p: torch.Tensor) -> torch.Tensor:
@@ -34,6 +38,9 @@ class Lion(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, wd, (beta1, beta2) = group["lr"], group["weight_decay"], group["betas"]
+            if self.fused:
+                self._fused_step(group)
+                continue
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -49,11 +56,46 @@ class Lion(torch.optim.Optimizer):
                 exp_avg.mul_(beta2).add_(grad, alpha=1.0 - beta2)
         return loss
 
+    def _fused_step(self, group: dict) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        moms = [self.state[p].setdefault("exp_avg", torch.zeros_like(p)) for p in params]
+        lr, wd, (beta1, beta2) = group["lr"], group["weight_decay"], group["betas"]
+        # Scalars as tensors of the parameters' dtype: rounded as eager rounds them, and a new
+        # learning rate is a new input, not a recompilation.
+        like = dict(dtype=params[0].dtype, device=params[0].device)
+        decay, step = torch.tensor(1.0 - lr * wd, **like), torch.tensor(-lr, **like)
+        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # never a silent, inexact eager fallback
+            _compiled_lion()(params, [p.grad for p in params], moms, decay, step, beta1, beta2)
 
-def make_optimizer(name: str, params, *, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
-    """LION, AdamW or SGD with momentum, by the grid's name."""
+
+@functools.cache
+def _compiled_lion() -> Callable:
+    """LION's update for lists of tensors, compiled: inductor fuses it into one pass over memory.
+
+    Eager PyTorch computes `m * b + g * (1 - b)` (`add_` with alpha) as one fused multiply-add;
+    inductor's prims.fma keeps that rounding in compiled code on the CPU and on CUDA, where a
+    plain expression would round twice and drift from lion-pytorch.
+    """
+    import torch._inductor.inductor_prims  # noqa: F401  (registers torch.ops.prims.fma)
+
+    fma = torch.ops.prims.fma
+
+    def update(params, grads, moms, decay, step, beta1: float, beta2: float) -> None:
+        for p, g, m in zip(params, grads, moms):
+            p.mul_(decay)
+            p.add_(fma(g, 1.0 - beta1, m * beta1).sign() * step)
+            m.copy_(fma(g, 1.0 - beta2, m * beta2))
+
+    return torch.compile(update)
+
+
+def make_optimizer(name: str, params, *, lr: float, weight_decay: float, momentum: float,
+                   compile: bool = False) -> torch.optim.Optimizer:
+    """LION, AdamW or SGD with momentum, by the grid's name; `compile`: LION's update fused."""
     if name == "lion":
-        return Lion(params, lr=lr, weight_decay=weight_decay)
+        return Lion(params, lr=lr, weight_decay=weight_decay, fused=compile)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
     if name == "sgd":

@@ -168,7 +168,7 @@ def build_stepper(spec: JobSpec, device: torch.device, notes: list[str]) -> Step
         torch.backends.cudnn.allow_tf32 = True
     model = init_model(spec).to(device)
     optimizer = make_optimizer(tc.optimizer, model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
-                               momentum=tc.momentum)
+                               momentum=tc.momentum, compile=tc.compile)
     forward = torch.compile(model) if tc.compile else model
     return Stepper(model, forward, optimizer, label_smoothing=tc.label_smoothing, grad_clip=tc.grad_clip,
                    precision=tc.precision, device=device, micro_batch_size=tc.micro_batch_size, notes=notes)

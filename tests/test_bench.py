@@ -9,7 +9,10 @@ import torch
 
 from scaling_study import db
 from scaling_study.bench import gemm_shapes, train_flops_per_example
+from scaling_study.cli import _hours
 from scaling_study.models import parse_model
+
+from tiny_datasets import write_idx
 
 GRID = """
 [study]
@@ -49,6 +52,7 @@ def test_bench_stores_calibrations_then_plan_prints_hours(cli, db_url, grid):
     first = cli("bench", grid, "--models", "B-1/Wi-32", "--steps", "3", "--device", "cpu", "--db", db_url)
     assert first.exit_code == 0, first.output
     assert "B-1/Wi-32" in first.output and "MFU" in first.output
+    assert "evaluation not measured: " in flat(first) and "/nowhere" in flat(first)  # no data here: said, not guessed
     partial = cli("plan", grid, "--db", db_url)
     assert "hours" not in partial.output  # not every model is calibrated yet
 
@@ -62,10 +66,45 @@ def test_bench_stores_calibrations_then_plan_prints_hours(cli, db_url, grid):
         details = json.loads(row["details"])
         assert details["loader_images_per_s"] > 0 and details["gemm_flops_per_s"] > 0
         assert details["steps"] == 3 and "peak_memory" in details
+        assert details["evaluation_s"] is None and details["evaluation"].startswith("not measured")
 
     after = cli("plan", grid, "--db", db_url)
     assert after.exit_code == 0, after.output
     assert "hours" in after.output and "estimated" in flat(after) and "hours of training on cpu" in flat(after)
+    assert "evaluation not measured for B-1/Wi-32, B-1/Wi-16" in flat(after)
+
+
+def test_bench_times_an_evaluation_point_and_plan_adds_it(cli, db_url, tmp_path):
+    data = tmp_path / "fashion"
+    write_idx(data, n_train=200, n_test=50, side=28)
+    grid = tmp_path / "evaluated.toml"
+    grid.write_text(GRID.replace("/nowhere", str(data)).replace("[1000]", "[100]") + f"""
+[[data.downstream]]
+dataset = "fashion-mnist"
+path = "{data}"
+protocol = "linear"
+
+[evaluation]
+probe = "fast"
+""")
+    result = cli("bench", grid, "--steps", "2", "--device", "cpu", "--db", db_url)
+    assert result.exit_code == 0, result.output
+    assert "s/point" in flat(result) and "not measured" not in flat(result)
+    rows = db.latest_calibrations(db.connect(db_url), 28, 1, 64)
+    per_point = {name: json.loads(row["details"])["evaluation_s"] for name, row in rows.items()}
+    assert sorted(per_point) == ["B-1/Wi-16", "B-1/Wi-32"] and all(s > 0 for s in per_point.values())
+    train_h = sum(100 * 2 / rows[name]["images_per_s"] / 3600 for name in rows)  # N * T per model
+    eval_h = sum(2 * s / 3600 for s in per_point.values())  # 2 evaluation points per model (T = 1, 2)
+
+    planned = cli("plan", grid, "--db", db_url)
+    assert planned.exit_code == 0, planned.output
+    assert (f"estimated {_hours(train_h + eval_h)} hours on cpu" in flat(planned)
+            and f"{_hours(train_h)} of training and {_hours(eval_h)} of evaluation at 4 points" in flat(planned))
+
+    skipped = cli("bench", grid, "--models", "B-1/Wi-16", "--steps", "2", "--no-evaluation", "--db", db_url)
+    assert skipped.exit_code == 0 and "evaluation not measured: --no-evaluation" in flat(skipped)
+    partial = flat(cli("plan", grid, "--db", db_url))
+    assert "hours of training and some evaluation on cpu" in partial and "evaluation not measured for B-1/Wi-16" in partial
 
 
 def test_bench_refuses_a_model_not_in_the_grid(cli, db_url, grid):

@@ -247,12 +247,13 @@ def test_mixup_and_label_smoothing_loss_by_hand():
         + (1 - lam) * ce(logits, y_mix, reduction="none", label_smoothing=eps))
 
 
-def test_lion_is_bit_for_bit_lion_pytorch():
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+def test_lion_is_bit_for_bit_lion_pytorch(fused):
     g = torch.Generator().manual_seed(0)
     shapes = [(257, 1001), (33,), (3, 5, 7), (4096,)]
     ours = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
-    a = Lion(ours, lr=1e-3, weight_decay=0.1)
+    a = Lion(ours, lr=1e-3, weight_decay=0.1, fused=fused)
     b = lion_pytorch.Lion(theirs, lr=1e-3, weight_decay=0.1)
     for step in range(12):
         for p, q, s in zip(ours, theirs, shapes):
@@ -292,3 +293,21 @@ def test_model_init_is_seeded_and_leaves_the_global_rng_alone():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     other = init_model(JobSpec.from_dict({**spec.to_dict(), "seed": 1}))
     assert not torch.equal(a.embed.weight, other.embed.weight)
+
+
+@needs_fashion
+def test_compiled_training_with_fused_lion_resumes_bit_identically(tmp_path):
+    """compile = true: torch.compile'd model and fused LION update, still exact across a resume."""
+    quiet = {**RESUME, "evaluation": "upstream = false", "downstream": False}  # training only
+    spec = grid_spec(**quiet, train="compile = true")
+    whole = tmp_path / "whole.pt"
+    reference = train(spec, checkpoint=whole)
+    assert reference.status == "done" and math.isfinite(reference.loss)
+    pieces = tmp_path / "pieces.pt"
+    progress, should_stop = stop_after(5)
+    assert train(spec, checkpoint=pieces, on_progress=progress, should_stop=should_stop).status == "interrupted"
+    assert train(spec, checkpoint=pieces).status == "done"
+    expected, got = final_weights(whole), final_weights(pieces)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    eager = train(grid_spec(**quiet), checkpoint=tmp_path / "e.pt")
+    assert eager.loss == pytest.approx(reference.loss, rel=1e-3)  # the same training, up to compiled rounding
