@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 EXTRAS="dev"
-# Debian packages: the built-in Fashion-MNIST data and a PostgreSQL server for the multi-worker tests.
-APT_PACKAGES="dataset-fashion-mnist postgresql"
+# Debian packages: the built-in Fashion-MNIST data, a PostgreSQL server for the multi-worker tests
+# and a C++ compiler for torch.compile on the CPU (`compile = true`).
+APT_PACKAGES="dataset-fashion-mnist postgresql g++"
 if [ "${1:-}" = "ffcv" ]; then
   EXTRAS="dev,ffcv"
   APT_PACKAGES="$APT_PACKAGES libopencv-dev libturbojpeg0-dev pkg-config"
