@@ -62,10 +62,11 @@ class Lion(torch.optim.Optimizer):
             return
         moms = [self.state[p].setdefault("exp_avg", torch.zeros_like(p)) for p in params]
         lr, wd, (beta1, beta2) = group["lr"], group["weight_decay"], group["betas"]
-        # Scalars as tensors of the parameters' dtype: rounded as eager rounds them, and a new
-        # learning rate is a new input, not a recompilation.
-        like = dict(dtype=params[0].dtype, device=params[0].device)
-        decay, step = torch.tensor(1.0 - lr * wd, **like), torch.tensor(-lr, **like)
+        # Scalars rounded to the parameters' dtype first, as eager rounds them (inductor would round
+        # 1 - lr*wd differently), and passed as Python floats: no host-device copy, and after the
+        # first change of lr a dynamic input rather than a recompilation per value.
+        dtype = params[0].dtype
+        decay, step = (torch.tensor(value, dtype=dtype).item() for value in (1.0 - lr * wd, -lr))
         with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # never a silent, inexact eager fallback
             _compiled_lion()(params, [p.grad for p in params], moms, decay, step, beta1, beta2)
 
