@@ -92,6 +92,7 @@ probe = "fast"
     assert "s/point" in flat(result) and "not measured" not in flat(result)
     rows = db.latest_calibrations(db.connect(db_url), 28, 1, 64)
     per_point = {name: json.loads(row["details"])["evaluation_s"] for name, row in rows.items()}
+    assert all(json.loads(row["details"])["evaluation"].endswith("second call") for row in rows.values())
     assert sorted(per_point) == ["B-1/Wi-16", "B-1/Wi-32"] and all(s > 0 for s in per_point.values())
     train_h = sum(100 * 2 / rows[name]["images_per_s"] / 3600 for name in rows)  # N * T per model
     eval_h = sum(2 * s / 3600 for s in per_point.values())  # 2 evaluation points per model (T = 1, 2)
