@@ -15,8 +15,6 @@ from rich.table import Table
 
 from . import budget, db
 from .errors import StudyError
-from .grid import load_grid
-from .plan import expand, summarize
 
 app = typer.Typer(
     help="Plan, run, resume and fit compute-scaling studies of MLPs.",
@@ -63,6 +61,9 @@ def plan(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan without writing to the database")] = False,
 ) -> None:
     """Expand a grid into jobs in the database and print what it will cost."""
+    from .grid import load_grid  # here, not at the top: grids import torch (models), which the
+    from .plan import expand, summarize  # commands that only read the database do not need
+
     grid = load_grid(grid_file)
     specs = expand(grid)
     summary = summarize(specs)
@@ -136,6 +137,7 @@ def bench(
     """Measure each model's training img/s, MFU, loader img/s, peak memory and evaluation time here;
     `study plan` then gives hours."""
     from . import bench as benchmark
+    from .grid import load_grid
     from .runner import resolve_device
 
     grid = load_grid(grid_file)

@@ -184,3 +184,13 @@ def test_batch_size_axis_makes_one_trajectory_per_batch_size():
     jobs = expand(parse_grid((ROOT / "grids" / "batch-size.toml").read_text()))
     assert sorted(job.train.batch_size for job in jobs) == [1024, 2048, 4096, 8192, 16384]
     assert len({job.id for job in jobs}) == 5
+
+
+def test_database_commands_start_without_importing_torch(tmp_path):
+    """`study status`, `logs`, `cancel` ... only read the database: the CLI module must not pull in
+    torch (about 1 s of start-up) until a command that trains, benches or plans needs it."""
+    import subprocess
+    import sys
+
+    check = "import sys, scaling_study.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", check], cwd=tmp_path).returncode == 0
