@@ -114,9 +114,8 @@ def crop_resize(
     cx, cy, w, h = (boxes[:, i].astype(np.float64) for i in range(4))
     sx = w / width * (np.where(flips, -1.0, 1.0) if flips is not None else 1.0)
     base = (2 * np.arange(resolution) + 1) / resolution - 1  # pixel centres, align_corners=False
-    gx = torch.from_numpy((sx[:, None] * base + (2 * cx / width - 1)[:, None]).astype(np.float32))
-    gy = torch.from_numpy((h[:, None] / height * base + (2 * cy / height - 1)[:, None]).astype(np.float32))
-    gx, gy = gx.to(x.device, non_blocking=True), gy.to(x.device, non_blocking=True)
+    gx = _to_device((sx[:, None] * base + (2 * cx / width - 1)[:, None]).astype(np.float32), x.device)
+    gy = _to_device((h[:, None] / height * base + (2 * cy / height - 1)[:, None]).astype(np.float32), x.device)
     if grid is None:
         grid = torch.empty((count, resolution, resolution, 2), device=x.device)
     grid[..., 0].copy_(gx[:, None, :].expand(count, resolution, resolution))
@@ -156,6 +155,8 @@ def _rows(images: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 
 def _to_device(rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on the device; on CUDA through pinned memory and without waiting for the
+    stream (a copy from pageable memory may synchronise with it, stalling the step)."""
     tensor = torch.from_numpy(rows)
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
@@ -234,7 +235,7 @@ class TrainLoader:
         if self.resident:
             for b in steps:
                 positions = order[b * self.batch_size : (b + 1) * self.batch_size]
-                device_positions = positions.to(self.device, non_blocking=True)
+                device_positions = _to_device(positions.numpy(), self.device)
                 shape = (len(positions), *self.images.shape[1:])
                 rows = torch.index_select(self.images, 0, device_positions, out=self._buffer("rows", shape, torch.uint8))
                 yield self._augment(rows, self.labels[device_positions], epoch, b)
@@ -244,7 +245,7 @@ class TrainLoader:
 
             chosen = self.indices[order[start_batch * self.batch_size :].numpy()]
             for b, rows in zip(steps, read_batches(self.beton, chosen, self.batch_size)):
-                positions = order[b * self.batch_size : (b + 1) * self.batch_size].to(self.device)
+                positions = _to_device(order[b * self.batch_size : (b + 1) * self.batch_size].numpy(), self.device)
                 yield self._augment(_to_device(rows, self.device), self.labels[positions], epoch, b)
             return
         # Streamed: read batch b + 1 from the memory-map in a thread while batch b is used.
@@ -257,7 +258,7 @@ class TrainLoader:
             for b in steps:
                 x = pending.result()
                 pending = reader.submit(fetch, b + 1) if b + 1 < len(self) else None
-                positions = order[b * self.batch_size : (b + 1) * self.batch_size].to(self.device)
+                positions = _to_device(order[b * self.batch_size : (b + 1) * self.batch_size].numpy(), self.device)
                 yield self._augment(x, self.labels[positions], epoch, b)
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -283,7 +284,7 @@ class TrainLoader:
         if aug.mixup > 0:
             # One lambda per batch (the paper's loader) or one per image; the partner is the previous image.
             draws = rng.beta(aug.mixup, aug.mixup, count if aug.mixup_per_image else 1)
-            lam = torch.from_numpy(np.broadcast_to(draws, (count,)).astype(np.float32)).to(self.device)
+            lam = _to_device(np.broadcast_to(draws, (count,)).astype(np.float32), self.device)
             partner = self._buffer("partner", tuple(x.shape)).copy_(x)
             weight = (1 - lam).view(-1, 1, 1, 1)
             x[1:].lerp_(partner[:-1], weight[1:])
@@ -307,7 +308,7 @@ def _ordered_rows(split: Split, batch_size: int, device: torch.device, indices: 
         else:
             chosen = np.asarray(indices[start : start + batch_size], np.int64)
             rows, y = _rows(split.images, chosen), labels[chosen].astype(np.int64)
-        return _to_device(rows, device), torch.from_numpy(y).to(device)
+        return _to_device(rows, device), _to_device(y, device)
 
     with ThreadPoolExecutor(1) as reader:
         starts = list(range(0, total, batch_size))
