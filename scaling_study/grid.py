@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .data import CATALOGUE, DatasetInfo
+from .store import read_meta
 from .errors import GridError
 from .models import ModelSpec, parse_model
 
@@ -135,9 +136,19 @@ class Grid:
 
 
 def dataset_info(grid: Grid) -> DatasetInfo:
-    """Facts of the pre-training set: from the grid's explicit fields, else the catalogue."""
+    """Facts of the pre-training set: a prepared store's own (meta.json), else the grid's explicit
+    fields, else the catalogue. A grid that contradicts its store is refused here, not job by job."""
     p = grid.pretrain
     known = CATALOGUE.get(p.dataset)
+    stored = read_meta(Path(p.path)) if p.path and Path(p.path).is_dir() else None
+    if stored is not None:
+        facts = {"size": stored["splits"]["train"]["count"], "classes": len(stored["classes"]),
+                 "channels": stored["channels"]}
+        for key, value in facts.items():
+            if getattr(p, key) and getattr(p, key) != value:
+                raise GridError(f"{grid.path}: [data.pretrain] {key} = {getattr(p, key)}, but the store at "
+                                f"{p.path} holds {value}; remove the key or correct it")
+        return DatasetInfo(facts["size"], facts["classes"], facts["channels"], p.resolution or stored["resolution"])
     size = p.size or (known.train_size if known else 0)
     classes = p.classes or (known.classes if known else 0)
     channels = p.channels or (known.channels if known else 0)

@@ -283,7 +283,8 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
     if len(split.mean) != spec.channels or len(split.classes) != spec.classes:
         raise StudyError(
             f"{spec.pretrain.dataset} at {spec.pretrain.path!r} has {len(split.mean)} channels and "
-            f"{len(split.classes)} classes; the job was planned for {spec.channels} and {spec.classes}"
+            f"{len(split.classes)} classes; the job was planned for {spec.channels} and {spec.classes} "
+            f"(set classes and channels in [data.pretrain], or prepare it with `study data prepare`, and plan again)"
         )
     evaluate.check_downstream(spec)
     indices = data.stratified_subset(split.labels, spec.examples, spec.subset_seed)

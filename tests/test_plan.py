@@ -194,3 +194,41 @@ def test_database_commands_start_without_importing_torch(tmp_path):
 
     check = "import sys, scaling_study.cli; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", check], cwd=tmp_path).returncode == 0
+
+
+def test_a_prepared_store_gives_the_plan_its_own_size_and_classes(cli, db_url, tmp_path):
+    """A store's meta.json, not the catalogue, says how many images and classes there are, so a
+    grid that contradicts it is refused at plan time instead of failing every job at run time."""
+    from scaling_study import store
+    from tiny_datasets import write_idx
+
+    write_idx(tmp_path / "raw", n_train=40, n_test=10, side=28)
+    store.prepare(tmp_path / "raw", tmp_path / "store", dataset="fashion-mnist")
+
+    def grid(examples: str, extra: str = "") -> Path:
+        path = tmp_path / "g.toml"
+        path.write_text(f"""
+[study]
+name = "stored"
+
+[data.pretrain]
+dataset = "fashion-mnist"
+path = "{tmp_path / 'store'}"
+{extra}
+
+[grid]
+models = ["B-1/Wi-16"]
+examples = {examples}
+epochs = [1]
+""")
+        return path
+
+    (spec,) = expand(parse_grid(grid("[20]").read_text(), "g.toml"))
+    assert (spec.classes, spec.channels, spec.resolution) == (10, 1, 28)
+    too_many = cli("plan", grid("[100]"), "--db", db_url)  # the catalogue's Fashion-MNIST has 60,000
+    assert too_many.exit_code == 2 and "100 is larger than fashion-mnist's 40 training examples" in too_many.output
+    contradicted = cli("plan", grid("[20]", "classes = 12"), "--db", db_url)
+    assert contradicted.exit_code == 2
+    assert "classes = 12, but the store at" in contradicted.output and "holds 10" in contradicted.output
+    assert "Traceback" not in contradicted.output
+    assert not Path(db_url.removeprefix("sqlite:///")).exists()  # refused before anything was written
