@@ -116,7 +116,10 @@ def plan(
             console.print(f"estimated {_hours(sum(hours.values()))} hours {what} on {devices} (study bench); "
                           f"evaluation not measured for {missing} (`study bench` on a machine with the grid's data)")
     elif engine is not None:
-        console.print("no throughput calibration for these models yet: `study bench GRID` measures one")
+        missing = ", ".join(row.name for row in summary.rows if row.name not in train_h)
+        console.print(f"no hours yet: `study bench {grid_file}` measures this machine's speed first" if not train_h
+                      else f"no hours yet: {missing} not measured at this resolution and batch size "
+                      f"(`study bench {grid_file}`)", markup=False, highlight=False)
     if engine is None:
         return
     added, existing = db.add_jobs(engine, grid.study.name, str(grid_file), grid.text, specs)

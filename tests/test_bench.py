@@ -47,14 +47,15 @@ def flat(result) -> str:
 def test_bench_stores_calibrations_then_plan_prints_hours(cli, db_url, grid):
     before = cli("plan", grid, "--db", db_url)
     assert before.exit_code == 0, before.output
-    assert "hours" not in before.output and "no throughput calibration" in flat(before)
+    assert "no hours yet: `study bench" in flat(before) and "measures this machine's speed first" in flat(before)
 
     first = cli("bench", grid, "--models", "B-1/Wi-32", "--steps", "3", "--device", "cpu", "--db", db_url)
     assert first.exit_code == 0, first.output
     assert "B-1/Wi-32" in first.output and "MFU" in first.output
     assert "evaluation not measured: " in flat(first) and "/nowhere" in flat(first)  # no data here: said, not guessed
     partial = cli("plan", grid, "--db", db_url)
-    assert "hours" not in partial.output  # not every model is calibrated yet
+    assert "hours" not in partial.output.replace("no hours yet", "")  # not every model is calibrated yet
+    assert "no hours yet: B-1/Wi-16 not measured at this resolution and batch size" in flat(partial)
 
     second = cli("bench", grid, "--models", "B-1/Wi-16", "--steps", "3", "--device", "cpu", "--db", db_url)
     assert second.exit_code == 0, second.output
