@@ -37,14 +37,13 @@ from results_file import write  # noqa: E402
 from scaling_study import cli, db  # noqa: E402
 from scaling_study.bench import endless, matmul_rate, measure, sync, synthetic_spec  # noqa: E402
 from scaling_study.data import Split  # noqa: E402
-from scaling_study.evaluate import resolved_precision  # noqa: E402
+from scaling_study.evaluate import precision_dtype, resolved_precision  # noqa: E402
 from scaling_study.grid import Augmentation, TrainConfig  # noqa: E402
 from scaling_study.loader import TrainLoader  # noqa: E402
 from scaling_study.runner import resolve_device  # noqa: E402
 
 TABLE_3 = ["B-6/Wi-256", "B-12/Wi-256", "B-6/Wi-512", "B-12/Wi-512", "B-6/Wi-1024", "B-12/Wi-1024"]
 IMAGENET_21K_IMAGES = 11_801_680
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def gemm_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, int]:
@@ -172,7 +171,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(resolve_device(args.device))
     precision = resolved_precision(args.precision, device)
-    peak, side = gemm_peak(device, DTYPES[precision])
+    peak, side = gemm_peak(device, precision_dtype(precision, device))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{name}: {precision} GEMM peak {peak / 1e12:.1f} TFLOP/s (torch.mm {side}^3)")
 

@@ -3,8 +3,8 @@
     python benchmarks/plan_estimate.py [grids/demo.toml]     # ~8 minutes for the demo on a 2-core CPU
 
 In a temp folder: `study bench GRID` (training img/s and seconds per evaluation point, stored
-as calibrations), `study plan GRID` (the estimate it prints comes from the same calibrations
-and the same arithmetic as below), then one `study run --resume` of the whole study, all
+as calibrations), `study plan GRID` (its estimate is plan.estimated_seconds over the same
+calibrations, as below), then one `study run --resume` of the whole study, all
 through the real CLI. For each model, the estimate (training images over the measured img/s,
 plus evaluation points times the measured seconds per point) is compared with the jobs' own
 recorded time (finished_at - started_at). The ratio is estimated over measured, per model and
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from results_file import write  # noqa: E402
 
 from scaling_study import cli, db  # noqa: E402
 from scaling_study.grid import load_grid  # noqa: E402
-from scaling_study.plan import expand, summarize  # noqa: E402
+from scaling_study.plan import estimated_seconds, expand, summarize  # noqa: E402
 
 
 def study(*args: str) -> None:
@@ -59,11 +58,10 @@ def main() -> None:
     def seconds(row: dict) -> float:
         return (dt.datetime.fromisoformat(str(row["finished_at"])) - dt.datetime.fromisoformat(str(row["started_at"]))).total_seconds()
 
+    estimates = estimated_seconds(specs, calibrations)
     models = []
     for row in rows:
-        measured = calibrations[row.name]
-        train_s = sum(s.examples * s.total_epochs for s in specs if s.model.name == row.name) / measured["images_per_s"]
-        eval_s = row.points * json.loads(measured["details"])["evaluation_s"]
+        train_s, eval_s = estimates[row.name]
         took = sum(seconds(job) for job in jobs if job["model"] == row.name)
         models.append({"model": row.name, "estimated_train_s": train_s, "estimated_evaluation_s": eval_s,
                        "estimated_s": train_s + eval_s, "jobs_s": took, "ratio": (train_s + eval_s) / took})

@@ -33,7 +33,7 @@ from .grid import EvaluationConfig, Grid, PretrainData, TrainConfig
 from .loader import Batch, TrainLoader
 from .models import ModelSpec, parse_model
 from .plan import JobSpec, expand
-from .evaluate import evaluate, resolved_precision
+from .evaluate import evaluate, precision_dtype, resolved_precision
 from .train import Stepper, _deterministic, build_stepper, init_model, keep_freed_memory
 
 WARMUP_STEPS = 3
@@ -306,7 +306,7 @@ def measure(spec: JobSpec, device: str | torch.device, steps: int = 10, warmup: 
         loader_s = _timed(steps, lambda: next(batches), dev)
         evaluation_s, how = evaluation_seconds(spec, dev) if evaluation else (None, "not measured: --no-evaluation")
     precision = resolved_precision(tc.precision, dev)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    dtype = precision_dtype(precision, dev)
     gemm = matmul_rate(gemm_shapes(spec.model, spec.input_dim, spec.classes, tc.batch_size), dev, gemm_repeats, dtype)
     images = steps * tc.batch_size
     details = {

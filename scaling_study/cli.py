@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -62,7 +61,7 @@ def plan(
 ) -> None:
     """Expand a grid into jobs in the database and print what it will cost."""
     from .grid import load_grid  # here, not at the top: grids import torch (models), which the
-    from .plan import expand, summarize  # commands that only read the database do not need
+    from .plan import estimated_seconds, expand, summarize  # commands that only read the database do not need
 
     grid = load_grid(grid_file)
     specs = expand(grid)
@@ -70,17 +69,10 @@ def plan(
     engine = None if dry_run else db.connect(db_url)
     first = specs[0]
     measured = db.latest_calibrations(engine, first.resolution, first.channels, grid.train.batch_size) if engine else {}
-    train_h: dict[str, float] = {}  # training images over measured img/s
-    for spec in specs:
-        if spec.model.name in measured:
-            seconds = spec.examples * spec.total_epochs / measured[spec.model.name]["images_per_s"]
-            train_h[spec.model.name] = train_h.get(spec.model.name, 0.0) + seconds / 3600
-    estimate = len(train_h) == len(summary.rows)
-    eval_h: dict[str, float] = {}  # evaluation points times the measured seconds of one
-    for row in summary.rows if estimate else ():
-        per_point = json.loads(measured[row.name]["details"] or "{}").get("evaluation_s")
-        if per_point is not None:
-            eval_h[row.name] = row.points * per_point / 3600
+    seconds = estimated_seconds(specs, measured)
+    estimate = len(seconds) == len(summary.rows)
+    train_h = {name: train / 3600 for name, (train, _) in seconds.items()}
+    eval_h = {name: evaluation / 3600 for name, (_, evaluation) in seconds.items() if evaluation is not None}
     hours = {name: train_h[name] + eval_h.get(name, 0.0) for name in train_h}
     table = Table(title=f"study {grid.study.name!r}: {grid.pretrain.dataset} at {first.resolution}px")
     columns = ["model", "params", "FLOP(f)", "jobs", "eval points", "PFLOPs (naive)", "PFLOPs (run)"]

@@ -43,10 +43,15 @@ def resolved_precision(precision: str, device: str | torch.device) -> str:
     return precision
 
 
+def precision_dtype(precision: str, device: str | torch.device) -> torch.dtype:
+    """The torch dtype a precision computes in on this device (auto: bf16 on CUDA, fp32 elsewhere)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolved_precision(precision, device), torch.float32)
+
+
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The autocast context for a precision: auto is bf16 on CUDA and fp32 elsewhere."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolved_precision(precision, device))
-    if dtype is None:
+    dtype = precision_dtype(precision, device)
+    if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
 

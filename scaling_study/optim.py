@@ -37,10 +37,10 @@ class Lion(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, wd, (beta1, beta2) = group["lr"], group["weight_decay"], group["betas"]
             if self.fused:
                 self._fused_step(group)
                 continue
+            lr, wd, (beta1, beta2) = group["lr"], group["weight_decay"], group["betas"]
             for p in group["params"]:
                 if p.grad is None:
                     continue

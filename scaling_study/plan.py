@@ -199,3 +199,21 @@ def summarize(jobs: list[JobSpec]) -> PlanSummary:
             compute=(old.compute if old else 0.0) + job.compute,
         )
     return PlanSummary(tuple(rows.values()))
+
+
+def estimated_seconds(jobs: list[JobSpec], calibrations: dict[str, dict]) -> dict[str, tuple[float, float | None]]:
+    """Per calibrated model (`study bench` rows by model name): (training seconds, evaluation seconds).
+
+    Training: its images (N * T per job) over the measured img/s. Evaluation: its evaluation
+    points times the measured seconds of one, None when that was not measured.
+    """
+    out: dict[str, tuple[float, float | None]] = {}
+    for row in summarize(jobs).rows:
+        if row.name not in calibrations:
+            continue
+        measured = calibrations[row.name]
+        images = sum(job.examples * job.total_epochs for job in jobs if job.model.name == row.name)
+        per_point = json.loads(measured["details"] or "{}").get("evaluation_s")
+        out[row.name] = (images / measured["images_per_s"], None if per_point is None else row.points * per_point)
+    return out
+
