@@ -15,7 +15,9 @@ def environment() -> dict:
     import numpy
     import torch
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    from scaling_study.bench import cpu_name
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({cpu_name()})"
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": device,

@@ -133,11 +133,25 @@ def endless(loader: TrainLoader) -> Iterator[Batch]:
         yield from loader.epoch(epoch)
 
 
+def cpu_name() -> str:
+    """The CPU's model, family and architecture (Linux's /proc/cpuinfo), else its architecture:
+    ratios such as MFU differ between CPUs of one architecture, so a figure names its CPU."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    family = f" (family {fields['cpu family']}, model {fields['model']})" if "cpu family" in fields else ""
+    return f"{fields['model name']}{family}, {platform.machine()}"
+
+
 def device_name(device: torch.device) -> str:
     """The device as a person would name it: the GPU's model, or the CPU and its thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)"
 
 
 # ---------------------------------------------------------------- peak memory
