@@ -299,7 +299,7 @@ def logs(job: Annotated[int, typer.Argument(help="Job id (see `study status --jo
 
     engine = db.connect(db_url)
     row = db.job_row(engine, job)
-    path = job_dir(runs_dir, row["study"], job) / "log.txt"
+    path = job_dir(runs_dir, row) / "log.txt"
     for attempt in db.attempt_rows(engine, job):
         console.print(
             f"attempt {attempt['attempt']}: {attempt['worker']} {attempt['started_at']:%Y-%m-%d %H:%M:%S} -> "

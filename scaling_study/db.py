@@ -318,9 +318,10 @@ def claim_job(
         if claimed.rowcount != 1:  # another dialect without row locks lost the race
             return None
         conn.execute(attempts.insert().values(job_id=row["id"], attempt=attempt, worker=worker, started_at=now()))
-        study_name = conn.execute(sa.select(studies.c.name).where(studies.c.id == row["study_id"])).scalar()
+        study_name, study_created = conn.execute(
+            sa.select(studies.c.name, studies.c.created_at).where(studies.c.id == row["study_id"])).one()
     job = dict(row)
-    job.update(attempts=attempt, study=study_name)
+    job.update(attempts=attempt, study=study_name, study_created_at=study_created)
     return job
 
 
@@ -414,9 +415,12 @@ def set_state(engine: Engine, job_id: int, new_state: str, allowed_from: tuple[s
     return row.state
 
 
+_JOB_COLUMNS = (jobs, studies.c.name.label("study"), studies.c.created_at.label("study_created_at"))
+
+
 def job_rows(engine: Engine, study: str | None = None, states: tuple[str, ...] | None = None) -> list[dict]:
     """Jobs with their study name, for status listings."""
-    query = sa.select(jobs, studies.c.name.label("study")).select_from(jobs.join(studies)).order_by(jobs.c.id)
+    query = sa.select(*_JOB_COLUMNS).select_from(jobs.join(studies)).order_by(jobs.c.id)
     if study:
         query = query.where(studies.c.name == study)
     if states:
@@ -429,7 +433,7 @@ def job_row(engine: Engine, job_id: int) -> dict:
     """One job, or a StudyError naming it."""
     with engine.connect() as conn:
         row = conn.execute(
-            sa.select(jobs, studies.c.name.label("study")).select_from(jobs.join(studies)).where(jobs.c.id == job_id)
+            sa.select(*_JOB_COLUMNS).select_from(jobs.join(studies)).where(jobs.c.id == job_id)
         ).mappings().first()
     if row is None:
         raise StudyError(f"no job {job_id}; `study status --jobs` lists them")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import hashlib
 import json
 import os
 import platform
@@ -154,9 +155,16 @@ def provenance(device: str, worker: str) -> dict:
     }
 
 
-def job_dir(runs_dir: Path, study: str, job_id: int) -> Path:
-    """Where a job keeps its checkpoint and log."""
-    return Path(runs_dir) / study / f"job-{job_id}"
+def job_dir(runs_dir: Path, job: dict) -> Path:
+    """Where a job keeps its checkpoint and log: runs/<study>-<key>/job-<id>.
+
+    The key hashes the study's name and creation time, so the folder belongs to this database's
+    study and no other: a new results.db (or another URL) with a study of the same name gets
+    folders of its own, instead of resuming, or being refused by, checkpoints it never recorded.
+    """
+    created = job["study_created_at"]
+    key = hashlib.sha256(f"{job['study']}\0{created.isoformat()}".encode()).hexdigest()[:8]
+    return Path(runs_dir) / f"{job['study']}-{key}" / f"job-{job['id']}"
 
 
 class JobLog:
@@ -233,7 +241,7 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
              events: Events, train: Callable) -> str:
     """One attempt at one job; returns done / diverged / failed / released / lost / disk_full / database_refused."""
     spec = JobSpec.from_dict(json.loads(job["spec"]))
-    folder = job_dir(options.runs_dir, job["study"], job["id"])
+    folder = job_dir(options.runs_dir, job)
     log = JobLog(folder / "log.txt")
     checkpoint = folder / "checkpoint.pt"
     log(f"attempt {job['attempts']} by {worker} on {device}: {spec.model.name}, N={spec.examples}, "

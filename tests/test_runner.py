@@ -122,6 +122,16 @@ def attempts_per_job(url: str) -> dict[int, list[str]]:
     return out
 
 
+def folder_of(url: str, runs: Path, job_id: int) -> Path:
+    """The job's checkpoint-and-log folder, as `study run` and `study logs` find it."""
+    from scaling_study.runner import job_dir
+
+    engine = db.connect(url)
+    row = db.job_row(engine, job_id)
+    engine.dispose()
+    return job_dir(runs, row)
+
+
 def log_bytes(folder: Path) -> int:
     """Total size of the job logs: each attempt writes a line there as soon as it has claimed its job."""
     return sum(p.stat().st_size for p in folder.glob("runs/*/job-*/log.txt"))
@@ -193,7 +203,7 @@ def test_sigterm_checkpoints_releases_and_resumes(reference, tmp_path):
     url = f"sqlite:///{tmp_path / 'results.db'}"
     study("plan", "grid.toml", "--db", url, cwd=tmp_path)
     worker = start("run", "--db", url, cwd=tmp_path)
-    job_dir = tmp_path / "runs" / "runner" / "job-1"
+    job_dir = folder_of(url, tmp_path / "runs", 1)
     deadline = time.time() + 60
     while not (job_dir / "log.txt").exists() and time.time() < deadline:  # the job has started
         time.sleep(0.05)
@@ -268,7 +278,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path):
     url = f"sqlite:///{tmp_path / 'results.db'}"
     study("plan", "grid.toml", "--db", url, cwd=tmp_path)
     worker = start("run", "--db", url, cwd=tmp_path)
-    checkpoint = tmp_path / "runs" / "disk" / "job-1" / "checkpoint.pt"
+    checkpoint = folder_of(url, tmp_path / "runs", 1) / "checkpoint.pt"
     deadline = time.time() + 60
     while not checkpoint.exists() and time.time() < deadline:
         time.sleep(0.02)
@@ -314,7 +324,7 @@ def test_a_database_that_refuses_writes_stops_the_worker_and_loses_nothing(tmp_p
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stderr.startswith("error: the database refused job 1's progress (database or disk is full)")
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
-    assert (tmp_path / "runs" / "refused" / "job-1" / "checkpoint.pt").exists()
+    assert (folder_of(url, tmp_path / "runs", 1) / "checkpoint.pt").exists()
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP TRIGGER refuse")
     engine.dispose()
@@ -323,3 +333,30 @@ def test_a_database_that_refuses_writes_stops_the_worker_and_loses_nothing(tmp_p
     assert states(url) == ["done"]
     assert sorted({(e, m) for _, e, m in points(url)}) == [
         (e, m) for e in (1, 2) for m in ("fashion-mnist/linear", "train/loss", "upstream/top1", "upstream/top5")]
+
+
+def test_a_new_database_does_not_take_over_another_databases_checkpoints(tmp_path):
+    """runs/ outlives results.db: a study of the same name in a new database trains afresh in
+    folders of its own, whether its grid is the same (no silent reuse of old results) or not
+    (no refusal by a checkpoint written for another job), and the old folders stay untouched."""
+    (tmp_path / "grid.toml").write_text(grid_text(examples="[100]", epochs="[1]"))
+    first = f"sqlite:///{tmp_path / 'first.db'}"
+    study("plan", "grid.toml", "--db", first, cwd=tmp_path)
+    study("run", "--db", first, cwd=tmp_path)
+    old = folder_of(first, tmp_path / "runs", 1)
+    old_files = {p.name: p.read_bytes() for p in old.iterdir()}
+    assert "checkpoint.pt" in old_files
+
+    for name, text in (("same.db", grid_text(examples="[100]", epochs="[1]")),
+                       ("other.db", grid_text(examples="[150]", epochs="[1]", lr="2e-3"))):
+        (tmp_path / "grid.toml").write_text(text)
+        url = f"sqlite:///{tmp_path / name}"
+        study("plan", "grid.toml", "--db", url, cwd=tmp_path)
+        result = study("run", "--resume", "--db", url, cwd=tmp_path)
+        assert "1 done" in result.stdout and states(url) == ["done"]
+        new = folder_of(url, tmp_path / "runs", 1)
+        assert new != old and new.parent.name.startswith("runner-")
+        assert "resuming from" not in (new / "log.txt").read_text()
+        logs = study("logs", 1, "--db", url, cwd=tmp_path).stdout  # finds the new folder
+        assert "attempt 1:" in logs and "done after 1 epochs" in logs and "resuming" not in logs
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == old_files
