@@ -196,10 +196,12 @@ def random_batch(size: int, channels: int, side: int, classes: int, seed: int = 
     )
 
 
-def stepper_for(model, micro_batch_size: int = 0, label_smoothing: float = 0.3) -> Stepper:
-    optimizer = Lion(model.parameters(), lr=1e-5, weight_decay=1e-3)
-    return Stepper(model, model, optimizer, label_smoothing=label_smoothing, grad_clip=0.0, precision="fp32",
-                   device=torch.device("cpu"), micro_batch_size=micro_batch_size, notes=[])
+def stepper_for(model, micro_batch_size: int = 0, label_smoothing: float = 0.3, *, forward=None, optimizer=None,
+                grad_clip: float = 0.0) -> Stepper:
+    """A CPU fp32 Stepper of `model` (LION at lr 1e-5 unless `optimizer`; `forward` defaults to the model)."""
+    optimizer = optimizer or Lion(model.parameters(), lr=1e-5, weight_decay=1e-3)
+    return Stepper(model, forward or model, optimizer, label_smoothing=label_smoothing, grad_clip=grad_clip,
+                   precision="fp32", device=torch.device("cpu"), micro_batch_size=micro_batch_size, notes=[])
 
 
 @pytest.mark.parametrize("name", TABLE_3)
@@ -337,9 +339,8 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_full_batch_gradient(
     expected = [p.grad.clone() for p in model.parameters()]
 
     limited = OutOfMemoryAbove(model, rows=3)
-    notes: list[str] = []
-    stepper = Stepper(model, limited, Lion(model.parameters(), lr=1e-5), label_smoothing=0.3, grad_clip=0.0,
-                      precision="fp32", device=torch.device("cpu"), micro_batch_size=0, notes=notes)
+    stepper = stepper_for(model, forward=limited)
+    notes = stepper.notes
     loss = stepper.backward(batch)
     assert notes == ["CUDA OOM at micro-batch 10: halved to 5", "CUDA OOM at micro-batch 5: halved to 2"]
     assert stepper.micro_batch_size == 2
@@ -355,8 +356,7 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_full_batch_gradient(
 
 def test_out_of_memory_at_one_example_is_raised():
     model = build_model_small()
-    stepper = Stepper(model, OutOfMemoryAbove(model, rows=0), Lion(model.parameters()), label_smoothing=0.0,
-                      grad_clip=0.0, precision="fp32", device=torch.device("cpu"), micro_batch_size=0, notes=[])
+    stepper = stepper_for(model, label_smoothing=0.0, forward=OutOfMemoryAbove(model, rows=0))
     with pytest.raises(torch.cuda.OutOfMemoryError):
         stepper.backward(random_batch(4, 1, 8, 7))
     assert stepper.notes == ["CUDA OOM at micro-batch 4: halved to 2", "CUDA OOM at micro-batch 2: halved to 1"]
@@ -373,8 +373,7 @@ def test_gradient_clipping_scales_the_global_norm():
     norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads])).item()
     for clip in (norm / 4, norm * 4):
         model = build_model_small()
-        stepper = Stepper(model, model, torch.optim.SGD(model.parameters(), lr=0.5), label_smoothing=0.3,
-                          grad_clip=clip, precision="fp32", device=torch.device("cpu"), micro_batch_size=0, notes=[])
+        stepper = stepper_for(model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5), grad_clip=clip)
         stepper.backward(batch)
         stepper.step(0.5)
         scale = min(1.0, clip / norm)
@@ -386,8 +385,7 @@ def test_gradient_clipping_scales_the_global_norm():
 def test_each_optimizer_lowers_the_loss_on_a_fixed_batch(name, lr):
     model = build_model_small()
     optimizer = make_optimizer(name, model.parameters(), lr=lr, weight_decay=1e-4, momentum=0.9)
-    stepper = Stepper(model, model, optimizer, label_smoothing=0.0, grad_clip=0.0, precision="fp32",
-                      device=torch.device("cpu"), micro_batch_size=0, notes=[])
+    stepper = stepper_for(model, label_smoothing=0.0, optimizer=optimizer)
     batch = random_batch(32, 1, 8, 7, seed=6)
     losses = []
     for _ in range(20):
