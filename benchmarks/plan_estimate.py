@@ -52,7 +52,7 @@ def main() -> None:
         study("run", "--resume", "--device", "cpu", "--db", url, "--runs-dir", f"{folder}/runs")
         run_s = time.perf_counter() - start
         engine = db.connect(url)
-        calibrations = db.latest_calibrations(engine, specs[0].resolution, specs[0].channels, grid.train.batch_size)
+        calibrations, _ = db.latest_calibrations(engine, specs[0].resolution, specs[0].channels, grid.train.batch_size)
         jobs = db.job_rows(engine)
 
     def seconds(row: dict) -> float:

@@ -58,6 +58,7 @@ def plan(
     grid_file: Annotated[Path, typer.Argument(help="Grid TOML file, e.g. grids/cifar100.toml")],
     db_url: DbOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan without writing to the database")] = False,
+    on: Annotated[Optional[str], typer.Option("--on", help="Hours from `study bench` figures of the device whose name contains this, e.g. H200 [default: the device measured last]")] = None,
 ) -> None:
     """Expand a grid into jobs in the database and print what it will cost."""
     from .grid import load_grid  # here, not at the top: grids import torch (models), which the
@@ -68,7 +69,8 @@ def plan(
     summary = summarize(specs)
     engine = None if dry_run else db.connect(db_url)
     first = specs[0]
-    measured = db.latest_calibrations(engine, first.resolution, first.channels, grid.train.batch_size) if engine else {}
+    measured, devices = (db.latest_calibrations(engine, first.resolution, first.channels, grid.train.batch_size, on)
+                         if engine else ({}, []))
     seconds = estimated_seconds(specs, measured)
     estimate = len(seconds) == len(summary.rows)
     train_h = {name: train / 3600 for name, (train, _) in seconds.items()}
@@ -97,21 +99,28 @@ def plan(
         "Compute per Eq. 4, C = FLOP(f)*3*N*T, one multiply-accumulate = one FLOP."
     )
     if estimate:
-        devices = ", ".join(sorted({measured[name]["device"] for name in hours}))
+        device = next(iter(measured.values()))["device"]
+        if others := [name for name in devices if name != device]:
+            console.print(f"also measured on {'; '.join(others)} (`--on` picks one)", markup=False, highlight=False)
         if len(eval_h) == len(hours):
-            console.print(f"estimated {_hours(sum(hours.values()))} hours on {devices} (study bench): "
+            console.print(f"estimated {_hours(sum(hours.values()))} hours on {device} (study bench): "
                           f"{_hours(sum(train_h.values()))} of training and {_hours(sum(eval_h.values()))} of "
                           f"evaluation at {summary.points} points")
         else:
             missing = ", ".join(name for name in hours if name not in eval_h)
             what = "of training" if not eval_h else "of training and some evaluation"
-            console.print(f"estimated {_hours(sum(hours.values()))} hours {what} on {devices} (study bench); "
+            console.print(f"estimated {_hours(sum(hours.values()))} hours {what} on {device} (study bench); "
                           f"evaluation not measured for {missing} (`study bench` on a machine with the grid's data)")
     elif engine is not None:
         missing = ", ".join(row.name for row in summary.rows if row.name not in train_h)
-        console.print(f"no hours yet: `study bench {grid_file}` measures this machine's speed first" if not train_h
-                      else f"no hours yet: {missing} not measured at this resolution and batch size "
-                      f"(`study bench {grid_file}`)", markup=False, highlight=False)
+        if on is not None and not measured and devices:
+            why = f"no device measured at this resolution and batch size matches --on {on!r} ({'; '.join(devices)})"
+        elif not train_h:
+            why = f"`study bench {grid_file}` measures this machine's speed first"
+        else:
+            where = f" on {next(iter(measured.values()))['device']}" if len(devices) > 1 else ""
+            why = f"{missing} not measured at this resolution and batch size{where} (`study bench {grid_file}`)"
+        console.print(f"no hours yet: {why}", markup=False, highlight=False)
     if engine is None:
         return
     added, existing = db.add_jobs(engine, grid.study.name, str(grid_file), grid.text, specs)

@@ -492,8 +492,12 @@ def add_calibration(engine: Engine, **values) -> None:
         conn.execute(calibrations.insert().values(created_at=now(), **values))
 
 
-def latest_calibrations(engine: Engine, resolution: int, channels: int, batch_size: int) -> dict[str, dict]:
-    """The newest calibration per model for this input shape and batch size: {model: row}."""
+def latest_calibrations(engine: Engine, resolution: int, channels: int, batch_size: int,
+                        device: str | None = None) -> tuple[dict[str, dict], list[str]]:
+    """The newest calibration per model for this input shape and batch size on one device:
+    ({model: row}, every device measured at that shape). Figures from two machines never mix in
+    one estimate: the device is the one whose name contains `device` (case-insensitive) and, of
+    those, or of all when `device` is None, the one measured most recently."""
     query = (
         sa.select(calibrations)
         .where(calibrations.c.resolution == resolution, calibrations.c.channels == channels,
@@ -501,7 +505,12 @@ def latest_calibrations(engine: Engine, resolution: int, channels: int, batch_si
         .order_by(calibrations.c.id)
     )
     with engine.connect() as conn:
-        return {row["model"]: dict(row) for row in conn.execute(query).mappings()}
+        rows = [dict(row) for row in conn.execute(query).mappings()]
+    devices = list(dict.fromkeys(row["device"] for row in reversed(rows)))  # newest first
+    chosen = [name for name in devices if device is None or device.lower() in name.lower()]
+    if not chosen:
+        return {}, devices
+    return {row["model"]: row for row in rows if row["device"] == chosen[0]}, devices
 
 
 # ---- Analysis: every evaluation point as a frame, and results imported from elsewhere ----

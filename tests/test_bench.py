@@ -59,7 +59,7 @@ def test_bench_stores_calibrations_then_plan_prints_hours(cli, db_url, grid):
 
     second = cli("bench", grid, "--models", "B-1/Wi-16", "--steps", "3", "--device", "cpu", "--db", db_url)
     assert second.exit_code == 0, second.output
-    rows = db.latest_calibrations(db.connect(db_url), 28, 1, 64)
+    rows, _ = db.latest_calibrations(db.connect(db_url), 28, 1, 64)
     assert sorted(rows) == ["B-1/Wi-16", "B-1/Wi-32"]
     for row in rows.values():
         assert row["images_per_s"] > 0 and row["mfu"] > 0 and row["peak_memory_bytes"] >= 0
@@ -91,7 +91,7 @@ probe = "fast"
     result = cli("bench", grid, "--steps", "2", "--device", "cpu", "--db", db_url)
     assert result.exit_code == 0, result.output
     assert "s/point" in flat(result) and "not measured" not in flat(result)
-    rows = db.latest_calibrations(db.connect(db_url), 28, 1, 64)
+    rows, _ = db.latest_calibrations(db.connect(db_url), 28, 1, 64)
     per_point = {name: json.loads(row["details"])["evaluation_s"] for name, row in rows.items()}
     assert all(json.loads(row["details"])["evaluation"].endswith("second call") for row in rows.values())
     assert sorted(per_point) == ["B-1/Wi-16", "B-1/Wi-32"] and all(s > 0 for s in per_point.values())
@@ -107,6 +107,39 @@ probe = "fast"
     assert skipped.exit_code == 0 and "evaluation not measured: --no-evaluation" in flat(skipped)
     partial = flat(cli("plan", grid, "--db", db_url))
     assert "hours of training and some evaluation on cpu" in partial and "evaluation not measured for B-1/Wi-16" in partial
+
+
+def test_plan_estimates_from_one_device_and_on_picks_it(cli, db_url, grid):
+    """Calibrations from two machines in one database (a CPU here, a GPU row as `study bench`
+    writes it there): the hours come from one device, the newest unless --on names another."""
+    measured = cli("bench", grid, "--steps", "2", "--device", "cpu", "--no-evaluation", "--db", db_url)
+    assert measured.exit_code == 0, measured.output
+    engine = db.connect(db_url)
+    cpu, _ = db.latest_calibrations(engine, 28, 1, 64)
+    cpu_name = next(iter(cpu.values()))["device"]
+    gpu_rate = {"B-1/Wi-32": 2.0e6, "B-1/Wi-16": 4.0e6}
+    db.add_calibration(engine, device="NVIDIA H200", model="B-1/Wi-32", resolution=28, channels=1, batch_size=64,
+                       precision="bf16", images_per_s=gpu_rate["B-1/Wi-32"], mfu=0.5, peak_memory_bytes=0,
+                       details=json.dumps({"evaluation_s": None}))
+    gpu_only = flat(cli("plan", grid, "--db", db_url))  # one GPU model measured: no mixing in the CPU's other one
+    assert "no hours yet: B-1/Wi-16 not measured at this resolution and batch size on NVIDIA H200" in gpu_only
+    db.add_calibration(engine, device="NVIDIA H200", model="B-1/Wi-16", resolution=28, channels=1, batch_size=64,
+                       precision="bf16", images_per_s=gpu_rate["B-1/Wi-16"], mfu=0.5, peak_memory_bytes=0,
+                       details=json.dumps({"evaluation_s": None}))
+    rows, devices = db.latest_calibrations(engine, 28, 1, 64)
+    assert devices == ["NVIDIA H200", cpu_name] and {row["device"] for row in rows.values()} == {"NVIDIA H200"}
+
+    gpu_h = sum(1000 * 2 / rate / 3600 for rate in gpu_rate.values())  # N * T images per model
+    newest = flat(cli("plan", grid, "--db", db_url))
+    assert f"estimated {_hours(gpu_h)} hours of training on NVIDIA H200" in newest
+    assert f"also measured on {cpu_name} (`--on` picks one)" in newest
+    cpu_h = sum(1000 * 2 / row["images_per_s"] / 3600 for row in cpu.values())
+    on_cpu = flat(cli("plan", grid, "--on", "CPU", "--db", db_url))
+    assert f"estimated {_hours(cpu_h)} hours of training on {cpu_name}" in on_cpu
+    nowhere = cli("plan", grid, "--on", "A100", "--db", db_url)
+    assert nowhere.exit_code == 0 and "hours" not in nowhere.output.replace("no hours yet", "")
+    assert f"no device measured at this resolution and batch size matches --on 'A100' (NVIDIA H200; {cpu_name})" in flat(nowhere)
+    engine.dispose()
 
 
 def test_bench_refuses_a_model_not_in_the_grid(cli, db_url, grid):
