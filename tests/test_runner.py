@@ -280,8 +280,9 @@ def test_diverged_and_failed_jobs_are_rows_and_the_study_goes_on(tmp_path, cli):
 
 
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path):
-    (tmp_path / "grid.toml").write_text(grid_text(name="disk", models=('"B-2/Wi-128"',), examples="[300]",
-                                                  epochs="[1, 2]"))
+    # 300 steps per epoch: SIGTERM, sent once epoch 1's checkpoint is there, lands well inside epoch 2
+    (tmp_path / "grid.toml").write_text(grid_text(name="disk", models=('"B-2/Wi-128"',), examples="[3000]",
+                                                  epochs="[1, 2]", batch=10))
     url = f"sqlite:///{tmp_path / 'results.db'}"
     study("plan", "grid.toml", "--db", url, cwd=tmp_path)
     worker = start("run", "--db", url, cwd=tmp_path)
