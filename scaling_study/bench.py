@@ -34,7 +34,7 @@ from .loader import Batch, TrainLoader
 from .models import ModelSpec, parse_model
 from .plan import JobSpec, expand
 from .evaluate import evaluate, precision_dtype, resolved_precision
-from .train import Stepper, _deterministic, build_stepper, init_model, keep_freed_memory
+from .train import LOSS_READS_EVERY_CUDA, Stepper, _deterministic, build_stepper, init_model, keep_freed_memory
 
 WARMUP_STEPS = 3
 REPEAT_EVALUATION_S = 30.0  # a longer evaluation is timed once, its data loading included
@@ -298,9 +298,13 @@ def measure(spec: JobSpec, device: str | torch.device, steps: int = 10, warmup: 
         loader = TrainLoader(split, np.arange(len(split)), tc.batch_size, dev, spec.seed, tc.augmentation,
                              spec.resolution)
         stepper, batches = make_stepper(spec, dev), endless(loader)
+        taken = itertools.count(1)
+        reads_every = LOSS_READS_EVERY_CUDA if dev.type == "cuda" else 1
 
         def train_step() -> None:
-            stepper.backward(next(batches))
+            loss = stepper.backward(next(batches))
+            if next(taken) % reads_every == 0:
+                loss.item()  # the host sync train() makes this often, to read the losses
             stepper.step(tc.lr)
 
         return loader, train_step

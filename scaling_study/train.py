@@ -29,6 +29,7 @@ from .optim import make_optimizer
 from .plan import JobSpec
 
 CHECKPOINT_FORMAT = 1
+LOSS_READS_EVERY_CUDA = 16  # steps between host reads of the loss on a GPU (see train())
 _NOT_COMPARED = {"path", "real_labels"}  # machine-local: a checkpoint may move between machines
 
 
@@ -119,8 +120,9 @@ class Stepper:
         self.notes = notes
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
-    def backward(self, batch: loader.Batch) -> float:
-        """Accumulate the batch's gradient; returns its mean loss (not yet stepped)."""
+    def backward(self, batch: loader.Batch) -> torch.Tensor:
+        """Accumulate the batch's gradient; returns its mean loss (not yet stepped), a 0-dim
+        tensor on the device: reading it is a host sync, which the caller does when it chooses."""
         while True:
             size = len(batch.y)
             micro = min(self.micro_batch_size or size, size)
@@ -135,7 +137,7 @@ class Stepper:
             self.micro_batch_size = micro // 2
             self.notes.append(f"CUDA OOM at micro-batch {micro}: halved to {self.micro_batch_size}")
 
-    def _accumulate(self, batch: loader.Batch, micro: int) -> float:
+    def _accumulate(self, batch: loader.Batch, micro: int) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         size = len(batch.y)
         total = torch.zeros((), device=self.device)
@@ -147,7 +149,7 @@ class Stepper:
             loss = loss.sum() / size
             self.scaler.scale(loss).backward()
             total += loss.detach()
-        return total.item()
+        return total
 
     def step(self, lr: float) -> None:
         """Apply the accumulated gradient at learning rate `lr`."""
@@ -258,24 +260,32 @@ def train(spec: JobSpec, *, device: str = "cpu", checkpoint: Path | None = None,
           checkpoint_every_s: float = 600.0,
           on_progress: Callable[[Progress], None] | None = None,
           on_epoch: Callable[[int, list[EvalPoint]], None] | None = None,
-          should_stop: Callable[[], bool] = lambda: False) -> Result:
+          should_stop: Callable[[], bool] = lambda: False, loss_reads_every: int | None = None) -> Result:
     """Train one trajectory to spec.total_epochs, evaluating at every epoch in spec.epochs.
 
     Resumes from `checkpoint` when it exists (refused if written for another spec). At the end
     of every epoch: evaluate (at evaluation epochs), write the checkpoint atomically, then call
     on_epoch(epochs_done, new_points). should_stop() is polled after every optimizer step.
+
+    Step losses are read back to the host (for the divergence check, the mean train loss and
+    the progress bar) every `loss_reads_every` steps, and always before a checkpoint, an
+    evaluation or a return. A read is a host sync that stalls a GPU's queue, so CUDA reads
+    every LOSS_READS_EVERY_CUDA steps by default and the CPU, where it costs nothing, every
+    step. A divergence is reported at its own step either way; the steps after it are wasted,
+    not saved. Results do not depend on the setting.
     """
     dev = torch.device(device)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     keep_freed_memory(dev)
+    reads_every = loss_reads_every or (LOSS_READS_EVERY_CUDA if dev.type == "cuda" else 1)
     with _deterministic(dev):
-        return _train(spec, dev, checkpoint, checkpoint_every_s, on_progress, on_epoch, should_stop)
+        return _train(spec, dev, checkpoint, checkpoint_every_s, on_progress, on_epoch, should_stop, reads_every)
 
 
 def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpoint_every_s: float,
            on_progress: Callable[[Progress], None] | None,
            on_epoch: Callable[[int, list[EvalPoint]], None] | None,
-           should_stop: Callable[[], bool]) -> Result:
+           should_stop: Callable[[], bool], reads_every: int) -> Result:
     tc = spec.train
     state = load_checkpoint(checkpoint, spec) if checkpoint is not None and checkpoint.exists() else None
 
@@ -337,35 +347,53 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
         return Result(status, epoch, list(evaluations), message, step if at_step is None else at_step, last_loss,
                       list(notes))
 
+    unread: list[tuple[torch.Tensor, int, int]] = []  # (loss on the device, batch size, 1-based step)
+
+    def read_losses() -> Result | None:
+        """Bring the unread step losses to the host in one sync, in step order: the first that
+        diverged ends the trajectory; the others add to the epoch's mean loss."""
+        nonlocal loss_sum, loss_count, last_loss
+        values = torch.stack([loss for loss, _, _ in unread]).tolist() if unread else []
+        for value, (_, size, at_step) in zip(values, unread):
+            last_loss = value
+            if not math.isfinite(value) or value > tc.divergence_loss:
+                limit = "" if not math.isfinite(value) else f" (above divergence_loss {tc.divergence_loss:g})"
+                return result("diverged", f"loss {value:.6g}{limit} at step {at_step} (epoch {epoch + 1})", at_step)
+            loss_sum += value * size
+            loss_count += size
+        unread.clear()
+        return None
+
     last_save = time.monotonic()
     model.train()
     while epoch < spec.total_epochs:
         started, images = time.perf_counter(), 0
         for batch in batches.epoch(epoch, start_batch=batch_index):
-            loss = stepper.backward(batch)
-            if not math.isfinite(loss) or loss > tc.divergence_loss:
-                last_loss = loss
-                limit = "" if not math.isfinite(loss) else f" (above divergence_loss {tc.divergence_loss:g})"
-                return result("diverged", f"loss {loss:.6g}{limit} at step {step + 1} (epoch {epoch + 1})", step + 1)
+            size = len(batch.y)
+            unread.append((stepper.backward(batch), size, step + 1))
+            if len(unread) >= reads_every and (diverged := read_losses()):
+                return diverged  # read before the step: on the CPU a diverged batch is never applied
             stepper.step(lr_at(step, total_steps, lr=tc.lr, schedule=tc.schedule, warmup_steps=warmup_steps,
                                decay_fraction=tc.decay_fraction))
             step += 1
             batch_index += 1
-            size = len(batch.y)
-            loss_sum += loss * size
-            loss_count += size
-            last_loss = loss
             images += size
             if on_progress is not None:
                 elapsed = time.perf_counter() - started
-                on_progress(Progress(epoch + 1, step, steps_per_epoch, spec.total_epochs, loss,
+                on_progress(Progress(epoch + 1, step, steps_per_epoch, spec.total_epochs, last_loss,
                                      images / elapsed if elapsed > 0 else 0.0))
             if should_stop():
+                if diverged := read_losses():
+                    return diverged
                 save()
                 return result("interrupted", f"stopped at step {step} (epoch {epoch + 1})")
             if checkpoint is not None and time.monotonic() - last_save >= checkpoint_every_s:
+                if diverged := read_losses():
+                    return diverged
                 save()
                 last_save = time.monotonic()
+        if diverged := read_losses():
+            return diverged
         if batch_index != steps_per_epoch:
             raise StudyError(f"epoch {epoch + 1} ended after {batch_index} of {steps_per_epoch} batches")
         epoch += 1

@@ -168,6 +168,29 @@ def test_absurd_learning_rate_diverges_with_its_step(tmp_path):
     assert result.message.startswith("loss ")
     assert not math.isfinite(result.loss) or result.loss > 100
     assert result.evaluations == []
+    # Losses read back 4 steps at a time (as on a GPU): the same step, loss and message, although
+    # the steps after it up to the read were taken. Measured: step 2, so inside the first window.
+    assert 1 < result.step < 4
+    late = train(spec, checkpoint=tmp_path / "late.pt", loss_reads_every=4)
+    assert (late.status, late.step, late.message, late.evaluations) == ("diverged", result.step, result.message, [])
+    assert not (tmp_path / "late.pt").exists()  # nothing after the divergence was saved
+
+
+@needs_fashion
+def test_reading_losses_every_few_steps_changes_no_result(tmp_path):
+    """loss_reads_every only moves the host syncs: the same weights, points and loss, also when a
+    stop comes between two reads (step 5 with reads every 3), whose unread losses the
+    checkpoint must not drop."""
+    spec = grid_spec(**RESUME)
+    reference = train(spec, checkpoint=tmp_path / "every.pt")
+    progress, should_stop = stop_after(5)
+    assert train(spec, checkpoint=tmp_path / "three.pt", on_progress=progress, should_stop=should_stop,
+                 loss_reads_every=3).status == "interrupted"
+    resumed = train(spec, checkpoint=tmp_path / "three.pt", loss_reads_every=3)
+    assert resumed.status == "done" and resumed.evaluations == reference.evaluations
+    assert resumed.loss == reference.loss
+    expected, weights = final_weights(tmp_path / "every.pt"), final_weights(tmp_path / "three.pt")
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
 
 
 # ---------------------------------------------------------------- the step's parts
@@ -210,7 +233,7 @@ def test_table_3_models_take_a_training_step_at_64px(name):
     model = build_model(spec)
     before = model.head.weight.detach().clone()
     stepper = stepper_for(model)
-    loss = stepper.backward(random_batch(2, 3, 64, 11_230))
+    loss = stepper.backward(random_batch(2, 3, 64, 11_230)).item()
     stepper.step(1e-5)
     assert math.isfinite(loss) and loss > 0
     assert not torch.equal(model.head.weight, before)
@@ -222,7 +245,7 @@ def test_gradient_accumulation_equals_the_full_batch_gradient():
     grads = []
     for micro in (0, 3, 1):
         stepper = stepper_for(model, micro)
-        loss = stepper.backward(batch)
+        loss = stepper.backward(batch).item()
         grads.append((loss, [p.grad.clone() for p in model.parameters()]))
     (full_loss, full), *others = grads
     for loss, accumulated in others:
@@ -335,13 +358,13 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_full_batch_gradient(
     model = build_model_small()
     batch = random_batch(10, 1, 8, 7, seed=4)
     full = stepper_for(model)
-    full_loss = full.backward(batch)
+    full_loss = full.backward(batch).item()
     expected = [p.grad.clone() for p in model.parameters()]
 
     limited = OutOfMemoryAbove(model, rows=3)
     stepper = stepper_for(model, forward=limited)
     notes = stepper.notes
-    loss = stepper.backward(batch)
+    loss = stepper.backward(batch).item()
     assert notes == ["CUDA OOM at micro-batch 10: halved to 5", "CUDA OOM at micro-batch 5: halved to 2"]
     assert stepper.micro_batch_size == 2
     assert limited.sizes == [10, 5, 2, 2, 2, 2, 2]  # the failed attempts, then the batch in micro-batches of 2
@@ -389,6 +412,6 @@ def test_each_optimizer_lowers_the_loss_on_a_fixed_batch(name, lr):
     batch = random_batch(32, 1, 8, 7, seed=6)
     losses = []
     for _ in range(20):
-        losses.append(stepper.backward(batch))
+        losses.append(stepper.backward(batch).item())
         stepper.step(lr)
     assert losses[-1] < 0.5 * losses[0], losses  # measured: 0.29 (lion), 0.33 (adamw), 0.25 (sgd)
