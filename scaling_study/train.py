@@ -50,7 +50,7 @@ class Progress:
     step: int  # optimizer steps done in the whole trajectory
     steps_per_epoch: int
     total_epochs: int
-    loss: float
+    loss: float  # the latest loss read back (see train(): on CUDA up to 15 steps old, NaN before the first read)
     images_per_s: float
 
 
