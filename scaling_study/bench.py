@@ -34,7 +34,7 @@ from .loader import Batch, TrainLoader
 from .models import ModelSpec, parse_model
 from .plan import JobSpec, expand
 from .evaluate import evaluate, precision_dtype, resolved_precision
-from .train import LOSS_READS_EVERY_CUDA, Stepper, _deterministic, build_stepper, init_model, keep_freed_memory
+from .train import Stepper, _deterministic, build_stepper, default_loss_reads, init_model, keep_freed_memory
 
 WARMUP_STEPS = 3
 REPEAT_EVALUATION_S = 30.0  # a longer evaluation is timed once, its data loading included
@@ -299,7 +299,7 @@ def measure(spec: JobSpec, device: str | torch.device, steps: int = 10, warmup: 
                              spec.resolution)
         stepper, batches = make_stepper(spec, dev), endless(loader)
         taken = itertools.count(1)
-        reads_every = LOSS_READS_EVERY_CUDA if dev.type == "cuda" else 1
+        reads_every = default_loss_reads(dev)
 
         def train_step() -> None:
             loss = stepper.backward(next(batches))

@@ -72,6 +72,7 @@ def plan(
     measured, devices = (db.latest_calibrations(engine, first.resolution, first.channels, grid.train.batch_size, on)
                          if engine else ({}, []))
     seconds = estimated_seconds(specs, measured)
+    device = next(iter(measured.values()))["device"] if measured else None  # one device: see latest_calibrations
     estimate = len(seconds) == len(summary.rows)
     train_h = {name: train / 3600 for name, (train, _) in seconds.items()}
     eval_h = {name: evaluation / 3600 for name, (_, evaluation) in seconds.items() if evaluation is not None}
@@ -99,7 +100,6 @@ def plan(
         "Compute per Eq. 4, C = FLOP(f)*3*N*T, one multiply-accumulate = one FLOP."
     )
     if estimate:
-        device = next(iter(measured.values()))["device"]
         if others := [name for name in devices if name != device]:
             console.print(f"also measured on {'; '.join(others)} (`--on` picks one)", markup=False, highlight=False)
         if len(eval_h) == len(hours):
@@ -118,7 +118,7 @@ def plan(
         elif not train_h:
             why = f"`study bench {grid_file}` measures this machine's speed first"
         else:
-            where = f" on {next(iter(measured.values()))['device']}" if len(devices) > 1 else ""
+            where = f" on {device}" if len(devices) > 1 else ""
             why = f"{missing} not measured at this resolution and batch size{where} (`study bench {grid_file}`)"
         console.print(f"no hours yet: {why}", markup=False, highlight=False)
     if engine is None:

@@ -507,10 +507,8 @@ def latest_calibrations(engine: Engine, resolution: int, channels: int, batch_si
     with engine.connect() as conn:
         rows = [dict(row) for row in conn.execute(query).mappings()]
     devices = list(dict.fromkeys(row["device"] for row in reversed(rows)))  # newest first
-    chosen = [name for name in devices if device is None or device.lower() in name.lower()]
-    if not chosen:
-        return {}, devices
-    return {row["model"]: row for row in rows if row["device"] == chosen[0]}, devices
+    chosen = next((name for name in devices if device is None or device.lower() in name.lower()), None)
+    return {row["model"]: row for row in rows if row["device"] == chosen}, devices
 
 
 # ---- Analysis: every evaluation point as a frame, and results imported from elsewhere ----

@@ -30,6 +30,11 @@ from .plan import JobSpec
 
 CHECKPOINT_FORMAT = 1
 LOSS_READS_EVERY_CUDA = 16  # steps between host reads of the loss on a GPU (see train())
+
+
+def default_loss_reads(device: torch.device) -> int:
+    """Steps between host reads of the loss: a read stalls a GPU's queue, and costs nothing on a CPU."""
+    return LOSS_READS_EVERY_CUDA if device.type == "cuda" else 1
 _NOT_COMPARED = {"path", "real_labels"}  # machine-local: a checkpoint may move between machines
 
 
@@ -277,7 +282,7 @@ def train(spec: JobSpec, *, device: str = "cpu", checkpoint: Path | None = None,
     dev = torch.device(device)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     keep_freed_memory(dev)
-    reads_every = loss_reads_every or (LOSS_READS_EVERY_CUDA if dev.type == "cuda" else 1)
+    reads_every = loss_reads_every or default_loss_reads(dev)
     with _deterministic(dev):
         return _train(spec, dev, checkpoint, checkpoint_every_s, on_progress, on_epoch, should_stop, reads_every)
 
