@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import write  # noqa: E402
 
 from scaling_study import db, synthetic  # noqa: E402
-from scaling_study import fit as fits  # noqa: E402
+from scaling_study import analysis as fits  # noqa: E402
 from scaling_study.exchange import read_results_csv  # noqa: E402
 from scaling_study.plots import write_figures  # noqa: E402
 from scaling_study.report import write_report  # noqa: E402

@@ -503,7 +503,7 @@ def fit_laws(
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples")] = 0,
 ) -> None:
     """Fit E(C), the bottleneck laws and the compute-optimal allocation; write figures and a report."""
-    from . import fit as fits
+    from . import analysis as fits
     from .plots import write_figures
     from .report import write_report
 

@@ -24,7 +24,7 @@ from matplotlib.colors import LinearSegmentedColormap, Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from . import fit as fits  # noqa: E402
+from . import analysis as fits  # noqa: E402
 from .budget import PFLOP  # noqa: E402
 from .files import write_atomic  # noqa: E402
 

@@ -9,7 +9,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from . import fit as fits
+from . import analysis as fits
 from .files import write_atomic
 
 JSON_NAME = "fit.json"

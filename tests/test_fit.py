@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scaling_study import fit, synthetic
+from scaling_study import analysis as fit
+from scaling_study import synthetic
+from scaling_study.analysis import bootstrap, optimize, parametric
 from scaling_study.errors import StudyError
 
 LAW = synthetic.ParametricLaw()  # alpha 0.65, beta 0.35: a = 0.35, b = 0.65
@@ -104,13 +106,13 @@ def test_bootstrap_rows_reproduce_independent_fits(grid):
     lower = np.array([math.log(1e-6), -20.0, -20.0, 0.01, 0.01])
     upper = np.array([math.log(grid["error"].max()), 5.0, 5.0, 4.0, 4.0])
     start = np.array([[math.log(0.15), -2.0, -2.0, 0.5, 0.5]])
-    best, _, ok = fit._refine(fit._parametric_law, start, x, logy, np.ones_like(logy), lower, upper, max_iter=500)
+    best, _, ok = optimize.refine(parametric.log_parametric_law, start, x, logy, np.ones_like(logy), lower, upper, max_iter=500)
     assert ok[0]
-    counts = fit._multinomial(np.random.default_rng(2), 4, len(logy))
-    batch, loss, ok = fit._refine(fit._parametric_law, np.repeat(best, 4, 0), x, logy, counts, lower, upper)
+    counts = bootstrap.multinomial(np.random.default_rng(2), 4, len(logy))
+    batch, loss, ok = optimize.refine(parametric.log_parametric_law, np.repeat(best, 4, 0), x, logy, counts, lower, upper)
     assert ok.all()
     for row, theta, value in zip(counts, batch, loss):
-        alone = fit._lbfgsb(fit._parametric_law, best[0], x, logy, row, lower, upper)
+        alone = optimize.lbfgsb(parametric.log_parametric_law, best[0], x, logy, row, lower, upper)
         assert value <= alone.fun + 1e-6
         assert theta[3:] == pytest.approx(alone.x[3:], abs=2e-4)
 

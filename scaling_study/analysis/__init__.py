@@ -1,0 +1,82 @@
+"""The analysis of `study fit`: pure functions over a frame of evaluation points (no I/O).
+
+The frame has one row per evaluation point (the columns of `db.evaluations_frame`): a job
+(model, N, seed) evaluated after T epochs has `error` and `compute` = FLOP(f) * 3 * N * T
+multiply-accumulates (Eq. 4). Compute enters every fit in PFLOPs.
+
+Every law is fitted in log space: the loss is the Huber loss (delta = 1e-3) of
+log(E_pred) - log(E), minimised by L-BFGS-B from the best few starts of a grid (the grid is
+screened in one vectorised pass), then polished. Bootstrap refits start from the best fit and
+run all resamples at once: a damped Gauss-Newton (Levenberg-Marquardt) iteration on the
+iteratively reweighted Huber loss, vectorised over the resamples, with the same bounds.
+Intervals are the 2.5 and 97.5 percentiles of the bootstrap estimates.
+
+Modules: `select` (which points), `envelope` (the envelope and Eq. 5), `bottleneck` (Fig. 6),
+`parametric` (E(P, D)), `allocation` (Fig. 7's three estimators), `prediction` (held-out checks),
+`optimize` and `bootstrap` (how every law is fitted and its intervals drawn), `results` (what
+they return). `analyse` runs them all on one selection.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..errors import StudyError
+from .allocation import allocation_envelope, allocation_isoflop, allocation_parametric, isoflop_minima
+from .bottleneck import SATURATING_LAW, fit_bottleneck_examples, fit_bottleneck_params, saturating_law
+from .envelope import COMPUTE_LAW, compute_law, envelope, envelope_mask, fit_compute_law
+from .optimize import HUBER_DELTA, one_blas_thread
+from .parametric import PARAMETRIC_LAW, fit_parametric, flops_scaling, parametric_law
+from .prediction import HELD_OUT_FRACTION, held_out_compute, held_out_parametric
+from .results import Allocation, Analysis, Estimate, HeldOut, LawFit, Skipped
+from .select import default_metric, select
+
+__all__ = [
+    "COMPUTE_LAW", "HELD_OUT_FRACTION", "HUBER_DELTA", "PARAMETRIC_LAW", "SATURATING_LAW", "Allocation", "Analysis",
+    "Estimate", "HeldOut", "LawFit", "Skipped", "allocation_envelope", "allocation_isoflop", "allocation_parametric",
+    "analyse", "compute_law", "default_metric", "envelope", "envelope_mask", "fit_bottleneck_examples",
+    "fit_bottleneck_params", "fit_compute_law", "fit_parametric", "flops_scaling", "isoflop_minima", "parametric_law",
+    "saturating_law", "select",
+]
+
+
+@one_blas_thread
+def analyse(frame: pd.DataFrame, filters: dict | None = None, epochs: int | None = None,
+            bootstrap: int = 1000, seed: int = 0) -> Analysis:
+    """Every fit of `study fit` on one selection of points (see `select`)."""
+    filters = dict(filters or {})
+    metric = filters.get("metric") or (frame["metric"].iloc[0] if len(frame) else "")
+    if frame.empty:
+        raise StudyError(f"no evaluation points to fit for metric {metric!r}")
+    if bootstrap < 0:
+        raise StudyError(f"--bootstrap must be >= 0, not {bootstrap}")
+    available = sorted(int(t) for t in frame["epochs"].unique())
+    if epochs is None:
+        epochs = available[0]
+    elif epochs not in available:
+        raise StudyError(f"no evaluation points at T = {epochs} epochs; epochs present: {', '.join(map(str, available))}")
+    rng = np.random.default_rng(seed)
+    compute = fit_compute_law(frame, bootstrap, rng)
+    kappa, gamma = flops_scaling(frame)
+    parametric = fit_parametric(frame, bootstrap, rng, gamma)
+    allocations: list[Allocation | Skipped] = [
+        allocation_envelope(frame, epochs, bootstrap, rng),
+        allocation_isoflop(frame, epochs, bootstrap, rng),
+        allocation_parametric(parametric, epochs, kappa, gamma) if isinstance(parametric, LawFit)
+        else Skipped("parametric", parametric.reason),
+    ]
+    threshold = float(np.quantile(frame["compute"], 1 - HELD_OUT_FRACTION))
+    held_out = [held_out_compute(frame, threshold)]
+    if isinstance(parametric, LawFit):
+        held_out.append(held_out_parametric(frame, threshold, gamma))
+    on_envelope = frame.index.isin(envelope(frame).index)
+    filters["epochs_for_allocation"] = epochs
+    return Analysis(
+        metric=metric, filters=filters, frame=frame.assign(envelope=on_envelope), epochs=epochs,
+        compute=compute,
+        bottleneck_params=fit_bottleneck_params(frame, bootstrap, rng),
+        bottleneck_examples=fit_bottleneck_examples(frame, bootstrap, rng),
+        parametric=parametric, allocations=allocations, held_out=held_out,
+        flops_exponent=gamma, flops_scale=kappa, bootstrap=bootstrap, seed=seed,
+    )

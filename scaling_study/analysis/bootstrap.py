@@ -1,0 +1,52 @@
+"""Bootstrap intervals: resamples drawn as counts, refitted all at once from the best fit, and
+summarised as 2.5 and 97.5 percentiles."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from .optimize import refine
+from .results import Estimate
+
+CHUNK = 250  # bootstrap resamples refined at once (bounds the (chunk, points, params) Jacobian)
+
+
+def refit_resamples(law: Callable, theta: np.ndarray, x, logy: np.ndarray, w: np.ndarray,
+               lower: np.ndarray, upper: np.ndarray):
+    """Refit every resample (rows of logy and/or w) from theta, in chunks: (thetas, converged)."""
+    rows = max(np.shape(logy)[0] if np.ndim(logy) == 2 else 1, np.shape(w)[0] if np.ndim(w) == 2 else 1)
+    thetas, oks = [], []
+    for start in range(0, rows, CHUNK):
+        part = slice(start, min(rows, start + CHUNK))
+        ly = logy[part] if np.ndim(logy) == 2 else logy
+        ww = w[part] if np.ndim(w) == 2 else w
+        up = upper[part] if np.ndim(upper) == 2 else upper
+        size = part.stop - part.start
+        # rtol 1e-8: the intervals agree with 1e-10 to 4 digits, in two thirds of the time
+        t, _, ok = refine(law, np.repeat(theta[None], size, 0), x, ly, ww, lower, up, rtol=1e-8)
+        thetas.append(t)
+        oks.append(ok)
+    return np.concatenate(thetas), np.concatenate(oks)
+
+
+
+def interval(samples: np.ndarray, ok: np.ndarray) -> tuple[float, float]:
+    good = samples[ok & np.isfinite(samples)]
+    if good.size < 2:
+        return math.nan, math.nan
+    low, high = np.percentile(good, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def estimates(values: dict[str, float], samples: dict[str, np.ndarray] | None, ok: np.ndarray | None) -> dict[str, Estimate]:
+    if samples is None:
+        return {k: Estimate(float(v)) for k, v in values.items()}
+    return {k: Estimate(float(v), *interval(samples[k], ok)) for k, v in values.items()}
+
+
+def multinomial(rng: np.random.Generator, resamples: int, n: int) -> np.ndarray:
+    """Bootstrap resamples as counts: row i says how often each of n points was drawn."""
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float)

@@ -1,0 +1,91 @@
+"""What the analysis returns: fitted numbers with intervals, laws, allocations, and what was skipped."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+@dataclass(frozen=True)
+class Estimate:
+    """A fitted number and its bootstrap 95% interval (NaN when not bootstrapped)."""
+
+    value: float
+    low: float = math.nan
+    high: float = math.nan
+
+
+@dataclass(frozen=True, eq=False)
+class LawFit:
+    """One fitted law: its parameters with intervals, how the fit ended, and the points it used."""
+
+    name: str
+    formula: str
+    params: dict[str, Estimate]
+    status: str  # "converged", "hit a bound: ...", or "failed: ..."
+    points: pd.DataFrame
+    loss: float
+    resamples: int  # bootstrap resamples whose refit converged
+    bootstrap: str  # what was resampled
+    note: str = ""
+
+    def value(self, name: str) -> float:
+        """A parameter's point estimate."""
+        return self.params[name].value
+
+
+@dataclass(frozen=True, eq=False)
+class Allocation:
+    """P*(C) = exp(p0) C^a and N*(C) = exp(n0) C^b (C in PFLOPs) by one estimator."""
+
+    estimator: str
+    a: Estimate
+    b: Estimate
+    p0: float
+    n0: float
+    points: pd.DataFrame  # columns pflops, params, examples (the points regressed, if any)
+    method: str
+    resamples: int
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A fit that was not done, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A law refitted without the highest-compute points, scored on them."""
+
+    name: str
+    threshold_pflops: float
+    train_points: int
+    test_points: int
+    mean_abs_rel_error: float
+    max_abs_rel_error: float
+    params: dict[str, float]
+
+
+@dataclass(frozen=True, eq=False)
+class Analysis:
+    """Everything `study fit` computes for one (study, metric) selection."""
+
+    metric: str
+    filters: dict
+    frame: pd.DataFrame  # the points used, with an `envelope` column
+    epochs: int  # T of the envelope and iso-FLOP allocation estimators
+    compute: LawFit
+    bottleneck_params: LawFit | Skipped
+    bottleneck_examples: LawFit | Skipped
+    parametric: LawFit | Skipped
+    allocations: list[Allocation | Skipped]
+    held_out: list[HeldOut | Skipped]
+    flops_exponent: float  # gamma in FLOP(f) = kappa P^gamma across the models
+    flops_scale: float  # kappa
+    bootstrap: int
+    seed: int
+    notes: list[str] = field(default_factory=list)
