@@ -394,6 +394,8 @@ def data_prepare(
     workers: Annotated[int, typer.Option(min=0, help="Decoding threads [default: CPU count]")] = 0,
     chunk_size: Annotated[int, typer.Option(min=0, help="Images per chunk between progress saves [default: auto]")] = 0,
     beton: Annotated[bool, typer.Option("--beton", help="Also write FFCV .beton files (needs the ffcv extra)")] = False,
+    resize: Annotated[str, typer.Option("--resize", help="squash: each image whole to R x R (Chrabaszcz et al.); "
+                                        "keep-aspect: longest side R, as the paper's code")] = "squash",
 ) -> None:
     """Convert a dataset once into a memory-mappable uint8 store; an interrupted run resumes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -409,13 +411,15 @@ def data_prepare(
                 tasks[split] = progress.add_task(f"{split} images", total=total)
             progress.update(tasks[split], completed=done)
 
-        result = prepare(source, out, fmt, resolution, dataset or "", workers, chunk_size, progress=report, beton=beton)
+        result = prepare(source, out, fmt, resolution, dataset or "", workers, chunk_size, progress=report, beton=beton,
+                         resize=resize)
     meta = result.meta
     counts = ", ".join(f"{meta['splits'][s]['count']:,} {s}" for s in meta["splits"])
     state = "already prepared" if result.already else "resumed and prepared" if result.resumed else "prepared"
     console.print(
         f"{state} {meta['dataset']} ({counts} images, {len(meta['classes'])} classes, {meta['channels']} channel(s), "
-        f"{meta['resolution']}px) in {out}; {meta['skipped_count']} unreadable file(s) skipped",
+        f"{meta['resolution']}px{', keep-aspect' if meta.get('resize') == 'keep-aspect' else ''}) in {out}; "
+        f"{meta['skipped_count']} unreadable file(s) skipped",
         markup=False, highlight=False, soft_wrap=True,
     )
 
