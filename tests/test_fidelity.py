@@ -232,3 +232,138 @@ def test_keep_aspect_store_keeps_the_longest_side_and_crops_inside_each_image(tm
     again = cli("data", "prepare", tmp_path / "raw", "--out", tmp_path / "squashed", "--format", "folders",
                 "--resolution", "8", "--resize", "keep-aspect")
     assert again.exit_code == 1 and "already holds" in again.stderr and "(squash)" in again.stderr
+
+
+# ---------------------------------------------------------------- the reference probe
+
+
+def brightness_split(n: int, seed: int) -> data.Split:
+    """Two classes of 8x8 gray images, dark and bright, with noise: linearly separable."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = (rng.integers(0, 120, (n, 1, 8, 8)) + 100 * labels[:, None, None, None]).astype(np.uint8)
+    return data.Split(images, labels.astype(np.int64), ("dark", "bright"), (0.45,), (0.25,))
+
+
+def test_reference_probe_learns_on_augmented_images_and_drops_the_last_batch():
+    from scaling_study.evaluate import probe_reference, topk_errors
+    from scaling_study.models import build, parse_model
+
+    torch.manual_seed(0)
+    model = build(parse_model("B-1/Wi-16", "x"), 64, 2).eval()
+    train_split, test_split = brightness_split(500, 0), brightness_split(200, 1)
+    head = probe_reference(model, train_split, None, epochs=5, batch_size=64, precision="fp32",
+                           device=torch.device("cpu"), resolution=8, seed=0)
+    x, y = next(loader.eval_batches(test_split, 200, "cpu", 8))
+    error = topk_errors(head(model.features(x)), y, (1,))[0]
+    assert error < 0.1  # chance: 0.5
+    assert not head.weight.requires_grad and torch.equal(model.head.weight, model.head.weight.detach())
+    # 500 images at batch 64: 7 full batches per epoch, the 52 left over are dropped as the reference's loader does.
+    assert len(loader.TrainLoader(train_split, np.arange(500), 64, "cpu", 0, None, 8, drop_last=True)) == 7
+
+
+# ---------------------------------------------------------------- reference-layout checkpoints
+
+
+class ReferenceBlock(nn.Module):
+    """The reference code's bottleneck block layout: `block` = Linear, GELU, Linear."""
+
+    def __init__(self, width: int, wide: int):
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(width, wide), nn.GELU(), nn.Linear(wide, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class ReferenceBottleneckMLP(nn.Module):
+    """A module with the reference code's BottleneckMLP parameter names, written here for the test."""
+
+    def __init__(self, dim_in: int, dim_out: int, depth: int, width: int):
+        super().__init__()
+        self.linear_in = nn.Linear(dim_in, width)
+        self.linear_out = nn.Linear(width, dim_out)
+        self.blocks = nn.ModuleList(ReferenceBlock(width, 4 * width) for _ in range(depth))
+        self.layernorms = nn.ModuleList(nn.LayerNorm(width) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear_in(x.flatten(1))
+        for block, norm in zip(self.blocks, self.layernorms):
+            x = x + block(norm(x))
+        return self.linear_out(x)
+
+
+class ReferenceStandardMLP(nn.Module):
+    """The reference code's StandardMLP names: L - 1 `layers` with `layernorms`, GELU between."""
+
+    def __init__(self, dim_in: int, dim_out: int, depth: int, width: int):
+        super().__init__()
+        self.linear_in = nn.Linear(dim_in, width)
+        self.linear_out = nn.Linear(width, dim_out)
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth - 1))
+        self.layernorms = nn.ModuleList(nn.LayerNorm(width) for _ in range(depth - 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.linear_in(x.flatten(1))
+        for layer, norm in zip(self.layers, self.layernorms):
+            z = layer(F.gelu(norm(z)))
+        return self.linear_out(z)
+
+
+def randomized(module: nn.Module, seed: int) -> nn.Module:
+    """Every parameter drawn at random (LayerNorm's too, so a swapped weight and bias would show)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return module.eval()
+
+
+@pytest.mark.parametrize("reference_cls,name", [(ReferenceBottleneckMLP, "B-2/Wi-16"),
+                                                (ReferenceStandardMLP, "S-3/Wi-16/ref")])
+def test_a_reference_layout_state_dict_computes_the_same_function_as_ours(tmp_path, reference_cls, name):
+    from scaling_study.models import parse_model
+    from scaling_study.reference import load_state_dict, to_reference_layout
+
+    depth = 2 if name.startswith("B") else 3
+    ref = randomized(reference_cls(784, 10, depth, 16), 1)
+    torch.save(ref.state_dict(), tmp_path / "weights")
+    model, layout = load_state_dict(tmp_path / "weights", parse_model(name, "x"), channels=1)
+    assert layout == "reference"
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))
+    back = to_reference_layout(model.state_dict(), parse_model(name, "x"))
+    assert list(back) == list(ref.state_dict()) or sorted(back) == sorted(ref.state_dict())
+    assert all(torch.equal(back[k], v) for k, v in ref.state_dict().items())
+
+
+def test_study_evaluate_scores_a_reference_checkpoint_with_every_protocol(tmp_path, idx, cli):
+    torch.save(randomized(ReferenceBottleneckMLP(784, 10, 2, 16), 2).state_dict(), tmp_path / "B-2_Wi-16_weights")
+    checkpoint = tmp_path / "B-2_Wi-16_weights"
+    base = ("evaluate", checkpoint, "--model", "B-2/Wi-16", "--downstream", f"fashion-mnist={idx}", "--device", "cpu")
+    runs = {
+        "fast": ("--probe", "fast"),
+        "paper": ("--probe", "paper", "--probe-epochs", "2"),
+        "reference": ("--probe", "reference", "--probe-epochs", "2", "--probe-batch-size", "64"),
+        "finetune": ("--protocol", "finetune", "--finetune-epochs", "1", "--probe-batch-size", "64", "--tta-crops", "2"),
+    }
+    for name, options in runs.items():
+        out = tmp_path / f"{name}.json"
+        result = cli(*base, *options, "--json", out)
+        assert result.exit_code == 0, result.output
+        assert "loaded B-2/Wi-16" in result.output and "(reference layout)" in result.output
+        metrics = json.loads(out.read_text())["metrics"]
+        expected = {"fashion-mnist/finetune", "fashion-mnist/tta"} if name == "finetune" else {"fashion-mnist/linear"}
+        assert set(metrics) == expected and all(0 <= v <= 1 for v in metrics.values())
+
+    wrong_depth = cli("evaluate", checkpoint, "--model", "B-1/Wi-16", "--downstream", f"fashion-mnist={idx}")
+    assert wrong_depth.exit_code == 2
+    assert wrong_depth.stderr.strip().splitlines() == [
+        f"error: {checkpoint}: key 'blocks.1.block.0.weight' is not in the model B-1/Wi-16 (reference layout); "
+        "check --model"]
+    wrong_width = cli("evaluate", checkpoint, "--model", "B-2/Wi-32", "--downstream", f"fashion-mnist={idx}")
+    assert wrong_width.exit_code == 2 and len(wrong_width.stderr.strip().splitlines()) == 1
+    assert "key 'linear_in.weight' has shape (16, 784), the model B-2/Wi-32 (32, 784)" in wrong_width.stderr
+    paper_s = cli("evaluate", checkpoint, "--model", "S-2/Wi-16", "--downstream", f"fashion-mnist={idx}")
+    assert paper_s.exit_code == 2 and "S-2/Wi-16/ref" in paper_s.stderr
