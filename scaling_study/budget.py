@@ -10,14 +10,20 @@ def compute(flops_per_example: float, examples: float, epochs: float) -> float:
     return flops_per_example * 3.0 * examples * epochs
 
 
-def steps_per_epoch(examples: int, batch_size: int) -> int:
-    """Optimizer steps in one pass over `examples` (the last, smaller batch included)."""
-    return math.ceil(examples / batch_size)
+def steps_per_epoch(examples: int, batch_size: int, drop_last: bool = False) -> int:
+    """Optimizer steps in one pass over `examples`: the last, smaller batch included, or dropped
+    (the reference code's training loader drops it)."""
+    return examples // batch_size if drop_last else math.ceil(examples / batch_size)
 
 
-def total_steps(examples: int, batch_size: int, epochs: int) -> int:
+def examples_per_epoch(examples: int, batch_size: int, drop_last: bool = False) -> int:
+    """Examples trained on in one pass: all of them, or floor(N / B) * B with drop_last; the N of Eq. 4."""
+    return steps_per_epoch(examples, batch_size, True) * batch_size if drop_last else examples
+
+
+def total_steps(examples: int, batch_size: int, epochs: int, drop_last: bool = False) -> int:
     """Optimizer steps in `epochs` passes over `examples`."""
-    return steps_per_epoch(examples, batch_size) * epochs
+    return steps_per_epoch(examples, batch_size, drop_last) * epochs
 
 
 def resolve_examples(value: int | float, dataset_size: int) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import StudyError
 from .readers import open_source, resize_uint8
-from .store import PROGRESS, SPLITS, open_split, read_meta
+from .store import PROGRESS, SPLITS, open_sizes, open_split, read_meta
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,9 @@ class Split:
     mean: tuple[float, ...]  # per channel, in [0, 1] units, of the TRAIN split
     std: tuple[float, ...]
     path: str = ""  # where it was read from, for messages
+    # A keep-aspect store's int (N, 2) height and width of each image in the top-left of its
+    # canvas; None when every image fills it (squash). Crops are taken inside the image.
+    sizes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -85,9 +88,14 @@ def _load_split(dataset: str, path: str, split: str, resolution: int) -> Split:
     if meta is not None:
         _check_store(dataset, root, meta)
         images, labels = open_split(root, meta, split)
+        sizes = open_sizes(root, meta, split)
         if resolution and resolution != meta["resolution"]:
+            if sizes is not None:
+                raise StudyError(f"{root}: a keep-aspect store of {meta['resolution']}px is read at its own "
+                                 f"resolution, not {resolution}; prepare one at {resolution} (--resolution)")
             images = _read_only(resize_uint8(images, resolution))
-        return Split(images, labels, tuple(meta["classes"]), tuple(meta["mean"]), tuple(meta["std"]), path)
+        return Split(images, labels, tuple(meta["classes"]), tuple(meta["mean"]), tuple(meta["std"]), path,
+                     None if sizes is None else _read_only(sizes.astype(np.int64)))
     if (root / PROGRESS).exists():
         raise StudyError(f"{root}: an incomplete store (its preparation was interrupted); "
                          f"re-run `study data prepare` with the same options to finish it")

@@ -336,6 +336,20 @@ def renew_lease(engine: Engine, job_id: int, worker: str, lease_s: float) -> boo
     return result.rowcount == 1
 
 
+def _examples_per_epoch(job: dict) -> int:
+    """Eq. 4's N for a job's points: its examples, less the dropped last partial batch under drop_last
+    (the job's spec says), so that the recorded compute is that of the steps actually taken."""
+    from .budget import examples_per_epoch
+
+    try:
+        train = json.loads(job.get("spec") or "{}").get("train") or {}
+    except (ValueError, AttributeError):
+        train = {}
+    if not train.get("drop_last"):
+        return job["examples"]
+    return examples_per_epoch(job["examples"], int(train["batch_size"]), True)
+
+
 def _insert_points(conn: Connection, job_id: int, flops: int, examples: int, points: Iterable) -> int:
     """Insert evaluation points not yet recorded (the unique constraint decides); returns how many were new."""
     from .budget import compute
@@ -370,7 +384,7 @@ def record_epoch(engine: Engine, job: dict, worker: str, epochs_done: int, point
         )
         if ours.rowcount != 1:
             return False
-        _insert_points(conn, job["id"], job["flops_per_example"], job["examples"], points)
+        _insert_points(conn, job["id"], job["flops_per_example"], _examples_per_epoch(job), points)
     return True
 
 
@@ -389,7 +403,7 @@ def finish_job(
         )
         if ours.rowcount != 1:
             return False
-        _insert_points(conn, job["id"], job["flops_per_example"], job["examples"], points)
+        _insert_points(conn, job["id"], job["flops_per_example"], _examples_per_epoch(job), points)
         conn.execute(
             attempts.update().where(attempts.c.job_id == job["id"], attempts.c.attempt == job["attempts"]).values(
                 ended_at=now(), outcome=outcome or state, message=message or None

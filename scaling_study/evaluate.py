@@ -27,6 +27,18 @@ from .plan import JobSpec
 FAST_PROBE_L2 = 1e-4  # L2 on standardized features, per example (the mean loss is penalized)
 FAST_PROBE_MAX_ITER = 100
 
+# The reference code's linear probe (finetune.py --mode linear, as its README runs it): SGD with
+# momentum 0.9 at lr 0.01, no weight decay (the script never passes it to the optimizer), a
+# constant rate, gradient norm clipped at 1, label smoothing 0.3, a new head with PyTorch's
+# default init, on random-resized crops of scale 0.4-1 and ratio 1 with flips, no MixUp, the
+# last partial batch dropped. Epochs and batch size come from [evaluation] (its README: 100
+# and 2048; its script's defaults: 500 and 4096).
+REFERENCE_PROBE_LR = 0.01
+REFERENCE_PROBE_MOMENTUM = 0.9
+REFERENCE_PROBE_CLIP = 1.0
+REFERENCE_PROBE_SMOOTHING = 0.3
+REFERENCE_PROBE_CROPS = Augmentation(crop_scale=(0.4, 1.0), crop_ratio=(1.0, 1.0), flip=True, mixup=0.0)
+
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -197,6 +209,33 @@ def probe_fast(features: torch.Tensor, labels: torch.Tensor, classes: int, *, l2
     return head.requires_grad_(False)
 
 
+def probe_reference(model: nn.Module, split: data.Split, indices: np.ndarray | None, *, epochs: int,
+                    batch_size: int, precision: str, device: torch.device, resolution: int, seed: int) -> nn.Linear:
+    """The reference code's probe: a linear head trained by SGD on the frozen body's features of
+    freshly augmented images every epoch (REFERENCE_PROBE_*), so features are not cached.
+
+    The last partial batch is dropped as the reference's loader does, unless there is no full batch.
+    """
+    classes = len(split.classes)
+    head = seeded_linear(model.head.in_features, classes, derive_seed(seed, "head")).to(device)
+    optimizer = torch.optim.SGD(head.parameters(), lr=REFERENCE_PROBE_LR, momentum=REFERENCE_PROBE_MOMENTUM)
+    rows = np.arange(len(split.labels)) if indices is None else np.asarray(indices, np.int64)
+    batches = loader.TrainLoader(split, rows, batch_size, device, derive_seed(seed, "order"), REFERENCE_PROBE_CROPS,
+                                 resolution, drop_last=len(rows) >= batch_size)
+    if precision == "fp16":
+        precision = "fp32"  # no loss scaler here
+    for epoch in range(epochs):
+        for batch in batches.epoch(epoch):
+            with torch.no_grad(), autocast(precision, device):
+                features = model.features(batch.x)
+            loss = F.cross_entropy(head(features.float()), batch.y, label_smoothing=REFERENCE_PROBE_SMOOTHING)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), REFERENCE_PROBE_CLIP)
+            optimizer.step()
+    return head.requires_grad_(False)
+
+
 def finetune(model: nn.Module, split: data.Split, evaluation: EvaluationConfig, *, label_smoothing: float,
              precision: str, device: torch.device, resolution: int, seed: int) -> nn.Module:
     """Sec. 4.2's fine-tuning: a copy of the model with a new head, SGD momentum 0.9, lr head/body."""
@@ -276,14 +315,18 @@ def evaluate(model: nn.Module, spec: JobSpec, device: torch.device, epoch: int) 
                 rows = None  # the probe's training examples: all, or a fixed class-stratified subset
                 if 0 < ev.probe_examples < len(train_split):
                     rows = data.stratified_subset(train_split.labels, ev.probe_examples, spec.subset_seed)
-                feats, labels = extract_features(
-                    model, loader.eval_batches(train_split, batch, device, spec.resolution, rows), precision, device)
-                if ev.probe == "fast":
-                    head = probe_fast(feats, labels, classes)
+                if ev.probe == "reference":
+                    head = probe_reference(model, train_split, rows, epochs=ev.probe_epochs, batch_size=batch,
+                                           precision=precision, device=device, resolution=spec.resolution, seed=seed)
                 else:
-                    head = probe_paper(feats, labels, classes, epochs=ev.probe_epochs, lr=ev.probe_lr,
-                                       batch_size=batch, label_smoothing=spec.train.label_smoothing, seed=seed)
-                del feats
+                    feats, labels = extract_features(
+                        model, loader.eval_batches(train_split, batch, device, spec.resolution, rows), precision, device)
+                    if ev.probe == "fast":
+                        head = probe_fast(feats, labels, classes)
+                    else:
+                        head = probe_paper(feats, labels, classes, epochs=ev.probe_epochs, lr=ev.probe_lr,
+                                           batch_size=batch, label_smoothing=spec.train.label_smoothing, seed=seed)
+                    del feats
                 test_feats, test_labels = extract_features(
                     model, loader.eval_batches(test_split, batch, device, spec.resolution), precision, device)
                 logits = head(test_feats)

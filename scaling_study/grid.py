@@ -22,7 +22,7 @@ OPTIMIZERS = ("lion", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "wsd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PROTOCOLS = ("linear", "finetune")
-PROBES = ("paper", "fast")
+PROBES = ("paper", "fast", "reference")
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False
     divergence_loss: float = 100.0  # a loss above this (or NaN/inf) ends the run as diverged
+    drop_last: bool = False  # drop each epoch's last partial batch, as the reference code's loader does
     augmentation: Augmentation = field(default_factory=Augmentation)
 
 
@@ -92,7 +93,7 @@ class EvaluationConfig:
     """[evaluation]: how each evaluation epoch scores the model (App. A.3)."""
 
     upstream: bool = True
-    probe: str = "paper"  # paper: LION head, 50 epochs; fast: full-batch L-BFGS logistic regression
+    probe: str = "paper"  # paper: LION head, 50 epochs; fast: L-BFGS logistic regression; reference: SGD on crops
     probe_epochs: int = 50
     probe_lr: float = 1e-5
     probe_batch_size: int = 4096

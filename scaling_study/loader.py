@@ -68,37 +68,46 @@ class Batch:
 
 
 def random_crops(
-    count: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-    rng: np.random.Generator, attempts: int = 10,
+    count: int, height: int | np.ndarray, width: int | np.ndarray, scale: tuple[float, float],
+    ratio: tuple[float, float], rng: np.random.Generator, attempts: int = 10,
 ) -> np.ndarray:
     """Random resized crop boxes as (count, 4) float64 [center x, center y, width, height] in pixels.
 
     torchvision's rule, vectorised: up to `attempts` (area fraction, aspect ratio) draws per
     image, area uniform in `scale` and log-ratio uniform in `ratio`; the first that fits is
-    used, else a center crop of the whole image with the ratio clamped to `ratio`.
+    used, else a center crop of the whole image with the ratio clamped to `ratio`. `height`
+    and `width` are the images' size: one for all, or one per image (a keep-aspect store's
+    images, each in the top-left of its canvas).
     """
+    height = np.broadcast_to(np.asarray(height, np.float64), (count,))
+    width = np.broadcast_to(np.asarray(width, np.float64), (count,))
     area = height * width
     fraction = rng.uniform(scale[0], scale[1], (count, attempts))
     aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), (count, attempts)))
-    w = np.sqrt(fraction * area * aspect)
-    h = np.sqrt(fraction * area / aspect)
-    fits = (w <= width) & (h <= height)
+    w = np.sqrt(fraction * area[:, None] * aspect)
+    h = np.sqrt(fraction * area[:, None] / aspect)
+    fits = (w <= width[:, None]) & (h <= height[:, None])
     first = fits.argmax(axis=1)
     rows = np.arange(count)
     w, h = w[rows, first], h[rows, first]
     found = fits[rows, first]
     if not found.all():
         in_ratio = width / height
-        if in_ratio < ratio[0]:
-            fw, fh = width, width / ratio[0]
-        elif in_ratio > ratio[1]:
-            fw, fh = height * ratio[1], height
-        else:
-            fw, fh = width, height
+        wide, tall = in_ratio > ratio[1], in_ratio < ratio[0]
+        fw = np.where(tall, width, np.where(wide, height * ratio[1], width))
+        fh = np.where(tall, width / ratio[0], height)
         w, h = np.where(found, w, fw), np.where(found, h, fh)
     cx = np.where(found, rng.uniform(0.0, 1.0, count) * (width - w) + w / 2, width / 2)
     cy = np.where(found, rng.uniform(0.0, 1.0, count) * (height - h) + h / 2, height / 2)
     return np.stack([cx, cy, w, h], axis=1)
+
+
+def centre_boxes(sizes: np.ndarray) -> np.ndarray:
+    """The largest centred square of each image (height, width) as crop boxes: the test-time view
+    of a keep-aspect store, as the reference code's centre crop (ratio 1)."""
+    h, w = (np.asarray(sizes, np.float64)[:, i] for i in range(2))
+    side = np.minimum(h, w)
+    return np.stack([w / 2, h / 2, side, side], axis=1)
 
 
 def crop_resize(
@@ -193,13 +202,14 @@ class TrainLoader:
         *,
         resident: bool | None = None,
         beton: str | os.PathLike | None = None,
+        drop_last: bool = False,
     ):
         self.indices = np.asarray(indices, np.int64)
         if not len(self.indices):
             raise StudyError(f"{split.path or 'dataset'}: no examples to train on")
         if batch_size <= 0:
             raise StudyError(f"batch size must be positive, got {batch_size}")
-        self.split, self.batch_size, self.seed = split, batch_size, seed
+        self.split, self.batch_size, self.seed, self.drop_last = split, batch_size, seed, drop_last
         self.augmentation, self.resolution = augmentation, resolution
         self.device = torch.device(device)
         self.normalize = _Normalizer(split, self.device)
@@ -213,6 +223,7 @@ class TrainLoader:
             resident = False
         self.resident = _fits_on(self.device, nbytes) if resident is None else resident
         self.labels = torch.from_numpy(np.asarray(split.labels)[self.indices].astype(np.int64)).to(self.device)
+        self.sizes = None if split.sizes is None else np.asarray(split.sizes)[self.indices]
         self.images: torch.Tensor | None = None
         self._buffers: dict[str, torch.Tensor] = {}
         if self.resident:
@@ -222,6 +233,9 @@ class TrainLoader:
                 self.images[start : start + step] = _to_device(_rows(split.images, self.indices[start : start + step]), self.device)
 
     def __len__(self) -> int:
+        """Batches per epoch: the last partial one included, or dropped with drop_last."""
+        if self.drop_last:
+            return len(self.indices) // self.batch_size
         return math.ceil(len(self.indices) / self.batch_size)
 
     def order(self, epoch: int) -> torch.Tensor:
@@ -238,15 +252,16 @@ class TrainLoader:
                 device_positions = _to_device(positions.numpy(), self.device)
                 shape = (len(positions), *self.images.shape[1:])
                 rows = torch.index_select(self.images, 0, device_positions, out=self._buffer("rows", shape, torch.uint8))
-                yield self._augment(rows, self.labels[device_positions], epoch, b)
+                yield self._augment(rows, self.labels[device_positions], epoch, b, self._sizes(positions))
             return
         if self.beton is not None:
             from .ffcv_backend import read_batches
 
-            chosen = self.indices[order[start_batch * self.batch_size :].numpy()]
+            chosen = self.indices[order[start_batch * self.batch_size : len(self) * self.batch_size].numpy()]
             for b, rows in zip(steps, read_batches(self.beton, chosen, self.batch_size)):
-                positions = _to_device(order[b * self.batch_size : (b + 1) * self.batch_size].numpy(), self.device)
-                yield self._augment(_to_device(rows, self.device), self.labels[positions], epoch, b)
+                batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+                positions = _to_device(batch.numpy(), self.device)
+                yield self._augment(_to_device(rows, self.device), self.labels[positions], epoch, b, self._sizes(batch))
             return
         # Streamed: read batch b + 1 from the memory-map in a thread while batch b is used.
         def fetch(b: int) -> torch.Tensor:
@@ -258,8 +273,9 @@ class TrainLoader:
             for b in steps:
                 x = pending.result()
                 pending = reader.submit(fetch, b + 1) if b + 1 < len(self) else None
-                positions = _to_device(order[b * self.batch_size : (b + 1) * self.batch_size].numpy(), self.device)
-                yield self._augment(x, self.labels[positions], epoch, b)
+                batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+                positions = _to_device(batch.numpy(), self.device)
+                yield self._augment(x, self.labels[positions], epoch, b, self._sizes(batch))
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """A work buffer reused across batches: fresh large CPU allocations cost page faults."""
@@ -269,14 +285,23 @@ class TrainLoader:
                                                        dtype=dtype, device=self.device)
         return buffer[: shape[0]]
 
-    def _augment(self, images: torch.Tensor, y: torch.Tensor, epoch: int, b: int) -> Batch:
+    def _sizes(self, positions: torch.Tensor) -> np.ndarray | None:
+        """(height, width) of the batch's images in a keep-aspect store, else None."""
+        return None if self.sizes is None else self.sizes[positions.numpy()]
+
+    def _augment(self, images: torch.Tensor, y: torch.Tensor, epoch: int, b: int,
+                 sizes: np.ndarray | None = None) -> Batch:
         aug, count = self.augmentation, len(images)
         ones = torch.ones(count, device=self.device)
         if aug is None:
+            if sizes is not None:
+                return Batch(self.normalize(crop_resize(images.float(), centre_boxes(sizes), None, self.resolution)),
+                             y, y, ones)
             return Batch(self.normalize(resize(images.float(), self.resolution)), y, y, ones)
         x = self._buffer("float", tuple(images.shape)).copy_(images)
         rng = numpy_generator(self.seed, _AUGMENT, epoch, b)
-        boxes = random_crops(count, x.shape[2], x.shape[3], aug.crop_scale, aug.crop_ratio, rng)
+        height, width = (x.shape[2], x.shape[3]) if sizes is None else (sizes[:, 0], sizes[:, 1])
+        boxes = random_crops(count, height, width, aug.crop_scale, aug.crop_ratio, rng)
         flips = rng.random(count) < 0.5 if aug.flip else None
         r = self.resolution
         x = crop_resize(x, boxes, flips, r, self._buffer("grid", (count, r, r, 2)))
@@ -322,11 +347,17 @@ def _ordered_rows(split: Split, batch_size: int, device: torch.device, indices: 
 def eval_batches(
     split: Split, batch_size: int, device: str | torch.device, resolution: int, indices: np.ndarray | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Deterministic (x, y) in order: x resized to `resolution` (antialiased) and normalized by split.mean/std."""
+    """Deterministic (x, y) in order: x resized to `resolution` (antialiased) and normalized by split.mean/std;
+    from a keep-aspect store, the centred square of each image."""
     device = torch.device(device)
     normalize = _Normalizer(split, device)
-    for images, y in _ordered_rows(split, batch_size, device, indices):
-        yield normalize(resize(images.float(), resolution)), y
+    rows = np.arange(len(split.labels)) if indices is None else np.asarray(indices, np.int64)
+    for i, (images, y) in enumerate(_ordered_rows(split, batch_size, device, indices)):
+        if split.sizes is None:
+            yield normalize(resize(images.float(), resolution)), y
+        else:
+            sizes = np.asarray(split.sizes)[rows[i * batch_size : (i + 1) * batch_size]]
+            yield normalize(crop_resize(images.float(), centre_boxes(sizes), None, resolution)), y
 
 
 def tta_batches(
@@ -341,6 +372,8 @@ def tta_batches(
         x = images.float()
         count, channels, height, width = x.shape
         out = torch.empty((crops, count, channels, resolution, resolution), device=device)
+        if split.sizes is not None:  # keep-aspect: crops inside each image, not its canvas
+            height, width = (np.asarray(split.sizes)[b * batch_size : b * batch_size + count, i] for i in range(2))
         for c in range(crops):
             boxes = random_crops(count, height, width, scale, ratio, rng)
             flips = rng.random(count) < 0.5 if flip else None

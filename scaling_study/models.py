@@ -1,7 +1,11 @@
 """B-MLP and S-MLP from "Scaling MLPs" (Sec. 3, App. D), with exact parameter and FLOP counts.
 
-FLOP(f) follows the paper's (and fvcore's) convention: one multiply-accumulate of a linear
-layer is one FLOP; norms, activations and biases are not counted.
+FLOP(f) follows the paper's convention: one multiply-accumulate of a linear layer is one FLOP;
+norms, activations and biases are not counted. fvcore 0.1.5, which the reference code counts
+with, adds 5 FLOPs per LayerNorm element (`norm_flops`): 0.04-0.13% more for Table 3's models.
+
+The S-MLP comes in two variants: `paper` (the paper's equation, L blocks ReLU(W LN(z))) and
+`reference` (the reference code's StandardMLP: L-1 hidden layers Linear(GELU(LN(z)))).
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from torch import nn
 
 from .errors import GridError
 
-NAME_PATTERN = re.compile(r"^(?P<kind>[BS])-(?P<depth>\d+)/Wi-(?P<width>\d+)$")
+NAME_PATTERN = re.compile(r"^(?P<kind>[BS])-(?P<depth>\d+)/Wi-(?P<width>\d+)(?P<ref>/ref)?$")
 KINDS = {"B": "bottleneck", "S": "standard"}
+VARIANTS = ("paper", "reference")  # of the S-MLP; a B-MLP is the same in the paper and its code
+LAYER_NORM_FLOPS = 5  # fvcore's count per LayerNorm element with an affine transform
 
 
 @dataclass(frozen=True)
@@ -26,14 +32,23 @@ class ModelSpec:
     depth: int
     width: int
     expansion: int = 4
+    variant: str = "paper"  # S-MLP only: "paper" (the paper's blocks) or "reference" (its code's StandardMLP)
 
     @property
     def name(self) -> str:
-        """The paper's short name, e.g. B-12/Wi-1024 (expansion suffixed when not 4)."""
+        """The paper's short name, e.g. B-12/Wi-1024 (expansion suffixed when not 4, /ref for the
+        reference code's S-MLP)."""
         base = f"{'B' if self.kind == 'bottleneck' else 'S'}-{self.depth}/Wi-{self.width}"
         if self.kind == "bottleneck" and self.expansion != 4:
             base += f"/x{self.expansion}"
+        if self.variant == "reference":
+            base += "/ref"
         return base
+
+    @property
+    def hidden_layers(self) -> int:
+        """Blocks between the embedding and the head: depth, or depth - 1 for the reference S-MLP."""
+        return self.depth - 1 if self.variant == "reference" else self.depth
 
     def parameters(self, input_dim: int, classes: int) -> int:
         """Exact trainable parameter count, biases and LayerNorm included."""
@@ -44,13 +59,18 @@ class ModelSpec:
         else:
             block = 2 * m + m * m + m
         head = m * classes + classes
-        return embed + self.depth * block + head
+        return embed + self.hidden_layers * block + head
 
     def flops(self, input_dim: int, classes: int) -> int:
         """Forward multiply-accumulates for one example (the paper's FLOP(f))."""
         m, k = self.width, self.expansion
         block = 2 * k * m * m if self.kind == "bottleneck" else m * m
-        return input_dim * m + self.depth * block + m * classes
+        return input_dim * m + self.hidden_layers * block + m * classes
+
+    def norm_flops(self) -> int:
+        """What fvcore 0.1.5 adds to `flops` per example: 5 FLOPs per LayerNorm element (one LN of
+        width m per block); not part of the paper's FLOP(f)."""
+        return LAYER_NORM_FLOPS * self.hidden_layers * self.width
 
 
 def parse_model(value: object, where: str) -> ModelSpec:
@@ -62,9 +82,12 @@ def parse_model(value: object, where: str) -> ModelSpec:
                 f"{where}: unknown model name {value!r}; valid names look like 'B-<depth>/Wi-<width>' "
                 f"(inverted-bottleneck B-MLP) or 'S-<depth>/Wi-<width>' (standard S-MLP), e.g. B-6/Wi-256"
             )
-        spec = ModelSpec(KINDS[match["kind"]], int(match["depth"]), int(match["width"]))
+        if match["ref"] and match["kind"] != "S":
+            raise GridError(f"{where}: {value!r}: /ref names the reference code's S-MLP; a B-MLP has no variant")
+        spec = ModelSpec(KINDS[match["kind"]], int(match["depth"]), int(match["width"]),
+                         variant="reference" if match["ref"] else "paper")
     elif isinstance(value, dict):
-        allowed = {"kind", "depth", "width", "expansion"}
+        allowed = {"kind", "depth", "width", "expansion", "variant"}
         unknown = sorted(set(value) - allowed)
         if unknown:
             raise GridError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(allowed))}")
@@ -83,7 +106,12 @@ def parse_model(value: object, where: str) -> ModelSpec:
             if isinstance(number, bool) or not isinstance(number, int):
                 raise GridError(f"{where}.{key}: expected an integer, got {number!r}")
             fields[key] = number
-        spec = ModelSpec(aliases[kind], **fields)
+        variant = value.get("variant", "paper")
+        if variant not in VARIANTS:
+            raise GridError(f"{where}.variant: unknown variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
+        if variant != "paper" and aliases[kind] != "standard":
+            raise GridError(f"{where}.variant: only the S-MLP (kind standard) has a reference variant")
+        spec = ModelSpec(aliases[kind], **fields, variant=variant)
     else:
         raise GridError(f"{where}: expected a model name or a table, got {value!r}")
     for key in ("depth", "width", "expansion"):
@@ -119,6 +147,19 @@ class StandardBlock(nn.Module):
         return self.act(self.linear(self.norm(z)))
 
 
+class ReferenceStandardBlock(nn.Module):
+    """The reference code's StandardMLP layer: Linear(GELU(LN(z))), no residual."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.act = nn.GELU()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.act(self.norm(z)))
+
+
 class MLP(nn.Module):
     """Flatten -> linear embedding -> blocks -> linear head; `features` is the probe's input."""
 
@@ -128,6 +169,8 @@ class MLP(nn.Module):
         self.embed = nn.Linear(input_dim, spec.width)
         if spec.kind == "bottleneck":
             blocks = [Block(spec.width, spec.expansion) for _ in range(spec.depth)]
+        elif spec.variant == "reference":
+            blocks = [ReferenceStandardBlock(spec.width) for _ in range(spec.hidden_layers)]
         else:
             blocks = [StandardBlock(spec.width) for _ in range(spec.depth)]
         self.blocks = nn.Sequential(*blocks)

@@ -23,12 +23,16 @@ from .grid import (
     TrainConfig,
     dataset_info,
 )
+from .errors import GridError
 from .models import ModelSpec
 
 SHARED_SCHEDULES = ("constant",)
 
 # Fields that locate data on one machine but do not change what is computed.
 _NOT_IDENTITY = {"path", "real_labels"}
+# Fields added after jobs were first planned, left out of the identity at the value that does what
+# the code did before they existed: a grid that does not use them keeps its jobs' ids.
+_ADDED_LATER = {("model", "variant"): "paper", ("train", "drop_last"): False}
 
 
 @dataclass(frozen=True)
@@ -68,9 +72,18 @@ class JobSpec:
         return self.model.flops(self.input_dim, self.classes)
 
     @property
+    def examples_per_epoch(self) -> int:
+        """Examples trained on per epoch: N, or floor(N / B) * B when the last partial batch is dropped."""
+        return budget.examples_per_epoch(self.examples, self.train.batch_size, self.train.drop_last)
+
+    def compute_at(self, epoch: int) -> float:
+        """Eq. 4 after `epoch` epochs, over the examples actually trained on."""
+        return budget.compute(self.flops, self.examples_per_epoch, epoch)
+
+    @property
     def compute(self) -> float:
         """What the trajectory spends: Eq. 4 at its last epoch."""
-        return budget.compute(self.flops, self.examples, self.total_epochs)
+        return self.compute_at(self.total_epochs)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (the spec stored in the database and in checkpoints)."""
@@ -79,7 +92,7 @@ class JobSpec:
     @property
     def id(self) -> str:
         """Hash of the canonical spec without machine-local paths: equal specs, equal ids."""
-        return _hash(_strip(self.to_dict()))
+        return _hash(_strip(_without_later_defaults(self.to_dict())))
 
     @classmethod
     def from_dict(cls, raw: dict) -> "JobSpec":
@@ -102,6 +115,15 @@ class JobSpec:
             downstream=tuple(DownstreamData(**d) for d in raw["downstream"]),
             evaluation=EvaluationConfig(**evaluation),
         )
+
+
+def _without_later_defaults(spec: dict) -> dict:
+    """The spec without the fields of _ADDED_LATER that hold their old behaviour's value."""
+    out = {key: dict(value) if isinstance(value, dict) else value for key, value in spec.items()}
+    for (section, key), default in _ADDED_LATER.items():
+        if out.get(section, {}).get(key, default) == default:
+            out[section].pop(key, None)
+    return out
 
 
 def _strip(value: object) -> object:
@@ -128,6 +150,9 @@ def expand(grid: Grid) -> list[JobSpec]:
         grid.grid.models, grid.grid.examples, grid.grid.seeds, recipes, epoch_groups
     ):
         examples = budget.resolve_examples(value, info.train_size)
+        if recipe.drop_last and examples < recipe.batch_size:
+            raise GridError(f"{grid.path}: [train] drop_last = true leaves no training step for examples = "
+                            f"{examples} below batch_size {recipe.batch_size}; lower batch_size or set drop_last = false")
         jobs.append(
             JobSpec(
                 model=model,
@@ -187,7 +212,7 @@ def summarize(jobs: list[JobSpec]) -> PlanSummary:
     """Per-model totals; naive compute counts every evaluation point as its own run (Eq. 4)."""
     rows: dict[str, ModelRow] = {}
     for job in jobs:
-        naive = sum(budget.compute(job.flops, job.examples, t) for t in job.epochs)
+        naive = sum(job.compute_at(t) for t in job.epochs)
         old = rows.get(job.model.name)
         rows[job.model.name] = ModelRow(
             name=job.model.name,
@@ -212,7 +237,7 @@ def estimated_seconds(jobs: list[JobSpec], calibrations: dict[str, dict]) -> dic
         if row.name not in calibrations:
             continue
         measured = calibrations[row.name]
-        images = sum(job.examples * job.total_epochs for job in jobs if job.model.name == row.name)
+        images = sum(job.examples_per_epoch * job.total_epochs for job in jobs if job.model.name == row.name)
         per_point = json.loads(measured["details"] or "{}").get("evaluation_s")
         out[row.name] = (images / measured["images_per_s"], None if per_point is None else row.points * per_point)
     return out

@@ -26,6 +26,7 @@ from PIL import Image
 from .errors import StudyError
 
 FORMATS = ("idx", "cifar", "npz", "stl10", "tiny-imagenet", "folders")
+RESIZE_MODES = ("squash", "keep-aspect")  # the whole image to R x R, or its longest side to R
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 FASHION_MNIST_CLASSES = (
@@ -42,6 +43,7 @@ class Chunk:
     images: np.ndarray  # uint8 (m, C, R, R), the readable items in order
     keep: np.ndarray  # bool (stop - start,)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    sizes: np.ndarray | None = None  # keep-aspect: int16 (m, 2) height, width of each image in its canvas
 
 
 @dataclass
@@ -49,7 +51,7 @@ class SplitSource:
     """One split of a source: every item's label and a decoder for ranges of items."""
 
     labels: np.ndarray  # int64 (N,)
-    read: Callable[[int, int, int, Executor | None], Chunk]  # (start, stop, resolution, pool)
+    read: Callable[..., Chunk]  # (start, stop, resolution, pool, resize="squash")
     where: str  # the file or folder named in messages
 
     def __len__(self) -> int:
@@ -88,9 +90,11 @@ def _array_split(
 ) -> SplitSource:
     """A split whose images come as uniform (n, C, H, W) uint8 rows."""
 
-    def read(start: int, stop: int, resolution: int, pool: Executor | None) -> Chunk:
+    def read(start: int, stop: int, resolution: int, pool: Executor | None, resize: str = "squash") -> Chunk:
         images = resize_uint8(rows(start, stop), resolution)
-        return Chunk(images, np.ones(stop - start, bool))
+        # Square sources: keep-aspect is squash, each image filling its whole canvas.
+        sizes = np.full((len(images), 2), resolution, np.int16) if resize == "keep-aspect" else None
+        return Chunk(images, np.ones(stop - start, bool), sizes=sizes)
 
     return SplitSource(np.asarray(labels, np.int64), read, where)
 
@@ -99,15 +103,20 @@ def _file_split(labels: np.ndarray, files: Sequence[str], channels: int, where: 
     """A split of image files decoded with Pillow, in parallel over the pool."""
     mode = "L" if channels == 1 else "RGB"
 
-    def read(start: int, stop: int, resolution: int, pool: Executor | None) -> Chunk:
+    def read(start: int, stop: int, resolution: int, pool: Executor | None, resize: str = "squash") -> Chunk:
         paths = files[start:stop]
-        decoded = list(pool.map(lambda p: _decode(p, mode, resolution), paths) if pool else map(
-            lambda p: _decode(p, mode, resolution), paths))
-        keep = np.array([isinstance(d, np.ndarray) for d in decoded], bool)
-        good = [d for d in decoded if isinstance(d, np.ndarray)]
+        decode = _decode if resize == "squash" else _decode_keep_aspect
+        decoded = list(pool.map(lambda p: decode(p, mode, resolution), paths) if pool else map(
+            lambda p: decode(p, mode, resolution), paths))
+        keep = np.array([not isinstance(d, str) for d in decoded], bool)
+        good = [d for d in decoded if not isinstance(d, str)]
+        sizes = None
+        if resize == "keep-aspect":
+            sizes = np.array([size for _, size in good], np.int16).reshape(-1, 2)
+            good = [canvas for canvas, _ in good]
         images = np.stack(good) if good else np.empty((0, channels, resolution, resolution), np.uint8)
         skipped = [(p, d) for p, d in zip(paths, decoded) if isinstance(d, str)]
-        return Chunk(images, keep, skipped)
+        return Chunk(images, keep, skipped, sizes)
 
     return SplitSource(np.asarray(labels, np.int64), read, where)
 
@@ -126,6 +135,32 @@ def _decode(path: str, mode: str, resolution: int) -> np.ndarray | str:
     except Exception as error:  # any decoder failure means "unreadable", never a crash
         return f"{type(error).__name__}: {error}".splitlines()[0]
     return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def _decode_keep_aspect(path: str, mode: str, resolution: int) -> tuple[np.ndarray, tuple[int, int]] | str:
+    """One image with its longest side resized to R, aspect kept (the reference code's store), in the
+    top-left of an R x R canvas whose rest repeats the last row and column; with its (height, width).
+
+    The repeated edge makes a crop that reaches the image's border sample it as the square
+    store's `border` padding does, instead of blending in black.
+    """
+    try:
+        with Image.open(path) as image:
+            if image.mode == "P":
+                image = image.convert("RGBA")
+            image = image.convert(mode)
+            width, height = image.size
+            scale = resolution / max(width, height)
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            if image.size != size:
+                image = image.resize(size, Image.Resampling.BILINEAR)
+            array = np.asarray(image, dtype=np.uint8)
+    except Exception as error:  # any decoder failure means "unreadable", never a crash
+        return f"{type(error).__name__}: {error}".splitlines()[0]
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    h, w = array.shape[1:]
+    canvas = np.pad(array, ((0, 0), (0, resolution - h), (0, resolution - w)), mode="edge")
+    return np.ascontiguousarray(canvas), (h, w)
 
 
 def _image_channels(paths: Sequence[str]) -> int:

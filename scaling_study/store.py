@@ -6,6 +6,12 @@ Layout of a store directory:
     train_images.npy     uint8 (N, C, R, R)
     train_labels.npy     int64 (N,)
     test_images.npy, test_labels.npy
+    train_sizes.npy      keep-aspect stores only: int16 (N, 2), each image's height and width
+
+A store is `squash` (every image resized whole to R x R, as Chrabaszcz et al.'s downsampled
+ImageNet) or `keep-aspect` (longest side R, as the reference code's FFCV store: the image sits in
+the top-left of its R x R canvas, the rest repeating its edge). Keep-aspect stores are format
+version 2, which older versions of this package refuse rather than misread.
 
 While it is written the arrays are `*.npy.partial` and `.prepare-progress.json` records how
 far each split got (and the pixel histograms for the mean/std), so an interrupted `prepare`
@@ -27,9 +33,10 @@ import numpy as np
 
 from .errors import StudyError
 from .files import write_atomic
-from .readers import Source, open_source
+from .readers import RESIZE_MODES, Source, open_source
 
 FORMAT_VERSION = 1
+KEEP_ASPECT_VERSION = 2  # a keep-aspect store: its canvases must not be read as whole images
 META = "meta.json"
 PROGRESS = ".prepare-progress.json"
 SPLITS = ("train", "test")
@@ -42,6 +49,15 @@ def images_file(split: str) -> str:
 
 def labels_file(split: str) -> str:
     return f"{split}_labels.npy"
+
+
+def sizes_file(split: str) -> str:
+    return f"{split}_sizes.npy"
+
+
+def resize_mode(meta: dict) -> str:
+    """How a store's images were resized: squash (all stores before keep-aspect existed) or keep-aspect."""
+    return meta.get("resize", "squash")
 
 
 def write_json_atomic(path: Path, value: object) -> None:
@@ -58,8 +74,9 @@ def read_meta(path: Path) -> dict | None:
         meta = json.loads(file.read_text())
     except (OSError, ValueError) as error:
         raise StudyError(f"{file}: unreadable store metadata: {error}") from None
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-        raise StudyError(f"{file}: not a version-{FORMAT_VERSION} store (re-run `study data prepare`)")
+    if not isinstance(meta, dict) or meta.get("format_version") not in (FORMAT_VERSION, KEEP_ASPECT_VERSION):
+        raise StudyError(f"{file}: not a version-{FORMAT_VERSION} or -{KEEP_ASPECT_VERSION} store "
+                         f"(re-run `study data prepare`)")
     return meta
 
 
@@ -75,6 +92,19 @@ def open_split(path: Path, meta: dict, split: str) -> tuple[np.ndarray, np.ndarr
     if images.shape != shape or images.dtype != np.uint8 or labels.shape != (count,) or labels.dtype != np.int64:
         raise StudyError(f"{path}: {split} arrays {images.shape}/{labels.shape} do not match meta.json {shape}")
     return images, labels
+
+
+def open_sizes(path: Path, meta: dict, split: str) -> np.ndarray | None:
+    """A keep-aspect store's (height, width) per image of one split; None for a squash store."""
+    if resize_mode(meta) != "keep-aspect":
+        return None
+    try:
+        sizes = np.load(path / sizes_file(split), mmap_mode="r")
+    except (OSError, ValueError) as error:
+        raise StudyError(f"{path}: store split {split!r} has no readable image sizes: {error}") from None
+    if sizes.shape != (meta["splits"][split]["count"], 2):
+        raise StudyError(f"{path}: {split} sizes {sizes.shape} do not match meta.json's count")
+    return np.asarray(sizes)
 
 
 # ---------------------------------------------------------------- .npy files written in place
@@ -150,11 +180,18 @@ def prepare(
     channels: int = 0,
     progress: ProgressCallback | None = None,
     beton: bool = False,
+    resize: str = "squash",
 ) -> Prepared:
     """Convert a raw dataset into a store at `out`, resuming an interrupted run of the same options.
 
-    With `beton`, also write FFCV `{split}.beton` files beside the arrays (needs the ffcv extra).
+    `resize`: "squash" (each image whole to R x R) or "keep-aspect" (longest side R, see the
+    module docstring). With `beton`, also write FFCV `{split}.beton` files beside the arrays
+    (needs the ffcv extra; squash stores only).
     """
+    if resize not in RESIZE_MODES:
+        raise StudyError(f"unknown --resize {resize!r}; valid choices: {', '.join(RESIZE_MODES)}")
+    if beton and resize != "squash":
+        raise StudyError("--beton writes whole square images; a keep-aspect store has no .beton")
     if beton:
         from .ffcv_backend import require_ffcv
 
@@ -169,12 +206,14 @@ def prepare(
         "resolution": resolution, "channels": source.channels, "classes": list(source.classes),
         "counts": {s: len(source.splits[s]) for s in SPLITS},
     }
+    if resize != "squash":  # only then: an interrupted squash preparation keeps its params
+        params["resize"] = resize
     meta = read_meta(out) if out.is_dir() else None
     if meta is not None:
         same = all(meta.get(k) == params[k] for k in ("dataset", "resolution", "channels"))
-        if not same or meta.get("source_format") != source.format:
-            raise StudyError(f"{out}: already holds {meta.get('dataset')} at {meta.get('resolution')}px; "
-                             f"choose another --out or delete it")
+        if not same or meta.get("source_format") != source.format or resize_mode(meta) != resize:
+            raise StudyError(f"{out}: already holds {meta.get('dataset')} at {meta.get('resolution')}px "
+                             f"({resize_mode(meta)}); choose another --out or delete it")
         if beton:
             _write_betons(out, meta)
         return Prepared(meta, already=True)
@@ -219,6 +258,8 @@ def _start(out: Path, params: dict) -> dict:
         count = params["counts"][split]
         _create_npy(out / (images_file(split) + ".partial"), (count, c, r, r), np.uint8)
         _create_npy(out / (labels_file(split) + ".partial"), (count,), np.int64)
+        if params.get("resize") == "keep-aspect":
+            _create_npy(out / (sizes_file(split) + ".partial"), (count, 2), np.int16)
     state = {
         "format_version": FORMAT_VERSION, "params": params,
         "splits": {s: {"rows_in": 0, "rows_out": 0, "histogram": [[0] * 256 for _ in range(c)], "skipped": []}
@@ -241,26 +282,41 @@ def _convert(out, source: Source, split: str, state: dict, chunk_size: int, pool
         return
     images = _map_npy(images_path, (count, c, r, r), np.uint8)
     labels = _map_npy(labels_path, (count,), np.int64)
+    resize = params.get("resize", "squash")
+    sizes = _map_npy(out / (sizes_file(split) + ".partial"), (count, 2), np.int16) if resize != "squash" else None
     if progress:
         progress(split, record["rows_in"], count)
     while record["rows_in"] < count:
         start = record["rows_in"]
         stop = min(count, start + chunk_size)
-        chunk = part.read(start, stop, r, pool)
+        chunk = part.read(start, stop, r, pool, resize)
         at, m = record["rows_out"], len(chunk.images)
         images[at : at + m] = chunk.images
         labels[at : at + m] = part.labels[start:stop][chunk.keep]
         images.flush()
         labels.flush()
+        if sizes is not None:
+            sizes[at : at + m] = chunk.sizes
+            sizes.flush()
+        # The mean/std count image pixels only, not a keep-aspect canvas's repeated edge.
+        inside = None if sizes is None else _inside(chunk.sizes, r)
         for channel in range(c):
-            hist = np.bincount(chunk.images[:, channel].reshape(-1), minlength=256)
+            pixels = chunk.images[:, channel]
+            hist = np.bincount(pixels.reshape(-1) if inside is None else pixels[inside], minlength=256)
             record["histogram"][channel] = [int(a + b) for a, b in zip(record["histogram"][channel], hist)]
         record["skipped"] += [{"path": p, "reason": why} for p, why in chunk.skipped]
         record["rows_in"], record["rows_out"] = stop, at + m
         write_json_atomic(out / PROGRESS, state)
         if progress:
             progress(split, stop, count)
-    del images, labels
+    del images, labels, sizes
+
+
+def _inside(sizes: np.ndarray, resolution: int) -> np.ndarray:
+    """(m, R, R) mask of the pixels of each canvas that belong to its image (top-left height x width)."""
+    side = np.arange(resolution)
+    sizes = np.asarray(sizes, np.int64)
+    return (side[None, :, None] < sizes[:, 0, None, None]) & (side[None, None, :] < sizes[:, 1, None, None])
 
 
 def _finish(out: Path, source: Source, state: dict) -> dict:
@@ -274,8 +330,10 @@ def _finish(out: Path, source: Source, state: dict) -> dict:
         if rows == 0:
             raise StudyError(f"{source.splits[split].where}: no readable images in the {split} split "
                              f"({len(record['skipped'])} unreadable)")
-        for name, shape, dtype in ((images_file(split), (count, c, r, r), np.uint8),
-                                   (labels_file(split), (count,), np.int64)):
+        arrays = [(images_file(split), (count, c, r, r), np.uint8), (labels_file(split), (count,), np.int64)]
+        if params.get("resize") == "keep-aspect":
+            arrays.append((sizes_file(split), (count, 2), np.int16))
+        for name, shape, dtype in arrays:
             partial = out / (name + ".partial")
             if partial.exists():
                 _shrink_npy(partial, shape, rows, dtype)
@@ -285,12 +343,14 @@ def _finish(out: Path, source: Source, state: dict) -> dict:
         splits[split] = {"count": rows, "class_counts": [int(n) for n in class_counts]}
     mean, std = _stats(state["splits"]["train"]["histogram"])
     skipped = [{"split": s, **item} for s in SPLITS for item in state["splits"][s]["skipped"]]
+    resize = params.get("resize", "squash")
     meta = {
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if resize == "squash" else KEEP_ASPECT_VERSION,
         "dataset": params["dataset"],
         "source": params["source"],
         "source_format": params["format"],
         "resolution": r,
+        "resize": resize,
         "channels": c,
         "classes": params["classes"],
         "splits": splits,

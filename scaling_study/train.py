@@ -303,9 +303,12 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
         )
     evaluate.check_downstream(spec)
     indices = data.stratified_subset(split.labels, spec.examples, spec.subset_seed)
-    batches = loader.TrainLoader(split, indices, tc.batch_size, device, spec.seed, tc.augmentation, spec.resolution)
-    steps_per_epoch = budget.steps_per_epoch(spec.examples, tc.batch_size)
-    total_steps = budget.total_steps(spec.examples, tc.batch_size, spec.total_epochs)
+    batches = loader.TrainLoader(split, indices, tc.batch_size, device, spec.seed, tc.augmentation, spec.resolution,
+                                 drop_last=tc.drop_last)
+    steps_per_epoch = budget.steps_per_epoch(spec.examples, tc.batch_size, tc.drop_last)
+    total_steps = budget.total_steps(spec.examples, tc.batch_size, spec.total_epochs, tc.drop_last)
+    if steps_per_epoch == 0:
+        raise StudyError(f"drop_last with batch size {tc.batch_size} leaves no step for {spec.examples} examples")
     if len(batches) != steps_per_epoch:
         raise StudyError(f"the loader gives {len(batches)} batches per epoch, the budget {steps_per_epoch}")
     warmup_steps = round(tc.warmup_epochs * steps_per_epoch)
