@@ -7,7 +7,8 @@ cancelled, or any other state) with their reason, and every job's loss curve (it
 else the train loss at its evaluation epochs). `study fit` writes it after each fit;
 `study report` writes it alone, and `--watch` rewrites it (atomically) whenever the database or
 a running job's curve changes. A tiny inline script records any page error in the <html>
-element's data-errors attribute, which the browser test reads.
+element's data-errors attribute, and where each figure was laid out in data-figures, which the
+browser test reads.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import datetime as dt
 import html
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -119,9 +121,16 @@ def figure_svgs(out: Path, fit: dict | None) -> list[tuple[str, str]]:
     for stem in stems:
         path = Path(out) / f"{stem}.svg"
         if path.exists():
-            text = path.read_text()
-            found.append((stem, text[text.find("<svg"):]))
+            found.append((stem, inline_svg(path.read_text())))
     return found
+
+
+def inline_svg(text: str) -> str:
+    """An SVG file as an element of the page: without its XML prolog, its metadata and its namespace
+    declarations (the HTML parser supplies them), so that the page names no URL at all."""
+    text = text[text.find("<svg"):]
+    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, count=1, flags=re.S)
+    return re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", text[:text.find(">") + 1], count=2) + text[text.find(">") + 1:]
 
 
 # ---- HTML ----
@@ -148,7 +157,10 @@ document.documentElement.setAttribute('data-errors',seen.join(' | '));}
 window.addEventListener('error',function(e){var t=e.target;note(e.message||('failed to load '+((t&&(t.src||t.href))||'a resource')));},true);
 window.addEventListener('unhandledrejection',function(e){note('unhandled rejection: '+e.reason);});
 var original=console.error;console.error=function(){note(Array.prototype.join.call(arguments,' '));original.apply(console,arguments);};
-document.addEventListener('DOMContentLoaded',function(){document.documentElement.setAttribute('data-ready','1');});})();"""
+document.addEventListener('DOMContentLoaded',function(){document.documentElement.setAttribute('data-ready','1');});
+window.addEventListener('load',function(){var boxes={};document.querySelectorAll('figure[id^="figure-"]').forEach(function(f){
+var r=f.querySelector('svg').getBoundingClientRect();boxes[f.id.slice(7)]=[Math.round(r.left+scrollX),Math.round(r.top+scrollY),
+Math.round(r.width),Math.round(r.height)];});document.documentElement.setAttribute('data-figures',JSON.stringify(boxes));});})();"""
 
 
 def _e(value: object) -> str:
