@@ -81,24 +81,29 @@ def _binned(points: list[tuple[float, float]], bins: int = CURVE_POINTS) -> list
     return out
 
 
-def job_curves(engine, rows: list[dict], runs_dir: Path) -> dict[int, tuple[str, list[tuple[float, float]]]]:  # noqa: ANN001
-    """{job id: (x label, [(x, loss)])}: curve.csv's step losses, else the recorded train/loss per epoch."""
+def job_curves(engine, rows: list[dict], runs_dir: Path,  # noqa: ANN001 - an Engine
+               metric: str | None = None) -> dict[int, tuple[str, list[tuple[float, float]]]]:
+    """{job id: (what is drawn, [(x, y)])}: curve.csv's step losses, else the recorded train/loss per
+    epoch, else (an imported study has no loss) the fitted metric's error per epoch."""
+    wanted = ["train/loss"] + ([metric] if metric else [])
     with engine.connect() as conn:
-        losses = conn.execute(
-            sa.select(db.evaluations.c.job_id, db.evaluations.c.epoch, db.evaluations.c.value)
-            .where(db.evaluations.c.metric == "train/loss", db.evaluations.c.job_id.in_([r["id"] for r in rows]))
+        recorded = conn.execute(
+            sa.select(db.evaluations.c.job_id, db.evaluations.c.metric, db.evaluations.c.epoch, db.evaluations.c.value)
+            .where(db.evaluations.c.metric.in_(wanted), db.evaluations.c.job_id.in_([r["id"] for r in rows]))
             .order_by(db.evaluations.c.job_id, db.evaluations.c.epoch)
         ).all()
-    by_job: dict[int, list[tuple[float, float]]] = {}
-    for job_id, epoch, value in losses:
-        by_job.setdefault(job_id, []).append((float(epoch), float(value)))
+    by_job: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    for job_id, name, epoch, value in recorded:
+        by_job.setdefault((job_id, name), []).append((float(epoch), float(value)))
     curves = {}
     for row in rows:
         steps = read_csv_curve(job_dir(runs_dir, row))
         if steps:
-            curves[row["id"]] = ("step", _binned([(float(s), v) for s, v in steps]))
-        elif row["id"] in by_job:
-            curves[row["id"]] = ("epoch", by_job[row["id"]])
+            curves[row["id"]] = ("train loss vs step", _binned([(float(s), v) for s, v in steps]))
+        elif (row["id"], "train/loss") in by_job:
+            curves[row["id"]] = ("train loss vs epoch", by_job[row["id"], "train/loss"])
+        elif metric and (row["id"], metric) in by_job:
+            curves[row["id"]] = (f"{metric} error vs epoch", by_job[row["id"], metric])
     return curves
 
 
@@ -127,10 +132,32 @@ def figure_svgs(out: Path, fit: dict | None) -> list[tuple[str, str]]:
 
 def inline_svg(text: str) -> str:
     """An SVG file as an element of the page: without its XML prolog, its metadata and its namespace
-    declarations (the HTML parser supplies them), so that the page names no URL at all."""
+    declarations (the HTML parser supplies them), so that the page names no URL at all; made compact
+    (see `_compact`)."""
     text = text[text.find("<svg"):]
     text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, count=1, flags=re.S)
-    return re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", text[:text.find(">") + 1], count=2) + text[text.find(">") + 1:]
+    text = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", text[:text.find(">") + 1], count=2) + text[text.find(">") + 1:]
+    return _compact(text)
+
+
+_CIRCLE = re.compile(r'<path d="(M [-\d. ]+\n(?:C [-\d. ]+\n){8}z\n)"([^>]*)/>')
+
+
+def _as_circle(match: re.Match) -> str:
+    """matplotlib draws each scatter marker as a path of 8 Bezier arcs (700 bytes); a <circle> is 100."""
+    numbers = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", match.group(1))]
+    xs, ys = numbers[0::2], numbers[1::2]
+    width, height = max(xs) - min(xs), max(ys) - min(ys)
+    if abs(width - height) > 1e-3 * max(width, 1e-9):
+        return match.group(0)
+    return (f'<circle cx="{(max(xs) + min(xs)) / 2:.2f}" cy="{(max(ys) + min(ys)) / 2:.2f}" '
+            f'r="{width / 2:.2f}"{match.group(2)}/>')
+
+
+def _compact(svg: str) -> str:
+    """Scatter markers as circles and coordinates to 1/100 pt: a 5,000-point figure shrinks fivefold."""
+    svg = _CIRCLE.sub(_as_circle, svg)
+    return re.sub(r"(\d\.\d\d)\d+", r"\1", svg)
 
 
 # ---- HTML ----
@@ -313,12 +340,12 @@ def curve_svg(points: list[tuple[float, float]], colour: str, width: int = 228, 
 def _jobs_section(rows: list[dict], curves: dict) -> str:
     cards = []
     for r in rows:
-        axis, points = curves.get(r["id"], ("step", []))
+        axis, points = curves.get(r["id"], ("no curve recorded", []))
         colour = STATE_COLOURS.get(r["state"], "#555")
         cards.append(f'<div class="job" id="job-{r["id"]}"><p><b>#{r["id"]}</b> {_e(r["model"])} N={r["examples"]:,} '
                      f'seed {r["seed"]} <span class="state" style="color:{colour}">{_e(r["state"])}</span> '
                      f'{r["epochs_done"]}/{r["epochs"]} ep</p>{curve_svg(points, colour)}'
-                     f'<p class="note">train loss vs {axis}</p></div>')
+                     f'<p class="note">{_e(axis)}</p></div>')
     return f'<section id="curves"><h2>Loss curves ({len(rows)} jobs)</h2><div class="jobs">{"".join(cards)}</div></section>'
 
 
@@ -345,7 +372,8 @@ def write_page(engine, study: str, out: Path, runs_dir: Path, *, note: str = "",
     out = Path(out)
     state = study_state(engine, study)
     fit = load_fit(out, study)
-    text = render(state, fit, figure_svgs(out, fit), job_curves(engine, state["jobs"], Path(runs_dir)),
+    metric = (fit or {}).get("metric")
+    text = render(state, fit, figure_svgs(out, fit), job_curves(engine, state["jobs"], Path(runs_dir), metric),
                   note=note, refresh_s=refresh_s)
     return write_atomic(out / PAGE_NAME, lambda temp: temp.write_text(text))
 
