@@ -272,6 +272,7 @@ def run(
 
     from . import runner
 
+    runner.resolve_device(device)  # a bad --device is a usage error, found before any job is claimed
     options = runner.RunOptions(
         db_url=db_url, device=device, resume=resume, study=study, max_jobs=max_jobs, until=_parse_until(until),
         runs_dir=runs_dir, lease_s=lease, checkpoint_every_s=checkpoint_every, max_attempts=max_attempts,

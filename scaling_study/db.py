@@ -259,6 +259,22 @@ def _worker_alive(worker: str, host: str) -> bool:
     return True
 
 
+def _close_open_attempts(conn: Connection, job_id: int, outcome: str, message: str | None) -> None:
+    """Give every attempt of a job that has no outcome yet this one (a lost worker, a cancel)."""
+    conn.execute(
+        attempts.update().where(attempts.c.job_id == job_id, attempts.c.outcome.is_(None)).values(
+            ended_at=now(), outcome=outcome, message=message
+        )
+    )
+
+
+def _next_attempt(conn: Connection, job_id: int) -> int:
+    """One more than the highest attempt number ever recorded for the job: numbers only grow,
+    across `study retry` too (which resets the job's budget of attempts, not its history)."""
+    highest = conn.execute(sa.select(sa.func.max(attempts.c.attempt)).where(attempts.c.job_id == job_id)).scalar()
+    return (highest or 0) + 1
+
+
 def reclaim_lost(engine: Engine, host: str, max_attempts: int) -> list[tuple[int, str]]:
     """Jobs whose worker died (lease expired, or its process is gone on this host) go back to
     pending, or to failed after `max_attempts`; returns (job id, new state)."""
@@ -280,11 +296,7 @@ def reclaim_lost(engine: Engine, host: str, max_attempts: int) -> list[tuple[int
                     finished_at=now() if state == "failed" else None,
                 )
             )
-            conn.execute(
-                attempts.update().where(attempts.c.job_id == row.id, attempts.c.attempt == row.attempts).values(
-                    ended_at=now(), outcome="lost", message=reason
-                )
-            )
+            _close_open_attempts(conn, row.id, "lost", reason)
             changed.append((row.id, state))
     return changed
 
@@ -306,10 +318,11 @@ def claim_job(
         row = conn.execute(query).mappings().first()
         if row is None:
             return None
-        attempt = row["attempts"] + 1
+        budget_used = row["attempts"] + 1  # attempts since the job was planned or last retried
+        attempt = _next_attempt(conn, row["id"])  # its number in the job's whole history
         claimed = conn.execute(
             jobs.update().where(jobs.c.id == row["id"], jobs.c.state == "pending").values(
-                state="running", worker=worker, attempts=attempt, error=None,
+                state="running", worker=worker, attempts=budget_used, error=None,
                 lease_expires=now() + dt.timedelta(seconds=lease_s),
                 started_at=row["started_at"] or now(),
                 provenance=json.dumps(provenance or {}, sort_keys=True),
@@ -321,7 +334,7 @@ def claim_job(
         study_name, study_created = conn.execute(
             sa.select(studies.c.name, studies.c.created_at).where(studies.c.id == row["study_id"])).one()
     job = dict(row)
-    job.update(attempts=attempt, study=study_name, study_created_at=study_created)
+    job.update(attempts=budget_used, attempt=attempt, study=study_name, study_created_at=study_created)
     return job
 
 
@@ -405,7 +418,7 @@ def finish_job(
             return False
         _insert_points(conn, job["id"], job["flops_per_example"], _examples_per_epoch(job), points)
         conn.execute(
-            attempts.update().where(attempts.c.job_id == job["id"], attempts.c.attempt == job["attempts"]).values(
+            attempts.update().where(attempts.c.job_id == job["id"], attempts.c.attempt == job["attempt"]).values(
                 ended_at=now(), outcome=outcome or state, message=message or None
             )
         )
@@ -426,6 +439,8 @@ def set_state(engine: Engine, job_id: int, new_state: str, allowed_from: tuple[s
         if new_state == "cancelled":
             values.update(finished_at=now(), lease_expires=None)  # a running worker sees it at its next heartbeat
         conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
+        if row.state == "running":  # the worker's attempt ends here: it records nothing once it sees the cancel
+            _close_open_attempts(conn, job_id, new_state, f"{new_state} by `study {'retry' if new_state == 'pending' else 'cancel'}`")
     return row.state
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from . import __version__, db
-from .errors import StudyError
+from .errors import BadInput, StudyError
 from .plan import JobSpec
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -116,8 +116,20 @@ def resolve_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise StudyError(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__}")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
+        raise BadInput(f"--device {device!r}: not a device; use auto, cpu, cuda, cuda:N or mps")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BadInput(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__}; use cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise BadInput(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) visible "
+                           f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise BadInput(f"--device {device}: MPS is not available here; use cpu")
     return device
 
 
@@ -216,8 +228,14 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
     summary = RunSummary()
     claimed = 0
     while not stop() and (options.max_jobs is None or claimed < options.max_jobs):
-        db.reclaim_lost(engine, host, options.max_attempts)
-        job = db.claim_job(engine, worker, options.lease_s, options.study, options.resume, provenance(device, worker))
+        try:
+            db.reclaim_lost(engine, host, options.max_attempts)
+            job = db.claim_job(engine, worker, options.lease_s, options.study, options.resume, provenance(device, worker))
+        except sa.exc.SQLAlchemyError as error:  # the claim rolled back: every job is as it was
+            words = str(getattr(error, "orig", None) or error).strip().splitlines()
+            summary.fatal = (f"could not claim a job ({type(error).__name__}: {words[0] if words else ''}); "
+                             "nothing was changed: check the database, then `study run --resume`")
+            break
         if job is None:
             break
         claimed += 1
@@ -240,12 +258,15 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
 def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, stop: StopFlag,
              events: Events, train: Callable) -> str:
     """One attempt at one job; returns done / diverged / failed / released / lost / disk_full / database_refused."""
-    spec = JobSpec.from_dict(json.loads(job["spec"]))
-    folder = job_dir(options.runs_dir, job)
-    log = JobLog(folder / "log.txt")
-    checkpoint = folder / "checkpoint.pt"
-    log(f"attempt {job['attempts']} by {worker} on {device}: {spec.model.name}, N={spec.examples}, "
-        f"T={list(spec.epochs)}, seed={spec.seed}" + (f", resuming from {checkpoint}" if checkpoint.exists() else ""))
+    try:  # a job that cannot even be set up is failed with the reason, and the worker goes on
+        spec = JobSpec.from_dict(json.loads(job["spec"]))
+        folder = job_dir(options.runs_dir, job)
+        log = JobLog(folder / "log.txt")
+        checkpoint = folder / "checkpoint.pt"
+        log(f"attempt {job['attempt']} by {worker} on {device}: {spec.model.name}, N={spec.examples}, "
+            f"T={list(spec.epochs)}, seed={spec.seed}" + (f", resuming from {checkpoint}" if checkpoint.exists() else ""))
+    except Exception as error:  # noqa: BLE001 - e.g. OSError: File name too long, a folder that is a file
+        return _failed(engine, job, worker, None, events, error, "set-up failed: ")
     events.job_started(job, spec)
     beat = Heartbeat(engine, job["id"], worker, options.lease_s)
     beat.start()
@@ -332,9 +353,11 @@ def _database_refused(error: BaseException | None) -> str:
     return ""
 
 
-def _failed(engine, job: dict, worker: str, log: JobLog, events: Events, error: Exception) -> str:
-    message = str(error) if isinstance(error, StudyError) else f"{type(error).__name__}: {error}"
-    log("failed: " + message + "\n" + "".join(traceback.format_exception(error)))
+def _failed(engine, job: dict, worker: str, log: JobLog | None, events: Events, error: Exception,
+            prefix: str = "") -> str:
+    message = prefix + (str(error) if isinstance(error, StudyError) else f"{type(error).__name__}: {error}")
+    if log is not None:
+        log("failed: " + message + "\n" + "".join(traceback.format_exception(error)))
     db.finish_job(engine, job, worker, "failed", job["epochs_done"], [], message)
     events.job_ended(job, "failed", message)
     return "failed"
