@@ -11,11 +11,12 @@ import datetime as dt
 import json
 import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .errors import StudyError
+from .errors import BadInput, StudyError
 
 DEFAULT_URL = "sqlite:///results.db"
 URL_VARIABLE = "STUDY_DB"
@@ -121,19 +122,56 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def connect(url: str | None = None, migrate: bool = True) -> Engine:
-    """An engine for `url` with the schema migrated to the newest version."""
+def _sqlite_file(engine: Engine) -> str | None:
+    """The file of a SQLite engine, None for an in-memory one or another dialect."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    return None if not database or database == ":memory:" or database.startswith("file:") else database
+
+
+def _check_sqlite_file(url: str, path: str, create: bool, write: bool) -> None:
+    """Refuse, before any work, a database file that is missing (for commands that only use existing
+    jobs), not a file, or read-only (with its folder: SQLite writes its log beside it)."""
+    file = Path(path)
+    if not file.exists():
+        if not create:
+            raise BadInput(f"database {url} does not exist (no file {file}); check --db or ${URL_VARIABLE}, "
+                           "or `study plan GRID` to create it")
+        if not file.parent.is_dir():
+            raise BadInput(f"cannot create database {url}: folder {file.parent} does not exist")
+    elif not file.is_file():
+        raise BadInput(f"database {url}: {file} is not a file")
+    folder = file.parent if str(file.parent) else Path(".")
+    if write or not file.exists():
+        if file.exists() and not os.access(file, os.W_OK):
+            raise BadInput(f"database {url} is read-only ({file}); make it writable or copy it somewhere writable")
+        if not os.access(folder, os.W_OK):
+            raise BadInput(f"database {url} is in a read-only folder ({folder}; SQLite writes its log beside the "
+                           "file); make the folder writable or copy the database somewhere writable")
+
+
+def connect(url: str | None = None, migrate: bool = True, create: bool = True, write: bool = True) -> Engine:
+    """An engine for `url` with the schema migrated to the newest version.
+
+    create=False: a SQLite file that does not exist is refused rather than made (commands that only
+    read or change existing jobs); write=False: a read-only file is fine (commands that only read)."""
     url = database_url(url)
     try:
         engine = sa.create_engine(url, future=True)
     except (sa.exc.ArgumentError, ImportError, ModuleNotFoundError) as error:
         raise StudyError(f"cannot use database URL {url!r}: {error}") from None
     if engine.dialect.name == "sqlite":
+        if path := _sqlite_file(engine):
+            _check_sqlite_file(url, path, create, write)
         _sqlite_setup(engine)
     try:
         if migrate:
             apply_migrations(engine)
     except sa.exc.OperationalError as error:
+        raise StudyError(f"cannot open database {url!r}: {error.orig}") from None
+    except sa.exc.DatabaseError as error:  # e.g. random bytes, a text file, a truncated database
+        if engine.dialect.name == "sqlite":
+            raise BadInput(f"{_sqlite_file(engine) or url} is not a readable SQLite database ({error.orig}); "
+                           "check --db") from None
         raise StudyError(f"cannot open database {url!r}: {error.orig}") from None
     return engine
 
@@ -141,6 +179,12 @@ def connect(url: str | None = None, migrate: bool = True) -> Engine:
 def apply_migrations(engine: Engine) -> list[str]:
     """Apply the migrations not yet recorded, each in its own transaction; returns their names."""
     applied = []
+    with engine.connect() as conn:  # a database from a newer version is refused before anything is written
+        recorded = set(conn.execute(sa.select(migrations_table.c.name)).scalars()) if sa.inspect(conn).has_table(
+            migrations_table.name) else set()
+    if unknown := sorted(recorded - {name for name, _ in MIGRATIONS}):
+        raise BadInput(f"the database {engine.url.render_as_string(hide_password=True)} was written by a newer "
+                         f"scaling-study (migration {', '.join(unknown)}); upgrade scaling-study to use it")
     with engine.begin() as conn:
         migrations_table.create(conn, checkfirst=True)
     for name, migration in MIGRATIONS:
@@ -159,6 +203,15 @@ def apply_migrations(engine: Engine) -> list[str]:
 def add_jobs(engine: Engine, study_name: str, grid_path: str, grid_toml: str, specs: Iterable) -> tuple[int, int]:
     """Record a study and those of its jobs not yet known, in one transaction: (added, existing)."""
     specs = list(specs)
+    try:
+        return _add_jobs(engine, study_name, grid_path, grid_toml, specs)
+    except sa.exc.OperationalError as error:  # a full disk, a lock held too long: the transaction rolled back
+        words = str(error.orig).strip().splitlines()[0]
+        raise StudyError(f"the database refused the plan ({words}); nothing was planned, the database is as it "
+                         "was: free space (or retry when it is free) and plan again") from None
+
+
+def _add_jobs(engine: Engine, study_name: str, grid_path: str, grid_toml: str, specs: list) -> tuple[int, int]:
     with engine.begin() as conn:
         row = conn.execute(sa.select(studies.c.id).where(studies.c.name == study_name)).first()
         if row:
@@ -454,6 +507,21 @@ def job_rows(engine: Engine, study: str | None = None, states: tuple[str, ...] |
         query = query.where(studies.c.name == study)
     if states:
         query = query.where(jobs.c.state.in_(states))
+    with engine.connect() as conn:
+        return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def job_listing(engine: Engine, study: str | None = None, states: tuple[str, ...] | None = None,
+                limit: int | None = None) -> list[dict]:
+    """What `study status` lists, in one query: the first `limit` jobs by id, without their specs."""
+    columns = [c for c in jobs.c if c.name not in ("spec", "provenance")]
+    query = sa.select(*columns, studies.c.name.label("study")).select_from(jobs.join(studies)).order_by(jobs.c.id)
+    if study:
+        query = query.where(studies.c.name == study)
+    if states:
+        query = query.where(jobs.c.state.in_(states))
+    if limit:
+        query = query.limit(limit)
     with engine.connect() as conn:
         return [dict(row) for row in conn.execute(query).mappings()]
 

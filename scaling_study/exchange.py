@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .checks import name_problem, printable
 from .errors import StudyError
 from .files import write_atomic
 
@@ -24,6 +25,7 @@ REQUIRED = ("model", "params", "flops_per_example", "examples", "epochs", "error
 DEFAULTS = {"metric": "imported", "seed": "0"}
 IGNORED = ("study", "job_id", "kind", "state", "compute")  # written by `study export`
 FORMATS = ("csv", "parquet")
+INT64_MAX = 2**63 - 1  # the database's BIGINT
 
 
 class BadRows(StudyError):
@@ -37,7 +39,7 @@ class BadRows(StudyError):
 
 def _integer(text: str, positive: bool = True) -> int:
     value = float(text)  # accepts 1e6 and 1000000.0
-    if not math.isfinite(value) or value != int(value) or (positive and value <= 0):
+    if not math.isfinite(value) or value != int(value) or (positive and value <= 0) or abs(value) > INT64_MAX:
         raise ValueError
     return int(value)
 
@@ -88,7 +90,7 @@ def read_results_csv(path: Path, study: str | None = None) -> list[dict]:
                 try:
                     parsed[column] = _integer(values[column])
                 except ValueError:
-                    problems.append(f"{column} {values[column]!r} is not a positive integer")
+                    problems.append(f"{column} {values[column]!r} is not a positive integer of at most 2**63 - 1")
             try:
                 parsed["error"] = float(values["error"])
                 if not 0.0 <= parsed["error"] <= 1.0:
@@ -101,6 +103,8 @@ def read_results_csv(path: Path, study: str | None = None) -> list[dict]:
             except ValueError:
                 problems.append(f"seed {values.get('seed')!r} is not an integer")
             parsed["study"] = study or values.get("study") or path.stem
+            if problem := name_problem(parsed["study"]):
+                problems.append(f"study name {printable(parsed['study'])!r} {problem}")
             if problems:
                 bad.append(f"{path}:{line}: " + "; ".join(problems))
                 continue

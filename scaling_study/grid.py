@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .data import CATALOGUE, DatasetInfo
 from .store import read_meta
+from .checks import name_problem
 from .errors import GridError
 from .models import ModelSpec, parse_model
 
@@ -23,6 +24,7 @@ SCHEDULES = ("constant", "cosine", "wsd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PROTOCOLS = ("linear", "finetune")
 PROBES = ("paper", "fast", "reference")
+MAX_LR = 1e6  # larger rates overflow float32 updates at once (1e6 with SGD already diverges: a test uses it)
 
 
 @dataclass(frozen=True)
@@ -284,6 +286,8 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
     study = parser.table(StudySection, doc["study"], "[study]", "study")
     if not study.name.strip():
         parser.fail("[study].name", "must not be empty", "name", "study")
+    if problem := name_problem(study.name):
+        parser.fail("[study].name", problem, "name", "study")
 
     data = doc["data"]
     if not isinstance(data, dict):
@@ -311,6 +315,9 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
     for name in ("lr", "batch_size"):
         if not getattr(train, name) > 0:
             parser.fail(f"[train].{name}", f"must be positive, got {getattr(train, name)}", name, "train")
+    if train.lr > MAX_LR:
+        parser.fail("[train].lr", f"{train.lr:g} is above {MAX_LR:g}, beyond what an optimizer's float32 "
+                    "update can use; lower it", "lr", "train")
     aug = train.augmentation
     if not (0 < aug.crop_scale[0] and aug.crop_scale[1] <= 1):
         parser.fail("[train.augmentation].crop_scale", "must lie in (0, 1]", "crop_scale", "train.augmentation")

@@ -28,6 +28,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from . import __version__, db
+from .checks import folder_name
 from .errors import BadInput, StudyError
 from .plan import JobSpec
 
@@ -176,7 +177,7 @@ def job_dir(runs_dir: Path, job: dict) -> Path:
     """
     created = job["study_created_at"]
     key = hashlib.sha256(f"{job['study']}\0{created.isoformat()}".encode()).hexdigest()[:8]
-    return Path(runs_dir) / f"{job['study']}-{key}" / f"job-{job['id']}"
+    return Path(runs_dir) / f"{folder_name(job['study'])}-{key}" / f"job-{job['id']}"  # never outside runs_dir
 
 
 class JobLog:
