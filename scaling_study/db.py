@@ -265,6 +265,12 @@ def job_counts(engine: Engine, study_name: str | None = None) -> dict[str, dict[
     return counts
 
 
+def study_grid_text(engine: Engine, name: str) -> str:
+    """The grid TOML a study was last planned from ('' for an imported study or an unknown name)."""
+    with engine.connect() as conn:
+        return conn.execute(sa.select(studies.c.grid_toml).where(studies.c.name == name)).scalar() or ""
+
+
 def study_names(engine: Engine) -> list[str]:
     """Every study in the database, oldest first."""
     with engine.connect() as conn:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,13 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    """[logging]: where training curves go besides each job's curve.csv (not part of any job's identity)."""
+
+    tensorboard: bool | None = None  # None: TensorBoard events when the package is installed
+
+
+@dataclass(frozen=True)
 class GridAxes:
     """[grid]: the axes whose product is the study."""
 
@@ -131,6 +139,7 @@ class Grid:
     grid: GridAxes
     train: TrainConfig
     evaluation: EvaluationConfig
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property
     def dataset(self) -> DatasetInfo:
@@ -221,6 +230,9 @@ class _Parser:
             if items[0] > items[1]:
                 self.fail(where, f"low must not exceed high, got {list(raw)}", key, section)
             return items
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            inner = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+            return self.value(inner[0], raw, where, key, section)  # TOML has no null: the value is set
         if hint is bool:
             if not isinstance(raw, bool):
                 self.fail(where, f"expected true or false, got {raw!r}", key, section)
@@ -266,7 +278,7 @@ class _Parser:
         return tuple(raw)
 
 
-SECTIONS = ("study", "data", "grid", "train", "evaluation")
+SECTIONS = ("study", "data", "grid", "train", "evaluation", "logging")
 
 
 def parse_grid(text: str, path: str = "<grid>") -> Grid:
@@ -355,7 +367,8 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
         batch_sizes=parser.positive_list(axes["batch_sizes"], "[grid].batch_sizes", "batch_sizes", "grid")
         if "batch_sizes" in axes else (),
     )
-    grid = Grid(path, text, study, pretrain, downstream, grid_axes, train, evaluation)
+    logging = parser.table(LoggingConfig, doc.get("logging", {}), "[logging]", "logging")
+    grid = Grid(path, text, study, pretrain, downstream, grid_axes, train, evaluation, logging)
     info = dataset_info(grid)
     if not info.resolution:
         parser.fail("[data.pretrain].resolution", "required for a dataset outside the catalogue")

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 
 from . import __version__, db
 from .checks import folder_name
+from .curves import open_curves
 from .errors import BadInput, StudyError
 from .plan import JobSpec
 
@@ -243,7 +244,7 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
         outcome = _run_job(engine, job, worker, device, options, stop, events, train)
         if outcome in ("done", "diverged", "failed", "released"):
             getattr(summary, outcome).append(job["id"])
-        if outcome in ("disk_full", "database_refused"):
+        if outcome in ("disk_full", "database_refused", "unusable"):
             summary.fatal = job["error_message"]
             break
     summary.stop_reason = stop.reason
@@ -258,7 +259,8 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
 
 def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, stop: StopFlag,
              events: Events, train: Callable) -> str:
-    """One attempt at one job; returns done / diverged / failed / released / lost / disk_full / database_refused."""
+    """One attempt at one job; returns done / diverged / failed / released / lost / disk_full / database_refused /
+    unusable (this worker cannot run the study's jobs: it releases the job and stops)."""
     try:  # a job that cannot even be set up is failed with the reason, and the worker goes on
         spec = JobSpec.from_dict(json.loads(job["spec"]))
         folder = job_dir(options.runs_dir, job)
@@ -268,6 +270,14 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
             f"T={list(spec.epochs)}, seed={spec.seed}" + (f", resuming from {checkpoint}" if checkpoint.exists() else ""))
     except Exception as error:  # noqa: BLE001 - e.g. OSError: File name too long, a folder that is a file
         return _failed(engine, job, worker, None, events, error, "set-up failed: ")
+    try:
+        curves = open_curves(folder, spec, logging_setting(engine, job["study"]))
+    except StudyError as error:
+        message = f"{error}; job {job['id']} released"
+        log(message)
+        db.finish_job(engine, job, worker, "pending", job["epochs_done"], [], message, outcome="released")
+        job["error_message"] = message
+        return "unusable"
     events.job_started(job, spec)
     beat = Heartbeat(engine, job["id"], worker, options.lease_s)
     beat.start()
@@ -283,9 +293,11 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
         result = train(
             spec, device=device, checkpoint=checkpoint, checkpoint_every_s=options.checkpoint_every_s,
             on_progress=lambda progress: events.progress(job, progress), on_epoch=on_epoch, should_stop=should_stop,
+            curves=curves,
         )
     except Exception as error:  # noqa: BLE001 - a failed job is a row with its reason; the study goes on
         beat.stop()
+        _close_quietly(curves)
         if _disk_full(error):
             message = (f"disk full while writing {checkpoint.parent} ({_disk_full(error)}); the previous "
                        "checkpoint is intact: free space, then `study run --resume`")
@@ -303,6 +315,7 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
             return "database_refused"
         return _failed(engine, job, worker, log, events, error)
     beat.stop()
+    _close_quietly(curves)
     if for_notes := "; ".join(result.notes):
         log(f"notes: {for_notes}")
     if beat.lost:
@@ -321,6 +334,26 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
     log(f"{state}" + (f": {message}" if message else f" after {result.epochs_done} epochs"))
     events.job_ended(job, state, message)
     return state
+
+
+def logging_setting(engine, study: str) -> bool | None:  # noqa: ANN001 - an Engine
+    """The study's `[logging] tensorboard` (validated when planned); None when its grid does not say."""
+    import tomllib
+
+    try:
+        section = tomllib.loads(db.study_grid_text(engine, study) or "").get("logging", {})
+    except tomllib.TOMLDecodeError:
+        return None
+    value = section.get("tensorboard") if isinstance(section, dict) else None
+    return value if isinstance(value, bool) else None
+
+
+def _close_quietly(curves) -> None:  # noqa: ANN001 - a curves.Curves
+    """Curves are a view of the job, not its record: failing to close them never fails the job."""
+    try:
+        curves.close()
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def _causes(error: BaseException | None):
