@@ -117,6 +117,18 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class AdaptiveConfig:
+    """[adaptive]: coarse-to-fine claim order and pruning against the law (issue #12); off by default."""
+
+    enabled: bool = False
+    confidence: float = 0.95  # a trajectory is pruned when its predicted lower bound at this confidence is above the envelope
+    min_points: int = 20  # evaluation points of the fitted metric before anything is pruned
+    protect_spanning: bool = True  # never prune the runs that span the fits (see adaptive.spanning_jobs)
+    resamples: int = 100  # bootstrap resamples of each refit (few: a refit takes well under a second)
+    seed: int = 0  # seed of those resamples: the same points give the same decision
+
+
+@dataclass(frozen=True)
 class GridAxes:
     """[grid]: the axes whose product is the study."""
 
@@ -140,6 +152,7 @@ class Grid:
     train: TrainConfig
     evaluation: EvaluationConfig
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    adaptive: AdaptiveConfig = AdaptiveConfig()
 
     @property
     def dataset(self) -> DatasetInfo:
@@ -278,7 +291,7 @@ class _Parser:
         return tuple(raw)
 
 
-SECTIONS = ("study", "data", "grid", "train", "evaluation", "logging")
+SECTIONS = ("study", "data", "grid", "train", "evaluation", "logging", "adaptive")
 
 
 def parse_grid(text: str, path: str = "<grid>") -> Grid:
@@ -368,7 +381,8 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
         if "batch_sizes" in axes else (),
     )
     logging = parser.table(LoggingConfig, doc.get("logging", {}), "[logging]", "logging")
-    grid = Grid(path, text, study, pretrain, downstream, grid_axes, train, evaluation, logging)
+    adaptive = _adaptive(parser, doc.get("adaptive", {}))
+    grid = Grid(path, text, study, pretrain, downstream, grid_axes, train, evaluation, logging, adaptive)
     info = dataset_info(grid)
     if not info.resolution:
         parser.fail("[data.pretrain].resolution", "required for a dataset outside the catalogue")
@@ -380,6 +394,26 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
                 "examples", "grid",
             )
     return grid
+
+
+def _adaptive(parser: _Parser, raw: object) -> AdaptiveConfig:
+    config = parser.table(AdaptiveConfig, raw, "[adaptive]", "adaptive")
+    if not 0.5 <= config.confidence < 1:
+        parser.fail("[adaptive].confidence", f"must lie in [0.5, 1), got {config.confidence}", "confidence", "adaptive")
+    if config.resamples < 10:
+        parser.fail("[adaptive].resamples", f"must be at least 10 (an interval needs resamples), got {config.resamples}",
+                    "resamples", "adaptive")
+    return config
+
+
+def adaptive_settings(text: str, path: str = "<grid>") -> AdaptiveConfig:
+    """The [adaptive] table of a grid's text as recorded in the database (the runner reads it there,
+    without the grid's data paths having to exist on this machine); the defaults when absent."""
+    try:
+        doc = tomllib.loads(text or "")
+    except tomllib.TOMLDecodeError as error:
+        raise GridError(f"{path}: malformed TOML: {error}") from None
+    return _adaptive(_Parser(path, text or ""), doc.get("adaptive", {}))
 
 
 def load_grid(path: str | Path) -> Grid:

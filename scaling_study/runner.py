@@ -50,6 +50,7 @@ class RunOptions:
     lease_s: float = 120.0
     checkpoint_every_s: float = 600.0
     max_attempts: int = 3
+    adaptive: bool | None = None  # None: as each study's [adaptive] table says; True/False: for every study
 
 
 @dataclass
@@ -60,6 +61,7 @@ class RunSummary:
     diverged: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
     released: list[int] = field(default_factory=list)
+    pruned: list[int] = field(default_factory=list)  # jobs of this worker's that were pruned while it ran them
     waiting_for_resume: int = 0
     stop_reason: str = ""
     fatal: str = ""  # why the worker stopped early (a full disk, say)
@@ -232,7 +234,10 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
     while not stop() and (options.max_jobs is None or claimed < options.max_jobs):
         try:
             db.reclaim_lost(engine, host, options.max_attempts)
-            job = db.claim_job(engine, worker, options.lease_s, options.study, options.resume, provenance(device, worker))
+            adaptive_studies = _adaptive_studies(engine, options)
+            order = _claim_order(engine, adaptive_studies) if adaptive_studies else None
+            job = db.claim_job(engine, worker, options.lease_s, options.study, options.resume, provenance(device, worker),
+                               order=order)
         except sa.exc.SQLAlchemyError as error:  # the claim rolled back: every job is as it was
             words = str(getattr(error, "orig", None) or error).strip().splitlines()
             summary.fatal = (f"could not claim a job ({type(error).__name__}: {words[0] if words else ''}); "
@@ -241,8 +246,8 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
         if job is None:
             break
         claimed += 1
-        outcome = _run_job(engine, job, worker, device, options, stop, events, train)
-        if outcome in ("done", "diverged", "failed", "released"):
+        outcome = _run_job(engine, job, worker, device, options, stop, events, train, adaptive_studies.get(job["study"]))
+        if outcome in ("done", "diverged", "failed", "released", "pruned"):
             getattr(summary, outcome).append(job["id"])
         if outcome in ("disk_full", "database_refused", "unusable"):
             summary.fatal = job["error_message"]
@@ -257,10 +262,42 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
     return summary
 
 
+def _adaptive_studies(engine, options: RunOptions) -> dict:
+    """{study: its AdaptiveConfig} for the studies this worker serves that are adaptive."""
+    from . import adaptive
+
+    if options.adaptive is False:
+        return {}
+    names = [options.study] if options.study else db.study_names(engine)
+    out = {}
+    for name in names:
+        try:
+            config = adaptive.settings(engine, name, options.adaptive)
+        except StudyError:  # no such study: nothing to claim from it anyway
+            continue
+        if config is not None:
+            out[name] = config
+    return out
+
+
+def _claim_order(engine, adaptive_studies: dict) -> dict[int, int]:
+    """Ranks of the adaptive studies' jobs: study by study, coarse to fine within each (adaptive.claim_order)."""
+    from . import adaptive
+
+    order: dict[int, int] = {}
+    for name in adaptive_studies:
+        ranked = adaptive.claim_order(db.job_rows(engine, name))
+        start = len(order)
+        order.update({job_id: start + rank for job_id, rank in ranked.items()})
+    return order
+
+
 def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, stop: StopFlag,
-             events: Events, train: Callable) -> str:
-    """One attempt at one job; returns done / diverged / failed / released / lost / disk_full / database_refused /
-    unusable (this worker cannot run the study's jobs: it releases the job and stops)."""
+             events: Events, train: Callable, adaptive_config=None) -> str:  # noqa: ANN001
+    """One attempt at one job; returns done / diverged / failed / released / pruned / lost / disk_full /
+    database_refused / unusable (this worker cannot run the study's jobs: it releases the job and stops).
+    In an adaptive study (`adaptive_config`), each evaluation epoch that lands refits the law and prunes
+    what it rules out; a job pruned meanwhile stops at its epoch boundary."""
     try:  # a job that cannot even be set up is failed with the reason, and the worker goes on
         spec = JobSpec.from_dict(json.loads(job["spec"]))
         folder = job_dir(options.runs_dir, job)
@@ -283,17 +320,26 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
     beat.start()
     should_stop = lambda: beat.lost or stop()  # noqa: E731
 
+    pruned = []  # set when this job was pruned: it stops at the end of the epoch
+
     def on_epoch(epochs_done: int, points: list) -> None:
         if not db.record_epoch(engine, job, worker, epochs_done, points, options.lease_s):
             beat.lost = True
         log(f"epoch {epochs_done}: " + ", ".join(f"{p.metric}={p.value:.4f}" for p in points) if points
             else f"epoch {epochs_done}")
+        if adaptive_config is None or beat.lost:
+            return
+        if points:
+            _prune(engine, job, worker, adaptive_config, log)
+        if db.job_row(engine, job["id"])["state"] == "pruned":
+            pruned.append(epochs_done)
 
     try:
         result = train(
             spec, device=device, checkpoint=checkpoint, checkpoint_every_s=options.checkpoint_every_s,
             on_progress=lambda progress: events.progress(job, progress), on_epoch=on_epoch, should_stop=should_stop,
             curves=curves,
+            **({"stop_after_epoch": lambda: bool(pruned)} if adaptive_config is not None else {}),
         )
     except Exception as error:  # noqa: BLE001 - a failed job is a row with its reason; the study goes on
         beat.stop()
@@ -318,6 +364,15 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
     _close_quietly(curves)
     if for_notes := "; ".join(result.notes):
         log(f"notes: {for_notes}")
+    if pruned and not beat.lost:
+        state = "done" if result.status == "done" else "diverged" if result.status == "diverged" else "pruned"
+        message = result.message if state == "diverged" else ""
+        db.finish_job(engine, job, worker, state, result.epochs_done, result.evaluations, message,
+                      outcome="pruned" if state == "pruned" else None, from_states=("running", "pruned"))
+        message = f"pruned: stopped at the end of epoch {result.epochs_done}, points and checkpoint kept"
+        log(message if state == "pruned" else f"{state} (pruned during its last epoch)")
+        events.job_ended(job, state, message if state == "pruned" else "")
+        return state
     if beat.lost:
         log("the job stopped being ours (cancelled, or its lease was taken over); stopped without recording")
         events.job_ended(job, "lost", "cancelled or taken over")
@@ -354,6 +409,23 @@ def _close_quietly(curves) -> None:  # noqa: ANN001 - a curves.Curves
         curves.close()
     except Exception:  # noqa: BLE001
         pass
+
+
+def _prune(engine, job: dict, worker: str, config, log: JobLog) -> None:  # noqa: ANN001
+    """Refit on everything recorded and prune what the law rules out (one transaction); a failure to
+    decide is logged and the study goes on (pruning only ever saves compute)."""
+    from . import adaptive
+
+    try:
+        decisions, ids, note = adaptive.prune_now(engine, job["study"], config, worker)
+    except Exception as error:  # noqa: BLE001 - a refit that fails must not fail the job
+        log(f"adaptive: no pruning decision ({type(error).__name__}: {error})")
+        return
+    for decision in decisions:
+        if decision.job_id in ids:
+            log(f"adaptive: job {decision.job_id} {decision.model} N={decision.examples:,} {decision.reason}")
+    if note:
+        log(f"adaptive: {note}")
 
 
 def _causes(error: BaseException | None):

@@ -29,6 +29,7 @@ class LawFit:
     resamples: int  # bootstrap resamples whose refit converged
     bootstrap: str  # what was resampled
     note: str = ""
+    samples: dict | None = None  # the converged bootstrap refits' parameters, {name: array} (parametric law)
 
     def value(self, name: str) -> float:
         """A parameter's point estimate."""
