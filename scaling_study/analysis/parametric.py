@@ -93,6 +93,7 @@ def fit_parametric(frame: pd.DataFrame, bootstrap: int, rng: np.random.Generator
         resamples=int(ok.sum()) if ok is not None else 0,
         bootstrap="all points resampled with replacement",
         note=f"allocation exponents a = beta / (alpha + gamma beta), b = alpha / (alpha + gamma beta) with FLOP(f) ~ P^gamma, gamma = {gamma:.3f}",
+        samples=None if samples is None else {**samples, "ok": ok},
     )
 
 
