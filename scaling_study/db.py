@@ -630,8 +630,28 @@ def latest_calibrations(engine: Engine, resolution: int, channels: int, batch_si
 # ---- Analysis: every evaluation point as a frame, and results imported from elsewhere ----
 
 FRAME_COLUMNS = ("study", "job_id", "model", "kind", "params", "flops_per_example", "examples", "epochs", "seed",
-                 "metric", "error", "compute", "state")
+                 "metric", "error", "compute", "state", "metric_kind")
 _KIND_PREFIXES = {"B-": "bottleneck", "S-": "standard"}
+
+
+metric_kinds = sa.Table(
+    "metric_kinds",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("study_id", sa.ForeignKey("studies.id"), nullable=False),
+    sa.Column("metric", sa.String(100), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),  # error (a rate in [0, 1]) | loss | value (any positive number)
+    sa.UniqueConstraint("study_id", "metric", name="uq_metric_kinds"),
+)
+DEFAULT_METRIC_KIND = "error"  # what training records (top-1 and probe errors), and any metric not recorded
+
+
+def _metric_kinds_table(conn: Connection) -> None:
+    if not sa.inspect(conn).has_table("metric_kinds"):
+        metric_kinds.create(conn)
+
+
+MIGRATIONS.append(("0005_metric_kinds", _metric_kinds_table))
 
 
 def _model_kind(model: str, spec: str) -> str:
@@ -659,17 +679,21 @@ def evaluations_frame(engine: Engine, study: str | None = None, metric: str | No
         .order_by(studies.c.name, jobs.c.id, evaluations.c.metric, evaluations.c.epoch)
     )
     specs = sa.select(jobs.c.id, jobs.c.model, jobs.c.spec).select_from(jobs.join(studies))
+    recorded = sa.select(studies.c.name, metric_kinds.c.metric, metric_kinds.c.kind).select_from(metric_kinds.join(studies))
     if study:
         query = query.where(studies.c.name == study)
         specs = specs.where(studies.c.name == study)
+        recorded = recorded.where(studies.c.name == study)
     if metric:
         query = query.where(evaluations.c.metric == metric)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
         kinds = {row.id: _model_kind(row.model, row.spec) for row in conn.execute(specs)}
-    frame = pd.DataFrame(rows, columns=[c for c in FRAME_COLUMNS if c != "kind"])
+        metric_kind = {(row.name, row.metric): row.kind for row in conn.execute(recorded)}
+    frame = pd.DataFrame(rows, columns=[c for c in FRAME_COLUMNS if c not in ("kind", "metric_kind")])
     frame.insert(3, "kind", frame["job_id"].map(kinds))
-    types = {"study": str, "model": str, "kind": str, "metric": str, "state": str, "job_id": "int64", "params": "int64", "flops_per_example": "int64", "examples": "int64",
+    frame["metric_kind"] = [metric_kind.get(key, DEFAULT_METRIC_KIND) for key in zip(frame["study"], frame["metric"])]
+    types = {"study": str, "model": str, "kind": str, "metric": str, "state": str, "metric_kind": str, "job_id": "int64", "params": "int64", "flops_per_example": "int64", "examples": "int64",
              "epochs": "int64", "seed": "int64", "error": "float64", "compute": "float64"}
     return frame.astype(types)
 
@@ -678,7 +702,8 @@ def import_trajectories(engine: Engine, source: str, trajectories: Iterable[dict
     """Record imported results in one transaction: (jobs added, points added, points already present).
 
     Each trajectory is a dict with study, spec (a dict), spec_hash, model, params, flops_per_example,
-    examples, seed and points [(epoch, metric, error)]. Its job is `done`; a study or job that exists
+    examples, seed and points [(epoch, metric, error)], optionally metric_kinds {metric: kind}, recorded
+    per study (a metric already recorded with another kind is an error). Its job is `done`; a study or job that exists
     is reused, a point that exists with the same value is skipped, and one that exists with another
     value is an error (nothing is written).
     """
@@ -696,6 +721,19 @@ def import_trajectories(engine: Engine, source: str, trajectories: Iterable[dict
                     studies.insert().values(name=name, grid_path=source, grid_toml="", created_at=now())
                 ).inserted_primary_key[0]
             study_id = study_ids[name]
+            for metric, kind in trajectory.get("metric_kinds", {}).items():
+                known = conn.execute(sa.select(metric_kinds.c.kind).where(
+                    metric_kinds.c.study_id == study_id, metric_kinds.c.metric == metric)).scalar()
+                if known is None:
+                    has_points = conn.execute(sa.select(evaluations.c.id).select_from(evaluations.join(jobs)).where(
+                        jobs.c.study_id == study_id, evaluations.c.metric == metric).limit(1)).first()
+                    known = DEFAULT_METRIC_KIND if has_points else None
+                    if known is None:
+                        conn.execute(metric_kinds.insert().values(study_id=study_id, metric=metric, kind=kind))
+                        known = kind
+                if known != kind:
+                    raise StudyError(f"metric {metric!r} of study {name!r} is recorded with kind {known}, not {kind}; "
+                                     "nothing imported")
             last = max(epoch for epoch, _, _ in trajectory["points"])
             row = conn.execute(
                 sa.select(jobs.c.id, jobs.c.epochs).where(jobs.c.study_id == study_id, jobs.c.spec_hash == trajectory["spec_hash"])
