@@ -47,6 +47,8 @@ class Allocation:
     points: pd.DataFrame  # columns pflops, params, examples (the points regressed, if any)
     method: str
     resamples: int
+    mode: str = ""  # iso-FLOP: "budgets" (an iso-FLOP sweep) or "levels" (interpolated compute levels)
+    resampled: str = ""  # what the bootstrap resampled
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,67 @@
+"""Iso-FLOP sweeps (issue #18): budgets detected, approach 2 at the real budgets, intervals over runs,
+one envelope point per budget, near-equal sizes merged, identifiability flags, figures at 50 models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scaling_study import synthetic
+from scaling_study.analysis import allocation, budgets, isoflop
+
+LAW = synthetic.ParametricLaw()  # a = 0.35, b = 0.65 with FLOP(f) = P
+
+
+@pytest.fixture(scope="module")
+def sweep() -> pd.DataFrame:
+    """6 budgets over 5 decades, 5-9 sizes each, 0.5% noise, compute jittered ~1%, 4 digitised sizes."""
+    return synthetic.isoflop_study(seed=0)
+
+
+def test_budgets_are_detected_on_a_sweep_and_not_on_grids(sweep):
+    shape = budgets.sweep_shape(sweep)
+    assert shape.mode == "budgets" and len(shape.budgets) == 6
+    assert shape.budgets["sizes"].between(5, 9).all() and (shape.labels >= 0).all()
+    assert shape.budgets["pflops"].to_numpy() == pytest.approx(np.geomspace(1e-3, 1e2, 6), rel=0.03)
+    assert "6 compute budgets" in shape.reason
+    for grid in (synthetic.parametric_study(seed=0), synthetic.compute_study(seed=0)):
+        shape = budgets.sweep_shape(grid)
+        assert shape.mode == "levels" and shape.reason.startswith("grid-shaped") and (shape.labels == -1).all()
+    # scattered points (every run its own compute) are neither a grid nor budgets
+    scattered = sweep.assign(compute=sweep["compute"] * np.geomspace(1, 50, len(sweep)))
+    assert budgets.sweep_shape(scattered).mode == "levels"
+
+
+def test_cluster_compute_splits_at_gaps_wider_than_the_tolerance():
+    labels = budgets.cluster_compute(np.array([1.0, 1.05, 2.0, 0.97, 2.1, 8.0]), tolerance=0.1)
+    assert labels.tolist() == [0, 0, 1, 0, 1, 2]
+
+
+def test_isoflop_at_the_budgets_recovers_the_allocation_exponent(sweep):
+    merged, _ = budgets.merge_sizes(sweep)
+    shape = budgets.sweep_shape(merged)
+    fit = allocation.allocation_isoflop(merged, 1, 200, np.random.default_rng(0), shape)
+    assert fit.mode == "budgets" and fit.resampled == isoflop.BUDGET_RESAMPLING
+    assert fit.a.value == pytest.approx(LAW.a, abs=0.03)
+    assert fit.b.value == pytest.approx(LAW.b, abs=0.03)
+    assert fit.a.low < LAW.a < fit.a.high and fit.resamples >= 190
+    assert 4 <= len(fit.points) <= 6  # interior minima only, one per budget
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_isoflop_recovery_is_not_luck(seed):
+    frame = synthetic.isoflop_study(seed=seed)
+    fit = allocation.allocation_isoflop(frame, 1, 0, np.random.default_rng(0), budgets.sweep_shape(frame))
+    assert fit.mode == "budgets" and fit.a.value == pytest.approx(LAW.a, abs=0.03)
+
+
+def test_parabola_minimum_is_its_vertex_and_edges_are_not_interior():
+    x = np.log(np.array([1, 2, 4, 8, 16.0]))
+    y = (x - np.log(5.0)) ** 2 + 0.1
+    vertex, interior = isoflop.parabola_minima(x, y, np.ones((1, 5)))
+    assert vertex[0] == pytest.approx(np.log(5.0)) and interior[0]
+    _, interior = isoflop.parabola_minima(x, -x, np.ones((1, 5)))  # falling all the way: no minimum
+    assert not interior[0]
+    _, interior = isoflop.parabola_minima(x, (x - np.log(30.0)) ** 2, np.ones((1, 5)))  # beyond the largest
+    assert not interior[0]
