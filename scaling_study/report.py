@@ -38,7 +38,8 @@ def _allocation(a: fits.Allocation | fits.Skipped) -> dict:
     if isinstance(a, fits.Skipped):
         return {"skipped": a.reason}
     return {"a": _estimate(a.a), "b": _estimate(a.b), "log_p_at_1_pflop": a.p0, "log_n_at_1_pflop": a.n0,
-            "method": a.method, "resamples": a.resamples, "points": a.points.to_dict(orient="records")}
+            "method": a.method, "resamples": a.resamples, "mode": a.mode or None, "bootstrap": a.resampled or None,
+            "points": a.points.to_dict(orient="records")}
 
 
 def _held_out(h: fits.HeldOut | fits.Skipped) -> dict:
@@ -86,6 +87,7 @@ def as_dict(analysis: fits.Analysis, study: str, figures: list[Path]) -> dict:
         "allocation": {a.estimator if isinstance(a, fits.Allocation) else a.name: _allocation(a)
                        for a in analysis.allocations},
         "held_out": {h.name: _held_out(h) for h in analysis.held_out},
+        "sweep": analysis.sweep,
         "figures": [str(p) for p in figures],
         "provenance": {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **_versions()},
     }
@@ -126,6 +128,21 @@ def _agreement(fitted: list[fits.Allocation]) -> list[str]:
     return lines + [""]
 
 
+def _sweep_lines(sweep: dict) -> list[str]:
+    """The sweep's shape (iso-FLOP budgets or a grid) and the model sizes merged, for the Data section."""
+    if not sweep:
+        return []
+    lines = [f"- Sweep: **{sweep['mode']}** mode: {sweep['reason']}."]
+    if sweep["mode"] == "budgets":
+        lines.append("- Budgets (PFLOPs): " + ", ".join(f"{b['pflops']:.3g} ({b['sizes']} sizes)" for b in sweep["budgets"])
+                     + "; the envelope takes the best point per budget.")
+    merged = sweep["merged_sizes"]
+    if merged["groups"]:
+        names = "; ".join(f"{g['model']} <- " + ", ".join(m["model"] for m in g["merged"]) for g in merged["groups"])
+        lines.append(f"- Model sizes within {merged['tolerance']:.2%} merged: {names}.")
+    return lines
+
+
 def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path) -> str:
     """The report: data and filters, every fit with intervals, estimator agreement, held-out check."""
     frame = analysis.frame
@@ -145,6 +162,7 @@ def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path
         f"{analysis.flops_scale:.3g} P^{analysis.flops_exponent:.3f} across the models.",
         f"- Fits: Huber loss (delta = {fits.HUBER_DELTA:g}) of log residuals, L-BFGS-B from the best starts of a grid; "
         f"{analysis.bootstrap} bootstrap resamples (seed {analysis.seed}), 95% percentile intervals.",
+        *_sweep_lines(analysis.sweep),
         "",
         "## Fits", "",
         *_law_section("Error vs compute, Eq. 5 (compute-optimal envelope)", analysis.compute),

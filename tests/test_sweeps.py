@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from scaling_study import analysis as fit
 from scaling_study import synthetic
 from scaling_study.analysis import allocation, budgets, isoflop
 
@@ -65,3 +66,37 @@ def test_parabola_minimum_is_its_vertex_and_edges_are_not_interior():
     assert not interior[0]
     _, interior = isoflop.parabola_minima(x, (x - np.log(30.0)) ** 2, np.ones((1, 5)))  # beyond the largest
     assert not interior[0]
+
+
+def test_envelope_takes_the_best_point_per_budget(sweep):
+    analysis = fit.analyse(*fit.select(sweep), bootstrap=100, seed=0)
+    envelope = {a.estimator: a for a in analysis.allocations}["envelope"]
+    assert envelope.mode == "budgets" and "best point per compute budget" in envelope.method
+    assert envelope.a.value == pytest.approx(LAW.a, abs=0.05)
+    assert envelope.b.value == pytest.approx(LAW.b, abs=0.05)
+    on = analysis.frame[analysis.frame["envelope"]]
+    assert on["budget"].is_unique and len(on) == 6  # one point per budget, each below every cheaper budget
+    best = analysis.frame.loc[analysis.frame.groupby("budget")["error"].idxmin()]
+    assert sorted(on.index) == sorted(best.index)
+    assert "best point per compute budget" in analysis.compute.bootstrap
+    # without budgets (a plain frame) the envelope is the usual one: noise in compute makes more points optimal
+    assert len(fit.envelope(sweep)) > 6
+
+
+def test_near_equal_sizes_are_merged_into_one_model(sweep):
+    merged, groups = budgets.merge_sizes(sweep, 0.01)
+    assert len(groups) == 3 and all(g["merged"] for g in groups)
+    assert merged["params"].nunique() == sweep["params"].nunique() - 3
+    for g in groups:
+        for m in g["merged"]:
+            assert abs(m["params"] / g["params"] - 1) < 0.01
+            assert set(merged.loc[merged["model_as_recorded"] == m["model"], "model"]) == {g["model"]}
+    assert budgets.merge_sizes(sweep, 0.0) == (sweep, [])
+    # different kinds are never merged, and sizes 2% apart stay apart at 1%
+    two = pd.DataFrame({"kind": ["bottleneck", "standard", "bottleneck"], "model": ["a", "b", "c"],
+                        "params": [1000, 1001, 1020], "flops_per_example": [1, 2, 3], "error": [0.5, 0.5, 0.5]})
+    assert budgets.merge_sizes(two, 0.01)[1] == []
+    assert budgets.merge_sizes(two, 0.05)[1] == [{"kind": "bottleneck", "model": "a", "params": 1000,
+                                                  "merged": [{"model": "c", "params": 1020}]}]
+    analysis = fit.analyse(*fit.select(sweep), bootstrap=0)
+    assert analysis.sweep["merged_sizes"]["groups"] == groups and analysis.sweep["mode"] == "budgets"

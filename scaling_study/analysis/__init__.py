@@ -13,7 +13,8 @@ Intervals are the 2.5 and 97.5 percentiles of the bootstrap estimates.
 
 Modules: `select` (which points), `envelope` (the envelope and Eq. 5), `bottleneck` (Fig. 6),
 `parametric` (E(P, D)), `allocation` (Fig. 7's three estimators), `prediction` (held-out checks),
-`optimize` and `bootstrap` (how every law is fitted and its intervals drawn), `results` (what
+`budgets` (iso-FLOP sweep or grid; near-equal sizes merged), `isoflop` (approach 2 at
+the budgets, intervals over runs), `optimize` and `bootstrap` (how every law is fitted and its intervals drawn), `results` (what
 they return). `analyse` runs them all on one selection.
 """
 
@@ -24,6 +25,7 @@ import pandas as pd
 
 from ..errors import StudyError
 from .allocation import allocation_envelope, allocation_isoflop, allocation_parametric, isoflop_minima
+from .budgets import BUDGET_TOLERANCE, MERGE_TOLERANCE, describe, merge_sizes, sweep_shape
 from .bottleneck import SATURATING_LAW, fit_bottleneck_examples, fit_bottleneck_params, saturating_law
 from .envelope import COMPUTE_LAW, compute_law, envelope, envelope_mask, fit_compute_law
 from .optimize import HUBER_DELTA, one_blas_thread
@@ -33,7 +35,7 @@ from .results import Allocation, Analysis, Estimate, HeldOut, LawFit, Skipped
 from .select import default_metric, select
 
 __all__ = [
-    "COMPUTE_LAW", "HELD_OUT_FRACTION", "HUBER_DELTA", "PARAMETRIC_LAW", "SATURATING_LAW", "Allocation", "Analysis",
+    "BUDGET_TOLERANCE", "COMPUTE_LAW", "MERGE_TOLERANCE", "HELD_OUT_FRACTION", "HUBER_DELTA", "PARAMETRIC_LAW", "SATURATING_LAW", "Allocation", "Analysis",
     "Estimate", "HeldOut", "LawFit", "Skipped", "allocation_envelope", "allocation_isoflop", "allocation_parametric",
     "analyse", "compute_law", "default_metric", "envelope", "envelope_mask", "fit_bottleneck_examples",
     "fit_bottleneck_params", "fit_compute_law", "fit_parametric", "flops_scaling", "isoflop_minima", "parametric_law",
@@ -43,14 +45,28 @@ __all__ = [
 
 @one_blas_thread
 def analyse(frame: pd.DataFrame, filters: dict | None = None, epochs: int | None = None,
-            bootstrap: int = 1000, seed: int = 0) -> Analysis:
-    """Every fit of `study fit` on one selection of points (see `select`)."""
+            bootstrap: int = 1000, seed: int = 0, merge_tolerance: float = MERGE_TOLERANCE,
+            budget_tolerance: float = BUDGET_TOLERANCE) -> Analysis:
+    """Every fit of `study fit` on one selection of points (see `select`).
+
+    Model sizes within `merge_tolerance` are merged first; when the points then cluster into compute
+    budgets (log C within `budget_tolerance`, see `budgets.sweep_shape`) the frame gets a `budget`
+    column: the envelope takes the best point per budget and iso-FLOP fits each budget's curve.
+    """
     filters = dict(filters or {})
     metric = filters.get("metric") or (frame["metric"].iloc[0] if len(frame) else "")
     if frame.empty:
         raise StudyError(f"no evaluation points to fit for metric {metric!r}")
     if bootstrap < 0:
         raise StudyError(f"--bootstrap must be >= 0, not {bootstrap}")
+    if not 0 <= merge_tolerance < 1:
+        raise StudyError(f"--merge-sizes must be a relative tolerance in [0, 1), not {merge_tolerance}")
+    if budget_tolerance <= 0:
+        raise StudyError(f"--budget-tolerance must be > 0, not {budget_tolerance}")
+    frame, merged = merge_sizes(frame, merge_tolerance)
+    shape = sweep_shape(frame, budget_tolerance)
+    if shape.mode == "budgets":
+        frame = frame.assign(budget=shape.labels)
     available = sorted(int(t) for t in frame["epochs"].unique())
     if epochs is None:
         epochs = available[0]
@@ -62,7 +78,7 @@ def analyse(frame: pd.DataFrame, filters: dict | None = None, epochs: int | None
     parametric = fit_parametric(frame, bootstrap, rng, gamma)
     allocations: list[Allocation | Skipped] = [
         allocation_envelope(frame, epochs, bootstrap, rng),
-        allocation_isoflop(frame, epochs, bootstrap, rng),
+        allocation_isoflop(frame, epochs, bootstrap, rng, shape),
         allocation_parametric(parametric, epochs, kappa, gamma) if isinstance(parametric, LawFit)
         else Skipped("parametric", parametric.reason),
     ]
@@ -79,4 +95,5 @@ def analyse(frame: pd.DataFrame, filters: dict | None = None, epochs: int | None
         bottleneck_examples=fit_bottleneck_examples(frame, bootstrap, rng),
         parametric=parametric, allocations=allocations, held_out=held_out,
         flops_exponent=gamma, flops_scale=kappa, bootstrap=bootstrap, seed=seed,
+        sweep=describe(shape, merged, merge_tolerance),
     )

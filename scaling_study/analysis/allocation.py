@@ -61,8 +61,13 @@ def allocation_envelope(frame: pd.DataFrame, epochs: int, bootstrap: int, rng: n
                                    f"{env['params'].nunique()} model size(s); a log-log line needs 2 of each")
     points = pd.DataFrame({"pflops": env["compute"].to_numpy() / PFLOP, "params": env["params"].to_numpy(),
                            "examples": env["examples"].to_numpy()})
-    method = f"OLS of log P and log N on log C over the {len(points)} envelope points at T = {epochs}; bootstrap over them"
-    return _regression_allocation("envelope", points, np.ones(len(points)), method, bootstrap, rng)
+    by_budget = "budget" in frame.columns
+    method = (f"OLS of log P and log N on log C over the {len(points)} envelope points at T = {epochs}"
+              + (" (the best point per compute budget, then those below every cheaper budget's best)" if by_budget else "")
+              + "; bootstrap over them")
+    fitted = _regression_allocation("envelope", points, np.ones(len(points)), method, bootstrap, rng)
+    return replace(fitted, mode="budgets" if by_budget else "points",
+                   resampled="envelope points resampled with replacement" if bootstrap else "")
 
 
 def isoflop_minima(frame: pd.DataFrame, epochs: int, levels: int | None = None) -> pd.DataFrame:

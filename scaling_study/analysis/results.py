@@ -91,3 +91,4 @@ class Analysis:
     bootstrap: int
     seed: int
     notes: list[str] = field(default_factory=list)
+    sweep: dict = field(default_factory=dict)  # budgets.describe: iso-FLOP mode, budgets, sizes merged
