@@ -574,6 +574,7 @@ def fit_laws(
 ) -> None:
     """Fit E(C), the bottleneck laws and the compute-optimal allocation; write figures and a report."""
     from . import analysis as fits
+    from .analysis import identifiability
     from .plots import write_figures
     from .report import write_report
 
@@ -602,7 +603,8 @@ def fit_laws(
             alpha = cell(law.params["alpha"])
             if "beta" in law.params:
                 alpha += f", beta {cell(law.params['beta'])}"
-            laws.add_row(label, str(len(law.points)), alpha, cell(law.params["E_inf"]), law.status)
+            laws.add_row(label, str(len(law.points)), alpha, cell(law.params["E_inf"]),
+                         identifiability.status_text(law.status, identifiability.law_flags(law)))
     console.print(laws)
     allocation = Table(title=f"compute-optimal allocation P* ~ C^a, N* ~ C^b (T = {analysis.epochs})")
     for column in ("estimator", "a", "b", "mode"):
@@ -611,10 +613,15 @@ def fit_laws(
         if isinstance(estimate, fits.Skipped):
             allocation.add_row(estimate.name, "not fitted", estimate.reason, "")
         else:
-            allocation.add_row(estimate.estimator, cell(estimate.a), cell(estimate.b), estimate.mode)
+            allocation.add_row(estimate.estimator, cell(estimate.a), cell(estimate.b),
+                               identifiability.status_text(estimate.mode, identifiability.allocation_flags(estimate)))
     console.print(allocation)
     sweep = analysis.sweep
     console.print(f"sweep: {sweep['mode']} ({sweep['reason']})", markup=False, highlight=False, soft_wrap=True)
+    for name, flags in identifiability.analysis_flags(analysis).items():
+        for flag in flags:
+            console.print(f"not identified: {name} {flag['param']}: {flag['reason']}", markup=False, highlight=False,
+                          soft_wrap=True)
     for group in sweep["merged_sizes"]["groups"]:
         console.print(f"merged into {group['model']}: " + ", ".join(m["model"] for m in group["merged"]),
                       markup=False, highlight=False, soft_wrap=True)

@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import analysis as fits
+from .analysis import identifiability
 from .files import write_atomic
 
 JSON_NAME = "fit.json"
@@ -31,6 +32,7 @@ def _law(law: fits.LawFit | fits.Skipped) -> dict:
         "formula": law.formula, "status": law.status, "points": len(law.points), "huber_loss": law.loss,
         "bootstrap": law.bootstrap, "resamples_converged": law.resamples, "note": law.note,
         "params": {k: _estimate(v) for k, v in law.params.items()},
+        "not_identified": identifiability.law_flags(law), "bound_share": law.bound_share,
     }
 
 
@@ -39,6 +41,7 @@ def _allocation(a: fits.Allocation | fits.Skipped) -> dict:
         return {"skipped": a.reason}
     return {"a": _estimate(a.a), "b": _estimate(a.b), "log_p_at_1_pflop": a.p0, "log_n_at_1_pflop": a.n0,
             "method": a.method, "resamples": a.resamples, "mode": a.mode or None, "bootstrap": a.resampled or None,
+            "not_identified": identifiability.allocation_flags(a),
             "points": a.points.to_dict(orient="records")}
 
 
@@ -88,6 +91,7 @@ def as_dict(analysis: fits.Analysis, study: str, figures: list[Path]) -> dict:
                        for a in analysis.allocations},
         "held_out": {h.name: _held_out(h) for h in analysis.held_out},
         "sweep": analysis.sweep,
+        "identifiability": {"rule": identifiability.RULE, "flagged": identifiability.analysis_flags(analysis)},
         "figures": [str(p) for p in figures],
         "provenance": {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **_versions()},
     }
@@ -104,7 +108,10 @@ def _law_section(title: str, law: fits.LawFit | fits.Skipped) -> list[str]:
     lines = [f"### {title}", ""]
     if isinstance(law, fits.Skipped):
         return lines + [f"Not fitted: {law.reason}.", ""]
-    lines += [f"`{law.formula}`: {len(law.points)} points, status **{law.status}**, Huber loss {law.loss:.4g}."]
+    flags = identifiability.law_flags(law)
+    lines += [f"`{law.formula}`: {len(law.points)} points, status **{identifiability.status_text(law.status, flags)}**, "
+              f"Huber loss {law.loss:.4g}."]
+    lines += [f"**Not identified: {f['param']}**: {f['reason']}." for f in flags]
     if law.note:
         lines += [f"{law.note[0].upper()}{law.note[1:]}."]
     lines += [f"Bootstrap: {law.bootstrap}; {law.resamples} refits converged.", "",
@@ -181,6 +188,9 @@ def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path
             fitted.append(a)
             lines.append(f"| {a.estimator} | {_cell(a.a)} | {_cell(a.b)} | {a.method} |")
     lines += ["", "Agreement:", "", *_agreement(fitted)]
+    unidentified = [(a.estimator, f) for a in fitted for f in identifiability.allocation_flags(a)]
+    if unidentified:
+        lines += ["Not identified:", "", *[f"- {name} `{f['param']}`: {f['reason']}." for name, f in unidentified], ""]
     lines += ["## Held-out check", "",
               f"Each law refitted without the top {fits.HELD_OUT_FRACTION:.0%} of points by compute, then scored on them "
               "(for E(C): the envelope points above the threshold).", "",

@@ -100,3 +100,30 @@ def test_near_equal_sizes_are_merged_into_one_model(sweep):
                                                   "merged": [{"model": "c", "params": 1020}]}]
     analysis = fit.analyse(*fit.select(sweep), bootstrap=0)
     assert analysis.sweep["merged_sizes"]["groups"] == groups and analysis.sweep["mode"] == "budgets"
+
+
+def test_an_unidentified_parameter_is_flagged_and_a_well_identified_one_is_not(sweep):
+    from scaling_study.analysis import identifiability
+
+    rng = np.random.default_rng(0)
+    merged, _ = budgets.merge_sizes(sweep)
+    tagged = merged.assign(budget=budgets.sweep_shape(merged).labels)
+    # E(C) on 6 budget optima: b (where the curve bends) is not placed by the data, alpha is
+    law = fit.fit_compute_law(tagged, bootstrap=200, rng=rng)
+    flags = {f["param"]: f["reason"] for f in identifiability.law_flags(law)}
+    assert "b" in flags and "decades" in flags["b"] and "alpha" not in flags and "E_inf" not in flags
+    assert identifiability.status_text(law.status, identifiability.law_flags(law)).endswith("not identified: b")
+    # the parametric law on its own grid: every parameter identified
+    grid = synthetic.parametric_study(seed=0)
+    assert identifiability.law_flags(fit.fit_parametric(grid, 100, rng)) == []
+    # a pure power law (E_inf = 0): the saturating law's E_inf sits on its bound 0 in most resamples
+    x = np.geomspace(1e3, 1e6, 8)
+    points = pd.DataFrame({"examples": x, "error": 3.0 * x**-0.3 * np.exp(rng.normal(0, 0.01, x.size)),
+                           "params": 1e6, "model": "m"})
+    from scaling_study.analysis.bottleneck import _fit_saturating
+    pure = _fit_saturating("examples", x, points["error"].to_numpy(), points, 200, rng, "")
+    reasons = {f["param"]: f["reason"] for f in identifiability.law_flags(pure)}
+    assert "E_inf" in reasons and "alpha" not in reasons
+    assert identifiability.estimate_flag(fit.Estimate(0.5, 0.45, 0.55)) is None
+    assert "reaches 0" in identifiability.estimate_flag(fit.Estimate(0.1, -0.2, 0.4))
+    assert "2.0 decades" in identifiability.estimate_flag(fit.Estimate(1.0, 0.1, 10.0))

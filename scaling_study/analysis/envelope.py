@@ -10,6 +10,7 @@ import pandas as pd
 from ..budget import PFLOP
 from ..errors import StudyError
 from .bootstrap import estimates, multinomial, refit_resamples
+from .identifiability import bound_shares
 from .optimize import bound_status, multistart, one_blas_thread, status_of
 from .results import LawFit
 
@@ -90,10 +91,12 @@ def fit_compute_law(frame: pd.DataFrame, bootstrap: int = 1000, rng: np.random.G
                 "b": np.exp(t[..., 1]) * c0}
 
     samples = ok = None
+    shares: dict[str, float] = {}
     if bootstrap:
         counts = multinomial(rng, bootstrap, len(x))
         thetas, ok = refit_resamples(log_compute_law, theta, x, logy, counts, lower, upper)
         samples = named(thetas)
+        shares = bound_shares(thetas, ok, lower, upper, ["a", "b", "alpha", "E_inf"])
     bound = bound_status(theta, lower, upper, ["log a", "log b", "alpha", "E_inf"], {
         ("log b", "lower"): "b -> 0 (a pure power law plus E_inf)",
         ("E_inf", "lower"): "E_inf = 0",
@@ -106,6 +109,7 @@ def fit_compute_law(frame: pd.DataFrame, bootstrap: int = 1000, rng: np.random.G
         resamples=int(ok.sum()) if ok is not None else 0,
         bootstrap="envelope points resampled with replacement (the envelope is not re-taken)"
                   + ("; the envelope takes the best point per compute budget" if "budget" in frame.columns else ""),
+        bound_share=shares,
     )
 
 

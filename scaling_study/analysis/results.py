@@ -29,6 +29,7 @@ class LawFit:
     resamples: int  # bootstrap resamples whose refit converged
     bootstrap: str  # what was resampled
     note: str = ""
+    bound_share: dict = field(default_factory=dict)  # per parameter: share of the resamples on a bound
 
     def value(self, name: str) -> float:
         """A parameter's point estimate."""
