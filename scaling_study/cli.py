@@ -683,9 +683,12 @@ def fit_laws(
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% intervals")] = 1000,
     out: Annotated[Path, typer.Option(help="Directory for the figures, report.md and fit.json")] = Path("reports"),
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples")] = 0,
+    merge_sizes: Annotated[float, typer.Option(min=0.0, max=0.5, help="Merge models whose parameter counts differ by less than this relative tolerance")] = 0.01,
+    budget_tolerance: Annotated[float, typer.Option(min=1e-6, max=2.0, help="Points whose log compute differ by at most this share an iso-FLOP budget")] = 0.1,
 ) -> None:
     """Fit E(C), the bottleneck laws and the compute-optimal allocation; write figures and a report."""
     from . import analysis as fits
+    from .analysis import identifiability
     from .plots import write_figures
     from .report import write_report
 
@@ -697,7 +700,8 @@ def fit_laws(
     name = _one_study(engine, study)
     # every metric, so that a mistyped --metric is told the ones present
     selected, filters = fits.select(db.evaluations_frame(engine, name, None), metric, kind, exclude or ())
-    analysis = fits.analyse(selected, filters, epochs, bootstrap, seed)
+    analysis = fits.analyse(selected, filters, epochs, bootstrap, seed, merge_tolerance=merge_sizes,
+                            budget_tolerance=budget_tolerance)
     try:
         figures = write_figures(analysis, out)
         written = write_report(analysis, name, figures, out)
@@ -719,17 +723,28 @@ def fit_laws(
             alpha = cell(law.params["alpha"])
             if "beta" in law.params:
                 alpha += f", beta {cell(law.params['beta'])}"
-            laws.add_row(label, str(len(law.points)), alpha, cell(law.params["E_inf"]), law.status)
+            laws.add_row(label, str(len(law.points)), alpha, cell(law.params["E_inf"]),
+                         identifiability.status_text(law.status, identifiability.law_flags(law)))
     console.print(laws)
     allocation = Table(title=f"compute-optimal allocation P* ~ C^a, N* ~ C^b (T = {analysis.epochs})")
-    for column in ("estimator", "a", "b"):
-        allocation.add_column(column, justify="left" if column == "estimator" else "right")
+    for column in ("estimator", "a", "b", "mode"):
+        allocation.add_column(column, justify="left" if column in ("estimator", "mode") else "right")
     for estimate in analysis.allocations:
         if isinstance(estimate, fits.Skipped):
-            allocation.add_row(estimate.name, "not fitted", estimate.reason)
+            allocation.add_row(estimate.name, "not fitted", estimate.reason, "")
         else:
-            allocation.add_row(estimate.estimator, cell(estimate.a), cell(estimate.b))
+            allocation.add_row(estimate.estimator, cell(estimate.a), cell(estimate.b),
+                               identifiability.status_text(estimate.mode, identifiability.allocation_flags(estimate)))
     console.print(allocation)
+    sweep = analysis.sweep
+    console.print(f"sweep: {sweep['mode']} ({sweep['reason']})", markup=False, highlight=False, soft_wrap=True)
+    for name, flags in identifiability.analysis_flags(analysis).items():
+        for flag in flags:
+            console.print(f"not identified: {name} {flag['param']}: {flag['reason']}", markup=False, highlight=False,
+                          soft_wrap=True)
+    for group in sweep["merged_sizes"]["groups"]:
+        console.print(f"merged into {group['model']}: " + ", ".join(m["model"] for m in group["merged"]),
+                      markup=False, highlight=False, soft_wrap=True)
     console.print("wrote " + ", ".join(str(p) for p in [*figures, *written]), markup=False, highlight=False)
 
 

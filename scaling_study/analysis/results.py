@@ -30,6 +30,7 @@ class LawFit:
     bootstrap: str  # what was resampled
     note: str = ""
     samples: dict | None = field(default=None, repr=False)  # bootstrap draws per parameter, and "ok" (converged)
+    bound_share: dict = field(default_factory=dict)  # per parameter: share of the resamples on a bound
 
     def value(self, name: str) -> float:
         """A parameter's point estimate."""
@@ -55,6 +56,8 @@ class Allocation:
     points: pd.DataFrame  # columns pflops, params, examples (the points regressed, if any)
     method: str
     resamples: int
+    mode: str = ""  # iso-FLOP: "budgets" (an iso-FLOP sweep) or "levels" (interpolated compute levels)
+    resampled: str = ""  # what the bootstrap resampled
 
 
 @dataclass(frozen=True)
@@ -136,3 +139,4 @@ class BackTest:
     test_points: int
     mean_abs_rel_error: float  # on the envelope points above the threshold
     max_abs_rel_error: float
+    sweep: dict = field(default_factory=dict)  # budgets.describe: iso-FLOP mode, budgets, sizes merged
