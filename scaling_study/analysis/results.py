@@ -105,6 +105,7 @@ class Analysis:
     seeds: SeedSpread | None = None  # how the seeds were averaged into cells
     backtest: list[BackTest] = field(default_factory=list)  # rolling-origin extrapolation per law
     agreement: dict = field(default_factory=dict)  # do the allocation estimators agree, and the checks that say why not
+    sweep: dict = field(default_factory=dict)  # budgets.describe: iso-FLOP mode, budgets, sizes merged
 
 
 @dataclass(frozen=True)
@@ -139,4 +140,3 @@ class BackTest:
     test_points: int
     mean_abs_rel_error: float  # on the envelope points above the threshold
     max_abs_rel_error: float
-    sweep: dict = field(default_factory=dict)  # budgets.describe: iso-FLOP mode, budgets, sizes merged
