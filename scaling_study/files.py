@@ -49,6 +49,8 @@ def job_dir(runs_dir: Path, job: dict) -> Path:
     study and no other: a new results.db (or another URL) with a study of the same name gets
     folders of its own, instead of resuming, or being refused by, checkpoints it never recorded.
     """
+    from .checks import folder_name
+
     created = job["study_created_at"]
     key = hashlib.sha256(f"{job['study']}\0{created.isoformat()}".encode()).hexdigest()[:8]
-    return Path(runs_dir) / f"{job['study']}-{key}" / f"job-{job['id']}"
+    return Path(runs_dir) / f"{folder_name(job['study'])}-{key}" / f"job-{job['id']}"  # never outside runs_dir

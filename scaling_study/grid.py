@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .data import CATALOGUE, DatasetInfo
 from .store import read_meta
+from .checks import name_problem
 from .errors import GridError
 from .models import ModelSpec, parse_model
 
@@ -24,6 +25,7 @@ SCHEDULES = ("constant", "cosine", "wsd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PROTOCOLS = ("linear", "finetune")
 PROBES = ("paper", "fast", "reference")
+MAX_LR = 1e6  # larger rates overflow float32 updates at once (1e6 with SGD already diverges: a test uses it)
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,18 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class AdaptiveConfig:
+    """[adaptive]: coarse-to-fine claim order and pruning against the law (issue #12); off by default."""
+
+    enabled: bool = False
+    confidence: float = 0.95  # a trajectory is pruned when its predicted lower bound at this confidence is above the envelope
+    min_points: int = 20  # evaluation points of the fitted metric before anything is pruned
+    protect_spanning: bool = True  # never prune the runs that span the fits (see adaptive.spanning_jobs)
+    resamples: int = 100  # bootstrap resamples of each refit (few: a refit takes well under a second)
+    seed: int = 0  # seed of those resamples: the same points give the same decision
+
+
+@dataclass(frozen=True)
 class GridAxes:
     """[grid]: the axes whose product is the study."""
 
@@ -138,6 +152,7 @@ class Grid:
     train: TrainConfig
     evaluation: EvaluationConfig
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    adaptive: AdaptiveConfig = AdaptiveConfig()
 
     @property
     def dataset(self) -> DatasetInfo:
@@ -276,7 +291,7 @@ class _Parser:
         return tuple(raw)
 
 
-SECTIONS = ("study", "data", "grid", "train", "evaluation", "logging")
+SECTIONS = ("study", "data", "grid", "train", "evaluation", "logging", "adaptive")
 
 
 def parse_grid(text: str, path: str = "<grid>") -> Grid:
@@ -296,6 +311,8 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
     study = parser.table(StudySection, doc["study"], "[study]", "study")
     if not study.name.strip():
         parser.fail("[study].name", "must not be empty", "name", "study")
+    if problem := name_problem(study.name):
+        parser.fail("[study].name", problem, "name", "study")
 
     data = doc["data"]
     if not isinstance(data, dict):
@@ -323,6 +340,9 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
     for name in ("lr", "batch_size"):
         if not getattr(train, name) > 0:
             parser.fail(f"[train].{name}", f"must be positive, got {getattr(train, name)}", name, "train")
+    if train.lr > MAX_LR:
+        parser.fail("[train].lr", f"{train.lr:g} is above {MAX_LR:g}, beyond what an optimizer's float32 "
+                    "update can use; lower it", "lr", "train")
     aug = train.augmentation
     if not (0 < aug.crop_scale[0] and aug.crop_scale[1] <= 1):
         parser.fail("[train.augmentation].crop_scale", "must lie in (0, 1]", "crop_scale", "train.augmentation")
@@ -361,7 +381,8 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
         if "batch_sizes" in axes else (),
     )
     logging = parser.table(LoggingConfig, doc.get("logging", {}), "[logging]", "logging")
-    grid = Grid(path, text, study, pretrain, downstream, grid_axes, train, evaluation, logging)
+    adaptive = _adaptive(parser, doc.get("adaptive", {}))
+    grid = Grid(path, text, study, pretrain, downstream, grid_axes, train, evaluation, logging, adaptive)
     info = dataset_info(grid)
     if not info.resolution:
         parser.fail("[data.pretrain].resolution", "required for a dataset outside the catalogue")
@@ -373,6 +394,26 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
                 "examples", "grid",
             )
     return grid
+
+
+def _adaptive(parser: _Parser, raw: object) -> AdaptiveConfig:
+    config = parser.table(AdaptiveConfig, raw, "[adaptive]", "adaptive")
+    if not 0.5 <= config.confidence < 1:
+        parser.fail("[adaptive].confidence", f"must lie in [0.5, 1), got {config.confidence}", "confidence", "adaptive")
+    if config.resamples < 10:
+        parser.fail("[adaptive].resamples", f"must be at least 10 (an interval needs resamples), got {config.resamples}",
+                    "resamples", "adaptive")
+    return config
+
+
+def adaptive_settings(text: str, path: str = "<grid>") -> AdaptiveConfig:
+    """The [adaptive] table of a grid's text as recorded in the database (the runner reads it there,
+    without the grid's data paths having to exist on this machine); the defaults when absent."""
+    try:
+        doc = tomllib.loads(text or "")
+    except tomllib.TOMLDecodeError as error:
+        raise GridError(f"{path}: malformed TOML: {error}") from None
+    return _adaptive(_Parser(path, text or ""), doc.get("adaptive", {}))
 
 
 def load_grid(path: str | Path) -> Grid:

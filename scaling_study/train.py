@@ -266,8 +266,11 @@ def train(spec: JobSpec, *, device: str = "cpu", checkpoint: Path | None = None,
           on_progress: Callable[[Progress], None] | None = None,
           on_epoch: Callable[[int, list[EvalPoint]], None] | None = None,
           should_stop: Callable[[], bool] = lambda: False, loss_reads_every: int | None = None,
-          curves=None) -> Result:
+          curves=None, stop_after_epoch: Callable[[], bool] | None = None) -> Result:
     """Train one trajectory to spec.total_epochs, evaluating at every epoch in spec.epochs.
+
+    stop_after_epoch() is asked after each epoch's on_epoch: True ends the run there, "interrupted",
+    with that epoch's checkpoint (a pruned job stops at its epoch boundary this way).
 
     Resumes from `checkpoint` when it exists (refused if written for another spec). At the end
     of every epoch: evaluate (at evaluation epochs), write the checkpoint atomically, then call
@@ -434,4 +437,6 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
         last_save = time.monotonic()
         if on_epoch is not None:
             on_epoch(epoch, new)
+        if stop_after_epoch is not None and epoch < spec.total_epochs and stop_after_epoch():
+            return result("interrupted", f"stopped at the end of epoch {epoch}")
     return result("done")
