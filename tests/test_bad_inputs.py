@@ -335,8 +335,8 @@ def test_missing_data_is_said_at_plan_and_refused_at_run(here):
 
 @pytest.mark.parametrize("train, needles", [
     (("1e308", 10), ("[train].lr", "above 1e+06")),
-    (("1e-3", 10**12), ("batch size 1000000000000", "at most the subset")),
-    (("1e-3", 2**62), ("batch size", "lower it to 20")),
+    (("1e-3", 10**12), ("batch size 1000000000000", "60000 training examples")),
+    (("1e-3", 2**62), ("batch size", "lower it to 60000")),
 ])
 def test_learning_rate_and_batch_size_ranges_are_checked_at_plan(here, train, needles):
     (here / "range.toml").write_text(grid_text(here / "data", lr=train[0], batch=train[1]))
