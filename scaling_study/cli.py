@@ -352,13 +352,13 @@ def logs(job: Annotated[int, typer.Argument(help="Job id (see `study status --jo
     path = job_dir(runs_dir, row) / "log.txt"
     for attempt in db.attempt_rows(engine, job):
         console.print(
-            f"attempt {attempt['attempt']}: {attempt['worker']} {attempt['started_at']:%Y-%m-%d %H:%M:%S} -> "
-            f"{attempt['outcome'] or 'running'}" + (f" ({attempt['message']})" if attempt["message"] else ""),
+            f"attempt {attempt['attempt']}: {printable(attempt['worker'])} {attempt['started_at']:%Y-%m-%d %H:%M:%S} -> "
+            f"{attempt['outcome'] or 'running'}" + (f" ({printable(attempt['message'])})" if attempt["message"] else ""),
             markup=False, highlight=False,
         )
     if not path.exists():
         raise StudyError(f"{path}: no log yet (job {job} is {row['state']})")
-    console.print(path.read_text(), markup=False, highlight=False, end="")
+    console.print(printable(path.read_text(errors="replace"), keep="\n\t"), markup=False, highlight=False, end="")
 
 
 @app.command()
