@@ -210,6 +210,7 @@ def status(
     for name, by_state in counts.items():
         table.add_row(printable(name), *(str(by_state.get(state, 0)) for state in db.JOB_STATES))
     console.print(table)
+    _law_so_far(engine, list(counts))
     shown = None if all_jobs else ("running", "failed", "diverged")
     total = sum(n for name, by_state in counts.items() for state, n in by_state.items() if not shown or state in shown)
     rows = db.job_listing(engine, study, shown, limit or None)  # one query, as many rows as are printed
@@ -232,6 +233,61 @@ def status(
     console.print(jobs_table)
     if len(rows) < total:
         console.print(f"listed {len(rows):,} of {total:,} jobs (the first by id); --limit 0 lists all")
+
+
+def _law_so_far(engine, names) -> None:  # noqa: ANN001
+    """For each adaptive study (or one with pruned jobs): E(C) alpha so far, points, compute spent vs planned."""
+    from . import adaptive
+
+    for name in names:
+        if adaptive.settings(engine, name) is None and not db.pruning_rows(engine, name):
+            continue
+        now = adaptive.progress(engine, name)
+        spent = (f"compute spent {_pflops(now.spent)} of {_pflops(now.planned)} PFLOPs planned "
+                 f"({now.spent / now.planned:.0%})" if now.planned else "no compute planned")
+        if now.pruned:
+            spent += f"; {now.pruned} trajectories pruned, saving {_pflops(now.saved)} PFLOPs"
+        if now.alpha is None:
+            law = f"no law yet ({now.points} points: {now.note})"
+        else:
+            a = now.alpha
+            law = (f"E(C) alpha {a.value:.3g} [{a.low:.3g}, {a.high:.3g}] (95%, 200 resamples) over "
+                   f"{now.envelope_points} envelope points of {now.points}")
+        console.print(f"the law so far, study {name!r}: {law}; {spent}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def prune(
+    db_url: DbOption = None,
+    study: Annotated[Optional[str], typer.Option(help="Study to decide for [default: the only one in the database]")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be pruned now and why; change nothing")] = False,
+    show_kept: Annotated[bool, typer.Option("--kept", help="Also list the trajectories kept, and why")] = False,
+) -> None:
+    """Refit the law on what is recorded and prune the pending or running trajectories it rules out."""
+    from . import adaptive
+
+    engine = db.connect(db_url, migrate=not dry_run)
+    name = _one_study(engine, study)
+    config = adaptive.settings(engine, name, True)
+    decisions, pruned, note = adaptive.prune_now(engine, name, config, "study prune", dry_run=dry_run)
+    if note:
+        console.print(f"nothing to decide: {note}", markup=False, highlight=False, soft_wrap=True)
+        return
+    chosen = [d for d in decisions if d.prune and (dry_run or d.job_id in pruned)]
+    shown = decisions if show_kept else chosen
+    if shown:
+        table = Table(title=f"study {name!r}: {'would prune' if dry_run else 'pruned'} {len(chosen)} of "
+                            f"{len(decisions)} pending or running trajectories ({config.confidence:.0%} lower bounds)")
+        for column in ("id", "model", "N", "state", "epochs", "why"):
+            table.add_column(column, no_wrap=column != "why", overflow="fold")
+        for d in shown:
+            table.add_row(str(d.job_id), d.model, f"{d.examples:,}", d.state, str(d.epochs_done), d.reason)
+        console.print(table)
+    fit = decisions[0].fit if decisions else {}
+    console.print(f"{'would prune' if dry_run else 'pruned'} {len(chosen)}; fit: {fit.get('law')} on {fit.get('points')} "
+                  f"points of {fit.get('metric')}, {fit.get('resamples')} resamples (seed {fit.get('seed')})"
+                  + ("; nothing was changed" if dry_run else ""), markup=False, highlight=False, soft_wrap=True)
 
 
 class _RichEvents:
@@ -284,6 +340,8 @@ def run(
     lease: Annotated[float, typer.Option(help="Seconds a worker's claim lasts without a heartbeat", min=1)] = 120.0,
     checkpoint_every: Annotated[float, typer.Option(help="Also checkpoint mid-epoch after this many seconds", min=1)] = 600.0,
     max_attempts: Annotated[int, typer.Option(help="A job whose worker died this often is marked failed", min=1)] = 3,
+    adaptive: Annotated[Optional[bool], typer.Option("--adaptive/--no-adaptive", help="Claim coarse to fine and prune "
+                        "trajectories the law rules out (README, 'Adaptive studies') [default: as the grid's [adaptive] table says]")] = None,
 ) -> None:
     """Train pending jobs one after another, checkpointing so a killed run continues where it stopped."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -294,6 +352,7 @@ def run(
     options = runner.RunOptions(
         db_url=db_url, device=device, resume=resume, study=study, max_jobs=max_jobs, until=_parse_until(until),
         runs_dir=runs_dir, lease_s=lease, checkpoint_every_s=checkpoint_every, max_attempts=max_attempts,
+        adaptive=adaptive,
     )
     engine = db.connect(db_url)
     if study:
@@ -309,7 +368,9 @@ def run(
         summary = runner.run(options, _RichEvents(progress, total), engine=engine)
     console.print(
         f"{len(summary.done)} done, {len(summary.diverged)} diverged, {len(summary.failed)} failed, "
-        f"{len(summary.released)} interrupted (checkpointed)" + (f"; stopped: {summary.stop_reason}" if summary.stop_reason else "")
+        f"{len(summary.released)} interrupted (checkpointed)"
+        + (f", {len(summary.pruned)} pruned while running (checkpointed)" if summary.pruned else "")
+        + (f"; stopped: {summary.stop_reason}" if summary.stop_reason else "")
     )
     if summary.waiting_for_resume:
         console.print(f"{summary.waiting_for_resume} interrupted jobs wait: `study run --resume` continues them")
@@ -364,8 +425,8 @@ def logs(job: Annotated[int, typer.Argument(help="Job id (see `study status --jo
 @app.command()
 @user_errors
 def retry(job: Annotated[int, typer.Argument(help="Job id")], db_url: DbOption = None) -> None:
-    """Put a failed, diverged or cancelled job back to pending (it resumes from its checkpoint if any)."""
-    old = db.set_state(db.connect(db_url, create=False), job, "pending", ("failed", "diverged", "cancelled"))
+    """Put a failed, diverged, cancelled or pruned job back to pending (it resumes from its checkpoint if any)."""
+    old = db.set_state(db.connect(db_url, create=False), job, "pending", ("failed", "diverged", "cancelled", "pruned"))
     console.print(f"job {job}: {old} -> pending")
 
 
@@ -622,9 +683,12 @@ def fit_laws(
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% intervals")] = 1000,
     out: Annotated[Path, typer.Option(help="Directory for the figures, report.md and fit.json")] = Path("reports"),
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples")] = 0,
+    merge_sizes: Annotated[float, typer.Option(min=0.0, max=0.5, help="Merge models whose parameter counts differ by less than this relative tolerance")] = 0.01,
+    budget_tolerance: Annotated[float, typer.Option(min=1e-6, max=2.0, help="Points whose log compute differ by at most this share an iso-FLOP budget")] = 0.1,
 ) -> None:
     """Fit E(C), the bottleneck laws and the compute-optimal allocation; write figures and a report."""
     from . import analysis as fits
+    from .analysis import identifiability
     from .plots import write_figures
     from .report import write_report
 
@@ -636,7 +700,8 @@ def fit_laws(
     name = _one_study(engine, study)
     # every metric, so that a mistyped --metric is told the ones present
     selected, filters = fits.select(db.evaluations_frame(engine, name, None), metric, kind, exclude or ())
-    analysis = fits.analyse(selected, filters, epochs, bootstrap, seed)
+    analysis = fits.analyse(selected, filters, epochs, bootstrap, seed, merge_tolerance=merge_sizes,
+                            budget_tolerance=budget_tolerance)
     try:
         figures = write_figures(analysis, out)
         written = write_report(analysis, name, figures, out)
@@ -658,17 +723,28 @@ def fit_laws(
             alpha = cell(law.params["alpha"])
             if "beta" in law.params:
                 alpha += f", beta {cell(law.params['beta'])}"
-            laws.add_row(label, str(len(law.points)), alpha, cell(law.params["E_inf"]), law.status)
+            laws.add_row(label, str(len(law.points)), alpha, cell(law.params["E_inf"]),
+                         identifiability.status_text(law.status, identifiability.law_flags(law)))
     console.print(laws)
     allocation = Table(title=f"compute-optimal allocation P* ~ C^a, N* ~ C^b (T = {analysis.epochs})")
-    for column in ("estimator", "a", "b"):
-        allocation.add_column(column, justify="left" if column == "estimator" else "right")
+    for column in ("estimator", "a", "b", "mode"):
+        allocation.add_column(column, justify="left" if column in ("estimator", "mode") else "right")
     for estimate in analysis.allocations:
         if isinstance(estimate, fits.Skipped):
-            allocation.add_row(estimate.name, "not fitted", estimate.reason)
+            allocation.add_row(estimate.name, "not fitted", estimate.reason, "")
         else:
-            allocation.add_row(estimate.estimator, cell(estimate.a), cell(estimate.b))
+            allocation.add_row(estimate.estimator, cell(estimate.a), cell(estimate.b),
+                               identifiability.status_text(estimate.mode, identifiability.allocation_flags(estimate)))
     console.print(allocation)
+    sweep = analysis.sweep
+    console.print(f"sweep: {sweep['mode']} ({sweep['reason']})", markup=False, highlight=False, soft_wrap=True)
+    for name, flags in identifiability.analysis_flags(analysis).items():
+        for flag in flags:
+            console.print(f"not identified: {name} {flag['param']}: {flag['reason']}", markup=False, highlight=False,
+                          soft_wrap=True)
+    for group in sweep["merged_sizes"]["groups"]:
+        console.print(f"merged into {group['model']}: " + ", ".join(m["model"] for m in group["merged"]),
+                      markup=False, highlight=False, soft_wrap=True)
     console.print("wrote " + ", ".join(str(p) for p in [*figures, *written]), markup=False, highlight=False)
 
 
