@@ -23,6 +23,7 @@ from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap, Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from . import analysis as fits  # noqa: E402
 from .budget import PFLOP  # noqa: E402
@@ -107,6 +108,21 @@ def _value_name(analysis: fits.Analysis) -> str:
     return str(analysis.filters.get("metric_kind", "error"))
 
 
+def _seed_band(ax, frame: pd.DataFrame, colours: dict) -> None:  # noqa: ANN001 - matplotlib Axes
+    """Where cells average several seeds: each trajectory's value times exp(+-1 seed std of its cells)."""
+    if "seeds" not in frame or not (frame["seeds"] > 1).any():
+        return
+    for _, job in frame[frame["seeds"] > 1].sort_values("epochs").groupby("job_id"):
+        spread = np.exp(job["log_std"].fillna(0.0).to_numpy())
+        x = job["compute"].to_numpy() / PFLOP
+        if len(job) == 1:
+            ax.errorbar(x, job["error"], yerr=[job["error"] * (1 - 1 / spread), job["error"] * (spread - 1)],
+                        color=colours[job["model"].iloc[0]], alpha=0.35, linewidth=0.8, zorder=1)
+            continue
+        ax.fill_between(x, job["error"] / spread, job["error"] * spread, color=colours[job["model"].iloc[0]],
+                        alpha=0.15, linewidth=0, zorder=0)
+
+
 def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
     """Fig. 1 style: all points, trajectories, the fitted E(C) and E_inf."""
     frame = analysis.frame
@@ -122,6 +138,7 @@ def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
             segments.append(np.column_stack([job["compute"] / PFLOP, job["error"]]))
             segment_colours.append(colours[job["model"].iloc[0]])
     ax.add_collection(LineCollection(segments, colors=segment_colours, linewidths=0.7, alpha=0.45, zorder=1))
+    _seed_band(ax, frame, colours)
     ax.scatter(pflops, frame["error"], s=_marker_sizes(frame["examples"], n_low, n_high),
                c=[colours[m] for m in frame["model"]], edgecolors="white", linewidths=0.4, alpha=0.9, zorder=2)
     on = frame[frame["envelope"]]
@@ -152,7 +169,11 @@ def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
                            markersize=math.sqrt(_marker_sizes(pd.Series([n]), n_low, n_high)[0]), label=f"{n:,.0f}")
                     for n in sizes]
     alpha = law.params["alpha"]
-    law_handles = [
+    seeds = analysis.seeds
+    law_handles = [] if seeds is None or not seeds.cells_with_seeds else [
+        Patch(color="0.5", alpha=0.3, label=f"±1 seed std per cell\n(pooled {100 * math.expm1(seeds.log_std):.1f}%, "
+                                             f"{seeds.seeds_per_cell:.2g} seeds)")]
+    law_handles += [
         Line2D([], [], linestyle=":", color="black", linewidth=1.6,
                label=f"E(C) = a (b + C)^-\u03b1 + E\u221e\n\u03b1 = {_estimate(alpha)}"),
         Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="black",
