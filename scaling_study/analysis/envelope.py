@@ -97,6 +97,7 @@ def fit_compute_law(frame: pd.DataFrame, bootstrap: int = 1000, rng: np.random.G
         status=status_of(converged, bound), points=points, loss=loss,
         resamples=int(ok.sum()) if ok is not None else 0,
         bootstrap="envelope points resampled with replacement (the envelope is not re-taken)",
+        samples=None if samples is None else {**samples, "ok": ok},
     )
 
 

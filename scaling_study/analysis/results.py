@@ -48,6 +48,7 @@ class Allocation:
     points: pd.DataFrame  # columns pflops, params, examples (the points regressed, if any)
     method: str
     resamples: int
+    samples: dict | None = field(default=None, repr=False)  # bootstrap draws of a, b, p0, n0 and "ok"
 
 
 @dataclass(frozen=True)
