@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .checks import name_problem, printable
 from .errors import StudyError
 from .files import write_atomic
 
@@ -30,6 +31,7 @@ METRIC_KINDS = VALUE_COLUMNS
 DEFAULTS = {"metric": "imported", "seed": "0", "metric_kind": ""}
 IGNORED = ("study", "job_id", "kind", "state", "compute")  # written by `study export`
 FORMATS = ("csv", "parquet")
+INT64_MAX = 2**63 - 1  # the database's BIGINT
 
 
 class BadRows(StudyError):
@@ -43,7 +45,7 @@ class BadRows(StudyError):
 
 def _integer(text: str, positive: bool = True) -> int:
     value = float(text)  # accepts 1e6 and 1000000.0
-    if not math.isfinite(value) or value != int(value) or (positive and value <= 0):
+    if not math.isfinite(value) or value != int(value) or (positive and value <= 0) or abs(value) > INT64_MAX:
         raise ValueError
     return int(value)
 
@@ -101,7 +103,7 @@ def read_results_csv(path: Path, study: str | None = None) -> list[dict]:
                 try:
                     parsed[column] = _integer(values[column])
                 except ValueError:
-                    problems.append(f"{column} {values[column]!r} is not a positive integer")
+                    problems.append(f"{column} {values[column]!r} is not a positive integer of at most 2**63 - 1")
             kind = values.get("metric_kind") or value_column
             if kind not in METRIC_KINDS:
                 problems.append(f"metric_kind {kind!r} is not one of {', '.join(METRIC_KINDS)}")
@@ -123,6 +125,8 @@ def read_results_csv(path: Path, study: str | None = None) -> list[dict]:
             except ValueError:
                 problems.append(f"seed {values.get('seed')!r} is not an integer")
             parsed["study"] = study or values.get("study") or path.stem
+            if problem := name_problem(parsed["study"]):
+                problems.append(f"study name {printable(parsed['study'])!r} {problem}")
             if problems:
                 bad.append(f"{path}:{line}: " + "; ".join(problems))
                 continue

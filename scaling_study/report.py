@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import analysis as fits
+from .analysis import identifiability
 from .files import write_atomic
 
 JSON_NAME = "fit.json"
@@ -31,6 +32,7 @@ def _law(law: fits.LawFit | fits.Skipped) -> dict:
         "formula": law.formula, "status": law.status, "points": len(law.points), "huber_loss": law.loss,
         "bootstrap": law.bootstrap, "resamples_converged": law.resamples, "note": law.note,
         "params": {k: _estimate(v) for k, v in law.params.items()},
+        "not_identified": identifiability.law_flags(law), "bound_share": law.bound_share,
     }
 
 
@@ -38,7 +40,9 @@ def _allocation(a: fits.Allocation | fits.Skipped) -> dict:
     if isinstance(a, fits.Skipped):
         return {"skipped": a.reason}
     return {"a": _estimate(a.a), "b": _estimate(a.b), "log_p_at_1_pflop": a.p0, "log_n_at_1_pflop": a.n0,
-            "method": a.method, "resamples": a.resamples, "points": a.points.to_dict(orient="records")}
+            "method": a.method, "resamples": a.resamples, "mode": a.mode or None, "bootstrap": a.resampled or None,
+            "not_identified": identifiability.allocation_flags(a),
+            "points": a.points.to_dict(orient="records")}
 
 
 def _held_out(h: fits.HeldOut | fits.Skipped) -> dict:
@@ -104,6 +108,8 @@ def as_dict(analysis: fits.Analysis, study: str, figures: list[Path]) -> dict:
         "allocation": {a.estimator if isinstance(a, fits.Allocation) else a.name: _allocation(a)
                        for a in analysis.allocations},
         "held_out": {h.name: _held_out(h) for h in analysis.held_out},
+        "sweep": analysis.sweep,
+        "identifiability": {"rule": identifiability.RULE, "flagged": identifiability.analysis_flags(analysis)},
         "figures": [str(p) for p in figures],
         "provenance": {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **_versions()},
     }
@@ -120,7 +126,10 @@ def _law_section(title: str, law: fits.LawFit | fits.Skipped) -> list[str]:
     lines = [f"### {title}", ""]
     if isinstance(law, fits.Skipped):
         return lines + [f"Not fitted: {law.reason}.", ""]
-    lines += [f"`{law.formula}`: {len(law.points)} points, status **{law.status}**, Huber loss {law.loss:.4g}."]
+    flags = identifiability.law_flags(law)
+    lines += [f"`{law.formula}`: {len(law.points)} points, status **{identifiability.status_text(law.status, flags)}**, "
+              f"Huber loss {law.loss:.4g}."]
+    lines += [f"**Not identified: {f['param']}**: {f['reason']}." for f in flags]
     if law.note:
         lines += [f"{law.note[0].upper()}{law.note[1:]}."]
     lines += [f"Bootstrap: {law.bootstrap}; {law.resamples} refits converged.", "",
@@ -163,6 +172,21 @@ def _agreement(fitted: list[fits.Allocation]) -> list[str]:
     return lines + [""]
 
 
+def _sweep_lines(sweep: dict) -> list[str]:
+    """The sweep's shape (iso-FLOP budgets or a grid) and the model sizes merged, for the Data section."""
+    if not sweep:
+        return []
+    lines = [f"- Sweep: **{sweep['mode']}** mode: {sweep['reason']}."]
+    if sweep["mode"] == "budgets":
+        lines.append("- Budgets (PFLOPs): " + ", ".join(f"{b['pflops']:.3g} ({b['sizes']} sizes)" for b in sweep["budgets"])
+                     + "; the envelope takes the best point per budget.")
+    merged = sweep["merged_sizes"]
+    if merged["groups"]:
+        names = "; ".join(f"{g['model']} <- " + ", ".join(m["model"] for m in g["merged"]) for g in merged["groups"])
+        lines.append(f"- Model sizes within {merged['tolerance']:.2%} merged: {names}.")
+    return lines
+
+
 def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path) -> str:
     """The report: data and filters, every fit with intervals, estimator agreement, held-out check."""
     frame = analysis.frame
@@ -182,6 +206,7 @@ def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path
         f"{analysis.flops_scale:.3g} P^{analysis.flops_exponent:.3f} across the models.",
         f"- Fits: Huber loss (delta = {fits.HUBER_DELTA:g}) of log residuals, L-BFGS-B from the best starts of a grid; "
         f"{analysis.bootstrap} bootstrap resamples (seed {analysis.seed}), 95% percentile intervals.",
+        *_sweep_lines(analysis.sweep),
         "",
         "## Fits", "",
         *_law_section("Error vs compute, Eq. 5 (compute-optimal envelope)", analysis.compute),
@@ -203,6 +228,9 @@ def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path
             fitted.append(a)
             lines.append(f"| {a.estimator} | {_cell(a.a)} | {_cell(a.b)} | {a.method} |")
     lines += ["", "Agreement:", "", *_agreement(fitted)]
+    unidentified = [(a.estimator, f) for a in fitted for f in identifiability.allocation_flags(a)]
+    if unidentified:
+        lines += ["Not identified:", "", *[f"- {name} `{f['param']}`: {f['reason']}." for name, f in unidentified], ""]
     lines += ["## Held-out check", "",
               f"Each law refitted without the top {fits.HELD_OUT_FRACTION:.0%} of points by compute, then scored on them "
               "(for E(C): the envelope points above the threshold).", "",

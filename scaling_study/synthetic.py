@@ -181,3 +181,51 @@ def compute_study(
     error[bad] *= rng.uniform(1.3, 1.6, bad.size)
     rows["error"] = np.clip(error, 1e-4, 1.0)
     return _frame(rows, "synthetic", metric)
+
+
+def isoflop_study(
+    law: ParametricLaw = ParametricLaw(),
+    budgets: int = 6,
+    sizes: tuple[int, int] = (5, 9),
+    pflops_range: tuple[float, float] = (1e-3, 1e2),
+    ladder: int = 8,
+    noise: float = 0.005,
+    compute_jitter: float = 0.01,
+    near_equal: int = 4,
+    seed: int = 0,
+    metric: str = "synthetic/linear",
+) -> pd.DataFrame:
+    """An iso-FLOP sweep: at each of `budgets` compute budgets, 5-9 model sizes of a shared ladder
+    (`ladder` per decade) around the law's optimum P*(C), each trained once for N = C / (3 P) examples
+    (T = 1, FLOP(f) = P), so P*(C) ~ C^law.a exactly. Errors get log-normal noise; each run's N is
+    jittered (compute within ~1%), and `near_equal` runs get a model size 0.01-0.1% off its ladder
+    rung (a digitised count), under a name of its own."""
+    rng = np.random.default_rng(seed)
+    pflops = np.geomspace(*pflops_range, budgets)
+    macs = pflops * budget.PFLOP
+    # the law's optimum on C = 3 P D: P* = (alpha A / (beta B))^(1/(alpha+beta)) (C/3)^a
+    scale = (law.alpha * law.A / (law.beta * law.B)) ** (1 / (law.alpha + law.beta))
+    optimum = scale * (macs / 3.0) ** law.a
+    rows = []
+    for c, best in zip(macs, optimum):
+        count = int(rng.integers(sizes[0], sizes[1] + 1))
+        rung = np.round(np.log10(best) * ladder)
+        offsets = np.arange(count) - (count - 1) / 2 + rng.integers(-1, 2) * 0.5 * (count % 2 == 0)
+        for r in np.round(rung + offsets):
+            rows.append((c, int(round(10 ** (r / ladder)))))
+    c, p = (np.array(v) for v in zip(*rows))
+    names = {int(v): f"P-{v / 1e6:.4g}M" for v in np.unique(p)}
+    model = np.array([names[int(v)] for v in p], dtype=object)
+    odd = rng.choice(p.size, size=min(near_equal, p.size), replace=False)
+    for i in odd:  # a digitised count: the same model, reported 0.01-0.1% off
+        p[i] = int(round(p[i] * (1 + rng.uniform(1e-4, 1e-3))))
+        model[i] = f"P-{p[i] / 1e6:.7g}M"
+    n = np.maximum(1, np.round(c / (3.0 * p) * np.exp(rng.normal(0, compute_jitter, p.size)))).astype(np.int64)
+    epochs = np.ones(p.size, np.int64)
+    error = law.error(p, n, epochs) * np.exp(rng.normal(0, noise, p.size))
+    rows = {
+        "job_id": np.arange(1, p.size + 1, dtype=np.int64), "model": model.astype(str),
+        "kind": np.full(p.size, "bottleneck"), "params": p.astype(np.int64), "flops_per_example": p.astype(np.int64),
+        "examples": n, "epochs": epochs, "seed": np.zeros(p.size, np.int64), "error": np.clip(error, 1e-4, None),
+    }
+    return _frame(rows, "isoflop", metric)

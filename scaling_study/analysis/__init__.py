@@ -13,7 +13,8 @@ Intervals are the 2.5 and 97.5 percentiles of the bootstrap estimates.
 
 Modules: `select` (which points), `envelope` (the envelope and Eq. 5), `bottleneck` (Fig. 6),
 `parametric` (E(P, D)), `allocation` (Fig. 7's three estimators), `prediction` (held-out checks),
-`optimize` and `bootstrap` (how every law is fitted and its intervals drawn), `results` (what
+`budgets` (iso-FLOP sweep or grid; near-equal sizes merged), `isoflop` (approach 2 at
+the budgets, intervals over runs), `optimize` and `bootstrap` (how every law is fitted and its intervals drawn), `results` (what
 they return). `analyse` runs them all on one selection.
 """
 
@@ -24,6 +25,7 @@ import pandas as pd
 
 from ..errors import StudyError
 from .allocation import allocation_envelope, allocation_isoflop, allocation_parametric, isoflop_minima
+from .budgets import BUDGET_TOLERANCE, MERGE_TOLERANCE, describe, merge_sizes, sweep_shape
 from .cells import average_seeds
 from .data_constrained import DATA_CONSTRAINED_LAW, at_fixed_epochs, data_constrained_law, fit_data_constrained
 from .forms import choose_form, law_value
@@ -36,8 +38,8 @@ from .results import Allocation, Analysis, BackTest, Estimate, FormChoice, HeldO
 from .select import default_metric, select
 
 __all__ = [
-    "DATA_CONSTRAINED_LAW", "BackTest", "FormChoice", "SeedSpread", "at_fixed_epochs", "average_seeds",
-    "choose_form", "data_constrained_law", "fit_data_constrained", "law_value",
+    "BUDGET_TOLERANCE", "DATA_CONSTRAINED_LAW", "MERGE_TOLERANCE", "BackTest", "FormChoice", "SeedSpread",
+    "at_fixed_epochs", "average_seeds", "choose_form", "data_constrained_law", "fit_data_constrained", "law_value",
     "COMPUTE_LAW", "HELD_OUT_FRACTION", "HUBER_DELTA", "PARAMETRIC_LAW", "SATURATING_LAW", "Allocation", "Analysis",
     "Estimate", "HeldOut", "LawFit", "Skipped", "allocation_envelope", "allocation_isoflop", "allocation_parametric",
     "analyse", "compute_law", "default_metric", "envelope", "envelope_mask", "fit_bottleneck_examples",
@@ -48,14 +50,28 @@ __all__ = [
 
 @one_blas_thread
 def analyse(frame: pd.DataFrame, filters: dict | None = None, epochs: int | None = None,
-            bootstrap: int = 1000, seed: int = 0) -> Analysis:
-    """Every fit of `study fit` on one selection of points (see `select`), seeds averaged into cells."""
+            bootstrap: int = 1000, seed: int = 0, merge_tolerance: float = MERGE_TOLERANCE,
+            budget_tolerance: float = BUDGET_TOLERANCE) -> Analysis:
+    """Every fit of `study fit` on one selection of points (see `select`), seeds averaged into cells.
+
+    Model sizes within `merge_tolerance` are merged first; when the points then cluster into compute
+    budgets (log C within `budget_tolerance`, see `budgets.sweep_shape`) the frame gets a `budget`
+    column: the envelope takes the best point per budget and iso-FLOP fits each budget's curve.
+    """
     filters = dict(filters or {})
     metric = filters.get("metric") or (frame["metric"].iloc[0] if len(frame) else "")
     if frame.empty:
         raise StudyError(f"no evaluation points to fit for metric {metric!r}")
     if bootstrap < 0:
         raise StudyError(f"--bootstrap must be >= 0, not {bootstrap}")
+    if not 0 <= merge_tolerance < 1:
+        raise StudyError(f"--merge-sizes must be a relative tolerance in [0, 1), not {merge_tolerance}")
+    if budget_tolerance <= 0:
+        raise StudyError(f"--budget-tolerance must be > 0, not {budget_tolerance}")
+    frame, merged = merge_sizes(frame, merge_tolerance)
+    shape = sweep_shape(frame, budget_tolerance)
+    if shape.mode == "budgets":
+        frame = frame.assign(budget=shape.labels)
     available = sorted(int(t) for t in frame["epochs"].unique())
     if epochs is None:
         epochs = available[0]
@@ -75,7 +91,7 @@ def analyse(frame: pd.DataFrame, filters: dict | None = None, epochs: int | None
     chosen = constrained if form is not None and form.chosen == "data_constrained" else parametric
     allocations: list[Allocation | Skipped] = [
         allocation_envelope(frame, epochs, bootstrap, rng),
-        allocation_isoflop(frame, epochs, bootstrap, rng),
+        allocation_isoflop(frame, epochs, bootstrap, rng, shape),
         (allocation_parametric(at_fixed_epochs(chosen, epochs) if chosen is constrained else chosen, epochs, kappa, gamma)
          if isinstance(chosen, LawFit) else Skipped("parametric", chosen.reason)),
     ]
@@ -93,4 +109,5 @@ def analyse(frame: pd.DataFrame, filters: dict | None = None, epochs: int | None
         parametric=parametric, allocations=allocations, held_out=held_out,
         flops_exponent=gamma, flops_scale=kappa, bootstrap=bootstrap, seed=seed,
         data_constrained=constrained, form=form, seeds=seeds,
+        sweep=describe(shape, merged, merge_tolerance),
     )

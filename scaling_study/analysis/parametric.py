@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .bootstrap import estimates, multinomial, refit_resamples
+from .identifiability import bound_shares
 from .optimize import bound_status, multistart, one_blas_thread, status_of
 from .results import LawFit, Skipped
 
@@ -78,10 +79,12 @@ def fit_parametric(frame: pd.DataFrame, bootstrap: int, rng: np.random.Generator
                 "a": beta / (alpha + gamma * beta), "b": alpha / (alpha + gamma * beta)}
 
     samples = ok = None
+    shares: dict[str, float] = {}
     if bootstrap:
         counts = multinomial(rng, bootstrap, len(error))
         thetas, ok = refit_resamples(log_parametric_law, theta, x, logy, counts, lower, upper)
         samples = named(thetas)
+        shares = bound_shares(thetas, ok, lower, upper, ["E_inf", "A", "B", "alpha", "beta"])
     bound = bound_status(theta, lower, upper, ["log E_inf", "log A", "log B", "alpha", "beta"], {
         ("log E_inf", "upper"): "E_inf = the lowest observed value",
         ("log E_inf", "lower"): "E_inf -> 0",
@@ -92,6 +95,7 @@ def fit_parametric(frame: pd.DataFrame, bootstrap: int, rng: np.random.Generator
         status=status_of(converged, bound), points=points, loss=loss,
         resamples=int(ok.sum()) if ok is not None else 0,
         bootstrap="all points resampled with replacement",
+        bound_share=shares,
         note=f"allocation exponents a = beta / (alpha + gamma beta), b = alpha / (alpha + gamma beta) with FLOP(f) ~ P^gamma, gamma = {gamma:.3f}",
         samples=None if samples is None else {**samples, "ok": ok},
     )

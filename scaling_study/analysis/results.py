@@ -30,10 +30,18 @@ class LawFit:
     bootstrap: str  # what was resampled
     note: str = ""
     samples: dict | None = field(default=None, repr=False)  # bootstrap draws per parameter, and "ok" (converged)
+    bound_share: dict = field(default_factory=dict)  # per parameter: share of the resamples on a bound
 
     def value(self, name: str) -> float:
         """A parameter's point estimate."""
         return self.params[name].value
+
+    def draws(self) -> dict:
+        """The converged bootstrap refits' parameters, {name: array} (empty arrays without a bootstrap)."""
+        if self.samples is None:
+            return {}
+        ok = self.samples["ok"]
+        return {k: v[ok] for k, v in self.samples.items() if k != "ok"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,6 +56,8 @@ class Allocation:
     points: pd.DataFrame  # columns pflops, params, examples (the points regressed, if any)
     method: str
     resamples: int
+    mode: str = ""  # iso-FLOP: "budgets" (an iso-FLOP sweep) or "levels" (interpolated compute levels)
+    resampled: str = ""  # what the bootstrap resampled
     samples: dict | None = field(default=None, repr=False)  # bootstrap draws of a, b, p0, n0 and "ok"
 
 
@@ -96,6 +106,7 @@ class Analysis:
     seeds: SeedSpread | None = None  # how the seeds were averaged into cells
     backtest: list[BackTest] = field(default_factory=list)  # rolling-origin extrapolation per law
     agreement: dict = field(default_factory=dict)  # do the allocation estimators agree, and the checks that say why not
+    sweep: dict = field(default_factory=dict)  # budgets.describe: iso-FLOP mode, budgets, sizes merged
 
 
 @dataclass(frozen=True)
