@@ -779,8 +779,8 @@ def predict(
         raise BadInput(f"--compute must be a positive number of PFLOPs, not {compute:g}")
     if kind and kind not in MODEL_KINDS:
         raise BadInput(f"unknown --kind {kind!r}; valid kinds: {', '.join(MODEL_KINDS)}")
-    engine = db.connect(db_url)
     try:
+        engine = db.connect(db_url, create=False, write=False)  # predict only reads
         name = _one_study(engine, study)
         frame = db.evaluations_frame(engine, name, metric)
         if frame.empty:

@@ -67,7 +67,7 @@ def test_bad_input_is_one_line_and_exit_2(cli, db_url, tmp_path, demo_like):
         assert len(lines) == 1 and lines[0].startswith("error: ")
         return lines[0]
 
-    assert "no studies yet" in refused("--compute", "1")
+    assert "does not exist" in refused("--compute", "1")  # predict never creates a database
     few = tmp_path / "few.csv"
     few.write_text("model,params,flops_per_example,examples,epochs,error\nm,100,100,1000,50,0.5\nm,100,100,1000,100,0.4\n")
     assert cli("import", few, "--db", db_url, "--study", "few").exit_code == 0
