@@ -4,7 +4,8 @@
   epochs of one trajectory), the fitted E(C) dotted and E_inf as a labelled horizontal line;
 - fig6_bottlenecks: error vs parameters at the largest N, error vs examples for the largest model;
 - fig7_allocation: P*(C) and N*(C) by the envelope, iso-FLOP and parametric estimators;
-- residuals_compute: log residuals of the E(C) fit on the envelope points.
+- residuals_compute: log residuals of the E(C) fit on the envelope points;
+- fig_backtest: the rolling-origin back-test, each law's error above a compute level when fitted below it.
 """
 
 from __future__ import annotations
@@ -281,9 +282,39 @@ def residuals(analysis: fits.Analysis, out: Path) -> list[Path]:
     return _save(figure, out, "residuals_compute")
 
 
+BACKTEST_STYLE = {"compute": ("-", "o", "#1f4e9c", "E(C), Eq. 5"), "parametric": ("--", "s", "#d7263d", "E(P, D = N T)"),
+                  "data_constrained": (":", "^", "#222222", "E(P, D')")}
+
+
+def backtest(analysis: fits.Analysis, out: Path) -> list[Path]:
+    """Rolling-origin back-test: each law's error above a compute level when fitted only below it."""
+    if not analysis.backtest:
+        return []
+    table = pd.DataFrame([r.__dict__ for r in analysis.backtest])
+    figure = Figure(figsize=(6.4, 3.4))
+    ax = figure.add_subplot()
+    best = fits.best_law(analysis.backtest)
+    for law, rows in table.groupby("law"):
+        line, marker, colour, label = BACKTEST_STYLE.get(law, ("-", "o", "0.4", law))
+        rows = rows.sort_values("threshold_pflops")
+        ax.plot(rows["threshold_pflops"], 100 * rows["mean_abs_rel_error"], line, marker=marker, color=colour,
+                markersize=5, linewidth=1.3, label=label + (" (best)" if law == best else ""))
+    ax.set_xscale("log")
+    low, high = table["threshold_pflops"].min() / 1.2, table["threshold_pflops"].max() * 1.2
+    ax.set_xlim(low, high)
+    _plain_log_axis(ax.xaxis, low, high)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("fitted below this compute (PFLOPs)")
+    ax.set_ylabel("mean |relative error| above it (%)")
+    ax.set_title("rolling-origin back-test on the compute-optimal points")
+    ax.legend(loc="upper right", frameon=False)
+    figure.tight_layout()
+    return _save(figure, out, "fig_backtest")
+
+
 def write_figures(analysis: fits.Analysis, out: Path) -> list[Path]:
     """Every figure, as PNG (200 dpi) and PDF, into `out`."""
     out = Path(out)
     with matplotlib.rc_context(STYLE):
         return [*error_vs_compute(analysis, out), *bottlenecks(analysis, out), *allocation(analysis, out),
-                *residuals(analysis, out)]
+                *residuals(analysis, out), *backtest(analysis, out)]
