@@ -60,6 +60,13 @@ def _form(form: fits.FormChoice | None) -> dict | None:
             "method": form.method, "used_by": "allocation.parametric"}
 
 
+def _backtest(results: list) -> dict:
+    return {"best": fits.best_law(results), "quantiles": list(fits.backtest.QUANTILES),
+            "method": "each law refitted to the cells below a compute level (from its full fit, the points above at "
+                      "weight 0), scored on the compute-optimal points above it",
+            "levels": [r.__dict__ for r in results]}
+
+
 def _seeds(seeds: fits.SeedSpread | None) -> dict | None:
     if seeds is None:
         return None
@@ -104,6 +111,8 @@ def as_dict(analysis: fits.Analysis, study: str, figures: list[Path]) -> dict:
             **({"data_constrained": _law(analysis.data_constrained)} if analysis.data_constrained is not None else {}),
         },
         "parametric_form": _form(analysis.form),
+        "backtest": _backtest(analysis.backtest),
+        "agreement": analysis.agreement or None,
         "seeds": _seeds(analysis.seeds),
         "allocation": {a.estimator if isinstance(a, fits.Allocation) else a.name: _allocation(a)
                        for a in analysis.allocations},
@@ -135,6 +144,59 @@ def _law_section(title: str, law: fits.LawFit | fits.Skipped) -> list[str]:
     lines += [f"Bootstrap: {law.bootstrap}; {law.resamples} refits converged.", "",
               "| parameter | estimate [95% interval] |", "|---|---|"]
     lines += [f"| {name} | {_cell(e)} |" for name, e in law.params.items()]
+    return lines + [""]
+
+
+LAW_NAMES = {"compute": "E(C), Eq. 5", "parametric": "E(P, D = N T)", "data_constrained": "E(P, D')"}
+
+
+def _backtest_section(analysis: fits.Analysis) -> list[str]:
+    results = analysis.backtest
+    lines = ["", "## Rolling-origin back-test", ""]
+    if not results:
+        return lines + ["Not done: too few points below or above every compute level.", ""]
+    best = fits.best_law(results)
+    lines += [f"Each law refitted to the cells below a compute level (quantiles {', '.join(map(str, fits.backtest.QUANTILES))} "
+              "of compute), from its full fit with the points above at weight 0, and scored on the compute-optimal "
+              f"points above the level. Extrapolated best: **{LAW_NAMES.get(best, best)}** (lowest mean error over the levels).", "",
+              "| level | below (PFLOPs) | law | train points | envelope points above | mean abs rel. error | max abs rel. error |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.level} | {r.threshold_pflops:.3g} | {LAW_NAMES.get(r.law, r.law)} | {r.train_points} | {r.test_points} | "
+              f"{r.mean_abs_rel_error:.2%} | {r.max_abs_rel_error:.2%} |" for r in results]
+    return lines + [""]
+
+
+def _diagnosis_section(analysis: fits.Analysis) -> list[str]:
+    d = analysis.agreement
+    if not d:
+        return []
+    c = d["checks"]
+    verdict = {True: "agree: their 95% intervals of a and of b overlap", False: "disagree: their 95% intervals do not all overlap",
+               None: "cannot be compared by interval (fewer than two estimators, or no bootstrap)"}[d["agree"]]
+    lines = ["## Agreement diagnosis", "", f"The allocation estimators ({', '.join(c['estimators']) or 'none'}) {verdict}.", "",
+             "| check | value | flagged when |", "|---|---|---|"]
+    t = d["thresholds"]
+    share = c.get("isoflop_edge_share")
+    sizes = c.get("sizes_per_level")
+    residual = c.get("residual_by_epochs")
+    share_text = "–" if share is None else f"{share:.0%} of {c['isoflop_levels']}"
+    sizes_text = "–" if sizes is None else f"{sizes['median']:g}, {sizes['min']}"
+    residual_text = ("–" if residual is None
+                     else f"{residual['range']:.2%} ({residual['ratio'] or 0:.1f}x its spread)")
+    env = c["envelope_points"]
+    lines += [
+        f"| iso-FLOP levels with the minimum at an edge model | {share_text} | > {t['isoflop_edge_share']:.0%} |",
+        f"| models per compute level (median, min) | {sizes_text} | median < {t['sizes_per_level_median']} |",
+        f"| range of the parametric fit's mean log residual over T | {residual_text} | "
+        f"> {t['residual_range']:.0%} and > {t['residual_ratio']:g}x |",
+        f"| envelope points at T = {analysis.epochs} (all T) | {env['at_epochs']} ({env['all']}) | "
+        f"< {t['envelope_points_at_epochs']} |",
+        "",
+    ]
+    if d["causes"]:
+        lines += ["Likely causes:", ""] + [f"- {cause}." for cause in d["causes"]]
+    else:
+        lines += ["No check is past its threshold."]
     return lines + [""]
 
 
@@ -242,6 +304,7 @@ def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path
         else:
             lines.append(f"| {h.name} | {h.threshold_pflops:.3g} | {h.train_points} | {h.test_points} | "
                          f"{h.mean_abs_rel_error:.2%} | {h.max_abs_rel_error:.2%} |")
+    lines += _backtest_section(analysis) + _diagnosis_section(analysis)
     lines += ["", "## Figures", ""]
     lines += [f"![{p.stem}]({p.relative_to(out) if p.is_relative_to(out) else p})" for p in figures if p.suffix == ".png"]
     return "\n".join(lines) + "\n"
