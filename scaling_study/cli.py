@@ -11,9 +11,11 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import exc as sa_errors
 
 from . import budget, db
-from .errors import StudyError
+from .checks import output_problem, printable
+from .errors import BadInput, StudyError
 
 app = typer.Typer(
     help="Plan, run, resume and fit compute-scaling studies of MLPs.",
@@ -21,8 +23,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-errors = Console(stderr=True)
+console = Console(emoji=False, markup=False)  # user text (names, paths, cuda:O) is printed as it is
+errors = Console(stderr=True, emoji=False, markup=False)
 
 DbOption = Annotated[
     Optional[str],
@@ -38,8 +40,13 @@ def user_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except StudyError as error:
-            errors.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+            errors.print(f"error: {printable(error)}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(error.exit_code) from None
+        except (OSError, sa_errors.SQLAlchemyError) as error:  # a fault no check foresaw: still one line
+            words = printable(getattr(error, "orig", None) or error).strip().splitlines()
+            errors.print(f"error: {type(error).__name__}: {words[0] if words else ''}", markup=False,
+                         highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -121,6 +128,11 @@ def plan(
             where = f" on {device}" if len(devices) > 1 else ""
             why = f"{missing} not measured at this resolution and batch size{where} (`study bench {grid_file}`)"
         console.print(f"no hours yet: {why}", markup=False, highlight=False)
+    from .checks import missing_data
+
+    for where, path in missing_data(specs[:1] or ()):
+        errors.print(f"warning: no data at {path} ({where}) on this machine; planned anyway, for a machine that "
+                     "has it: `study run` there (here it refuses to start until the path exists)", soft_wrap=True)
     if engine is None:
         return
     added, existing = db.add_jobs(engine, grid.study.name, str(grid_file), grid.text, specs)
@@ -179,11 +191,14 @@ def status(
     db_url: DbOption = None,
     study: Annotated[Optional[str], typer.Option(help="Only this study")] = None,
     all_jobs: Annotated[bool, typer.Option("--jobs", help="List every job")] = False,
+    limit: Annotated[int, typer.Option(min=0, help="List at most this many jobs, the first by id (0: all)")] = 100,
 ) -> None:
     """Jobs by state per study; running jobs with worker, progress and ETA; failures with reason."""
     import datetime as dt
 
-    engine = db.connect(db_url)
+    engine = db.connect(db_url, create=False, write=False)
+    if study:
+        _one_study(engine, study)
     counts = db.job_counts(engine, study)
     if not counts:
         console.print("no jobs planned yet: run `study plan GRID` first")
@@ -193,10 +208,12 @@ def status(
     for state in db.JOB_STATES:
         table.add_column(state, justify="right")
     for name, by_state in counts.items():
-        table.add_row(name, *(str(by_state.get(state, 0)) for state in db.JOB_STATES))
+        table.add_row(printable(name), *(str(by_state.get(state, 0)) for state in db.JOB_STATES))
     console.print(table)
+    _law_so_far(engine, list(counts))
     shown = None if all_jobs else ("running", "failed", "diverged")
-    rows = db.job_rows(engine, study, shown)
+    total = sum(n for name, by_state in counts.items() for state, n in by_state.items() if not shown or state in shown)
+    rows = db.job_listing(engine, study, shown, limit or None)  # one query, as many rows as are printed
     if not rows:
         return
     jobs_table = Table(title="jobs" if all_jobs else "running and failed jobs")
@@ -210,10 +227,67 @@ def status(
             left = elapsed / row["epochs_done"] * (row["epochs"] - row["epochs_done"])
             eta = str(dt.timedelta(seconds=round(left)))
         jobs_table.add_row(
-            str(row["id"]), row["study"], row["model"], f"{row['examples']:,}", row["state"],
-            f"{row['epochs_done']}/{row['epochs']}", row["worker"] or "", eta, row["error"] or "",
+            str(row["id"]), printable(row["study"]), printable(row["model"]), f"{row['examples']:,}", row["state"],
+            f"{row['epochs_done']}/{row['epochs']}", printable(row["worker"] or ""), eta, printable(row["error"] or ""),
         )
     console.print(jobs_table)
+    if len(rows) < total:
+        console.print(f"listed {len(rows):,} of {total:,} jobs (the first by id); --limit 0 lists all")
+
+
+def _law_so_far(engine, names) -> None:  # noqa: ANN001
+    """For each adaptive study (or one with pruned jobs): E(C) alpha so far, points, compute spent vs planned."""
+    from . import adaptive
+
+    for name in names:
+        if adaptive.settings(engine, name) is None and not db.pruning_rows(engine, name):
+            continue
+        now = adaptive.progress(engine, name)
+        spent = (f"compute spent {_pflops(now.spent)} of {_pflops(now.planned)} PFLOPs planned "
+                 f"({now.spent / now.planned:.0%})" if now.planned else "no compute planned")
+        if now.pruned:
+            spent += f"; {now.pruned} trajectories pruned, saving {_pflops(now.saved)} PFLOPs"
+        if now.alpha is None:
+            law = f"no law yet ({now.points} points: {now.note})"
+        else:
+            a = now.alpha
+            law = (f"E(C) alpha {a.value:.3g} [{a.low:.3g}, {a.high:.3g}] (95%, 200 resamples) over "
+                   f"{now.envelope_points} envelope points of {now.points}")
+        console.print(f"the law so far, study {name!r}: {law}; {spent}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def prune(
+    db_url: DbOption = None,
+    study: Annotated[Optional[str], typer.Option(help="Study to decide for [default: the only one in the database]")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be pruned now and why; change nothing")] = False,
+    show_kept: Annotated[bool, typer.Option("--kept", help="Also list the trajectories kept, and why")] = False,
+) -> None:
+    """Refit the law on what is recorded and prune the pending or running trajectories it rules out."""
+    from . import adaptive
+
+    engine = db.connect(db_url, migrate=not dry_run)
+    name = _one_study(engine, study)
+    config = adaptive.settings(engine, name, True)
+    decisions, pruned, note = adaptive.prune_now(engine, name, config, "study prune", dry_run=dry_run)
+    if note:
+        console.print(f"nothing to decide: {note}", markup=False, highlight=False, soft_wrap=True)
+        return
+    chosen = [d for d in decisions if d.prune and (dry_run or d.job_id in pruned)]
+    shown = decisions if show_kept else chosen
+    if shown:
+        table = Table(title=f"study {name!r}: {'would prune' if dry_run else 'pruned'} {len(chosen)} of "
+                            f"{len(decisions)} pending or running trajectories ({config.confidence:.0%} lower bounds)")
+        for column in ("id", "model", "N", "state", "epochs", "why"):
+            table.add_column(column, no_wrap=column != "why", overflow="fold")
+        for d in shown:
+            table.add_row(str(d.job_id), d.model, f"{d.examples:,}", d.state, str(d.epochs_done), d.reason)
+        console.print(table)
+    fit = decisions[0].fit if decisions else {}
+    console.print(f"{'would prune' if dry_run else 'pruned'} {len(chosen)}; fit: {fit.get('law')} on {fit.get('points')} "
+                  f"points of {fit.get('metric')}, {fit.get('resamples')} resamples (seed {fit.get('seed')})"
+                  + ("; nothing was changed" if dry_run else ""), markup=False, highlight=False, soft_wrap=True)
 
 
 class _RichEvents:
@@ -266,18 +340,25 @@ def run(
     lease: Annotated[float, typer.Option(help="Seconds a worker's claim lasts without a heartbeat", min=1)] = 120.0,
     checkpoint_every: Annotated[float, typer.Option(help="Also checkpoint mid-epoch after this many seconds", min=1)] = 600.0,
     max_attempts: Annotated[int, typer.Option(help="A job whose worker died this often is marked failed", min=1)] = 3,
+    adaptive: Annotated[Optional[bool], typer.Option("--adaptive/--no-adaptive", help="Claim coarse to fine and prune "
+                        "trajectories the law rules out (README, 'Adaptive studies') [default: as the grid's [adaptive] table says]")] = None,
 ) -> None:
     """Train pending jobs one after another, checkpointing so a killed run continues where it stopped."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from . import runner
 
+    runner.resolve_device(device)  # a bad --device is a usage error, found before any job is claimed
     options = runner.RunOptions(
         db_url=db_url, device=device, resume=resume, study=study, max_jobs=max_jobs, until=_parse_until(until),
         runs_dir=runs_dir, lease_s=lease, checkpoint_every_s=checkpoint_every, max_attempts=max_attempts,
+        adaptive=adaptive,
     )
     engine = db.connect(db_url)
+    if study:
+        _one_study(engine, study)
     pending = [r for r in db.job_rows(engine, study, ("pending",)) if resume or r["attempts"] == 0]
+    _refuse_missing_data(pending)
     total = min(len(pending), max_jobs or len(pending))
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
@@ -287,7 +368,9 @@ def run(
         summary = runner.run(options, _RichEvents(progress, total), engine=engine)
     console.print(
         f"{len(summary.done)} done, {len(summary.diverged)} diverged, {len(summary.failed)} failed, "
-        f"{len(summary.released)} interrupted (checkpointed)" + (f"; stopped: {summary.stop_reason}" if summary.stop_reason else "")
+        f"{len(summary.released)} interrupted (checkpointed)"
+        + (f", {len(summary.pruned)} pruned while running (checkpointed)" if summary.pruned else "")
+        + (f"; stopped: {summary.stop_reason}" if summary.stop_reason else "")
     )
     if summary.waiting_for_resume:
         console.print(f"{summary.waiting_for_resume} interrupted jobs wait: `study run --resume` continues them")
@@ -299,6 +382,25 @@ def run(
         raise typer.Exit(143 if "SIGTERM" in summary.stop_reason else 130 if "SIGINT" in summary.stop_reason else 0)
 
 
+def _refuse_missing_data(pending: list[dict]) -> None:
+    """`study run` starts only when every job it may claim finds its data here: a job is not
+    failed, nor an attempt spent, for a path that is missing on this machine."""
+    import json
+
+    from .checks import missing_data
+
+    by_path: dict[str, tuple[str, list[int]]] = {}
+    for row in pending:
+        for where, path in missing_data([json.loads(row["spec"])]):
+            by_path.setdefault(path, (where, []))[1].append(row["id"])
+    if by_path:
+        path, (where, ids) = next(iter(by_path.items()))
+        more = f" (and {len(by_path) - 1} more missing path(s))" if len(by_path) > 1 else ""
+        shown = ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
+        raise BadInput(f"no data at {path} ({where} of job(s) {shown}){more} on this machine; nothing was claimed: "
+                       "put the data there (or a link to it), or run with --study for another study")
+
+
 @app.command()
 @user_errors
 def logs(job: Annotated[int, typer.Argument(help="Job id (see `study status --jobs`)")], db_url: DbOption = None,
@@ -306,7 +408,7 @@ def logs(job: Annotated[int, typer.Argument(help="Job id (see `study status --jo
     """Print a job's log file and its attempts."""
     from .runner import job_dir
 
-    engine = db.connect(db_url)
+    engine = db.connect(db_url, create=False, write=False)
     row = db.job_row(engine, job)
     path = job_dir(runs_dir, row) / "log.txt"
     for attempt in db.attempt_rows(engine, job):
@@ -323,8 +425,8 @@ def logs(job: Annotated[int, typer.Argument(help="Job id (see `study status --jo
 @app.command()
 @user_errors
 def retry(job: Annotated[int, typer.Argument(help="Job id")], db_url: DbOption = None) -> None:
-    """Put a failed, diverged or cancelled job back to pending (it resumes from its checkpoint if any)."""
-    old = db.set_state(db.connect(db_url), job, "pending", ("failed", "diverged", "cancelled"))
+    """Put a failed, diverged, cancelled or pruned job back to pending (it resumes from its checkpoint if any)."""
+    old = db.set_state(db.connect(db_url, create=False), job, "pending", ("failed", "diverged", "cancelled", "pruned"))
     console.print(f"job {job}: {old} -> pending")
 
 
@@ -332,7 +434,7 @@ def retry(job: Annotated[int, typer.Argument(help="Job id")], db_url: DbOption =
 @user_errors
 def cancel(job: Annotated[int, typer.Argument(help="Job id")], db_url: DbOption = None) -> None:
     """Cancel a pending or running job (a running worker stops at its next heartbeat)."""
-    old = db.set_state(db.connect(db_url), job, "cancelled", ("pending", "running"))
+    old = db.set_state(db.connect(db_url, create=False), job, "cancelled", ("pending", "running"))
     console.print(f"job {job}: {old} -> cancelled")
 
 
@@ -498,12 +600,12 @@ def _one_study(engine, study: str | None) -> str:  # noqa: ANN001 - an Engine
     names = db.study_names(engine)
     if study:
         if study not in names:
-            raise StudyError(f"no study {study!r}; studies in the database: {', '.join(names) or 'none'}")
+            raise BadInput(f"no study {study!r}; studies in the database: {', '.join(map(repr, names)) or 'none'}")
         return study
     if not names:
-        raise StudyError("the database has no studies yet: `study plan GRID` or `study import FILE.csv` first")
+        raise BadInput("the database has no studies yet: `study plan GRID` or `study import FILE.csv` first")
     if len(names) > 1:
-        raise StudyError(f"{len(names)} studies in the database; choose one with --study: {', '.join(names)}")
+        raise BadInput(f"{len(names)} studies in the database; choose one with --study: {', '.join(names)}")
     return names[0]
 
 
@@ -515,14 +617,20 @@ def import_results(
     db_url: DbOption = None,
 ) -> None:
     """Import results produced elsewhere; every bad row is reported and then nothing is imported."""
+    import csv
+
     from .exchange import BadRows, read_results_csv
 
     try:
         trajectories = read_results_csv(file, study)
     except BadRows as bad:  # one line per bad row, then the summary as the error
         for row in bad.rows:
-            errors.print(row, markup=False, highlight=False, soft_wrap=True)
+            errors.print(printable(row), markup=False, highlight=False, soft_wrap=True)
         raise StudyError(bad.summary) from None
+    except UnicodeDecodeError as error:
+        raise BadInput(f"{file}: not a UTF-8 text CSV (byte {error.start}: {error.reason}); give the results as CSV text") from None
+    except csv.Error as error:  # e.g. a NUL byte
+        raise BadInput(f"{file}: not a readable CSV ({error}); give the results as CSV text") from None
     engine = db.connect(db_url)
     jobs_added, points_added, present = db.import_trajectories(engine, str(file), trajectories)
     names = sorted({t["study"] for t in trajectories})
@@ -547,13 +655,19 @@ def export_results(
 
     if fmt not in FORMATS:
         raise StudyError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
-    engine = db.connect(db_url)
+    target = out or Path(f"evaluations.{fmt}")
+    if problem := output_problem(target):
+        raise BadInput(f"cannot write --out {target}: {problem}")
+    engine = db.connect(db_url, create=False, write=False)
     if study:
         _one_study(engine, study)
     frame = db.evaluations_frame(engine, study, metric)
     if frame.empty:
         raise StudyError("no evaluation points to export" + (f" for metric {metric!r}" if metric else ""))
-    path = write_frame(frame, out or Path(f"evaluations.{fmt}"), fmt)
+    try:
+        path = write_frame(frame, target, fmt)
+    except OSError as error:  # e.g. /proc, a full disk: what stood there is left as it was
+        raise BadInput(f"cannot write --out {target}: {error.strerror or error}; choose another path") from None
     console.print(f"wrote {len(frame)} evaluation points to {path}", markup=False, highlight=False)
 
 
@@ -580,13 +694,19 @@ def fit_laws(
 
     if kind and kind not in MODEL_KINDS:
         raise StudyError(f"unknown --kind {kind!r}; valid kinds: {', '.join(MODEL_KINDS)}")
-    engine = db.connect(db_url)
+    if problem := output_problem(out, folder=True):
+        raise BadInput(f"cannot write --out {out}: {problem}")
+    engine = db.connect(db_url, create=False, write=False)
     name = _one_study(engine, study)
-    selected, filters = fits.select(db.evaluations_frame(engine, name, metric), metric, kind, exclude or ())
+    # every metric, so that a mistyped --metric is told the ones present
+    selected, filters = fits.select(db.evaluations_frame(engine, name, None), metric, kind, exclude or ())
     analysis = fits.analyse(selected, filters, epochs, bootstrap, seed, merge_tolerance=merge_sizes,
                             budget_tolerance=budget_tolerance)
-    figures = write_figures(analysis, out)
-    written = write_report(analysis, name, figures, out)
+    try:
+        figures = write_figures(analysis, out)
+        written = write_report(analysis, name, figures, out)
+    except OSError as error:
+        raise BadInput(f"cannot write --out {out}: {error.strerror or error}; choose another folder") from None
 
     def cell(e) -> str:  # noqa: ANN001 - a fit.Estimate
         return f"{e.value:.3g}" + ("" if e.low != e.low else f" [{e.low:.3g}, {e.high:.3g}]")

@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .data import CATALOGUE, DatasetInfo
 from .store import read_meta
+from .checks import name_problem
 from .errors import GridError
 from .models import ModelSpec, parse_model
 
@@ -23,6 +25,7 @@ SCHEDULES = ("constant", "cosine", "wsd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PROTOCOLS = ("linear", "finetune")
 PROBES = ("paper", "fast", "reference")
+MAX_LR = 1e6  # larger rates overflow float32 updates at once (1e6 with SGD already diverges: a test uses it)
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,25 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    """[logging]: where training curves go besides each job's curve.csv (not part of any job's identity)."""
+
+    tensorboard: bool | None = None  # None: TensorBoard events when the package is installed
+
+
+@dataclass(frozen=True)
+class AdaptiveConfig:
+    """[adaptive]: coarse-to-fine claim order and pruning against the law (issue #12); off by default."""
+
+    enabled: bool = False
+    confidence: float = 0.95  # a trajectory is pruned when its predicted lower bound at this confidence is above the envelope
+    min_points: int = 20  # evaluation points of the fitted metric before anything is pruned
+    protect_spanning: bool = True  # never prune the runs that span the fits (see adaptive.spanning_jobs)
+    resamples: int = 100  # bootstrap resamples of each refit (few: a refit takes well under a second)
+    seed: int = 0  # seed of those resamples: the same points give the same decision
+
+
+@dataclass(frozen=True)
 class GridAxes:
     """[grid]: the axes whose product is the study."""
 
@@ -129,6 +151,8 @@ class Grid:
     grid: GridAxes
     train: TrainConfig
     evaluation: EvaluationConfig
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    adaptive: AdaptiveConfig = AdaptiveConfig()
 
     @property
     def dataset(self) -> DatasetInfo:
@@ -219,6 +243,9 @@ class _Parser:
             if items[0] > items[1]:
                 self.fail(where, f"low must not exceed high, got {list(raw)}", key, section)
             return items
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            inner = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+            return self.value(inner[0], raw, where, key, section)  # TOML has no null: the value is set
         if hint is bool:
             if not isinstance(raw, bool):
                 self.fail(where, f"expected true or false, got {raw!r}", key, section)
@@ -264,7 +291,7 @@ class _Parser:
         return tuple(raw)
 
 
-SECTIONS = ("study", "data", "grid", "train", "evaluation")
+SECTIONS = ("study", "data", "grid", "train", "evaluation", "logging", "adaptive")
 
 
 def parse_grid(text: str, path: str = "<grid>") -> Grid:
@@ -284,6 +311,8 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
     study = parser.table(StudySection, doc["study"], "[study]", "study")
     if not study.name.strip():
         parser.fail("[study].name", "must not be empty", "name", "study")
+    if problem := name_problem(study.name):
+        parser.fail("[study].name", problem, "name", "study")
 
     data = doc["data"]
     if not isinstance(data, dict):
@@ -311,6 +340,9 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
     for name in ("lr", "batch_size"):
         if not getattr(train, name) > 0:
             parser.fail(f"[train].{name}", f"must be positive, got {getattr(train, name)}", name, "train")
+    if train.lr > MAX_LR:
+        parser.fail("[train].lr", f"{train.lr:g} is above {MAX_LR:g}, beyond what an optimizer's float32 "
+                    "update can use; lower it", "lr", "train")
     aug = train.augmentation
     if not (0 < aug.crop_scale[0] and aug.crop_scale[1] <= 1):
         parser.fail("[train.augmentation].crop_scale", "must lie in (0, 1]", "crop_scale", "train.augmentation")
@@ -348,7 +380,9 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
         batch_sizes=parser.positive_list(axes["batch_sizes"], "[grid].batch_sizes", "batch_sizes", "grid")
         if "batch_sizes" in axes else (),
     )
-    grid = Grid(path, text, study, pretrain, downstream, grid_axes, train, evaluation)
+    logging = parser.table(LoggingConfig, doc.get("logging", {}), "[logging]", "logging")
+    adaptive = _adaptive(parser, doc.get("adaptive", {}))
+    grid = Grid(path, text, study, pretrain, downstream, grid_axes, train, evaluation, logging, adaptive)
     info = dataset_info(grid)
     if not info.resolution:
         parser.fail("[data.pretrain].resolution", "required for a dataset outside the catalogue")
@@ -360,6 +394,26 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
                 "examples", "grid",
             )
     return grid
+
+
+def _adaptive(parser: _Parser, raw: object) -> AdaptiveConfig:
+    config = parser.table(AdaptiveConfig, raw, "[adaptive]", "adaptive")
+    if not 0.5 <= config.confidence < 1:
+        parser.fail("[adaptive].confidence", f"must lie in [0.5, 1), got {config.confidence}", "confidence", "adaptive")
+    if config.resamples < 10:
+        parser.fail("[adaptive].resamples", f"must be at least 10 (an interval needs resamples), got {config.resamples}",
+                    "resamples", "adaptive")
+    return config
+
+
+def adaptive_settings(text: str, path: str = "<grid>") -> AdaptiveConfig:
+    """The [adaptive] table of a grid's text as recorded in the database (the runner reads it there,
+    without the grid's data paths having to exist on this machine); the defaults when absent."""
+    try:
+        doc = tomllib.loads(text or "")
+    except tomllib.TOMLDecodeError as error:
+        raise GridError(f"{path}: malformed TOML: {error}") from None
+    return _adaptive(_Parser(path, text or ""), doc.get("adaptive", {}))
 
 
 def load_grid(path: str | Path) -> Grid:

@@ -53,6 +53,21 @@ def _held_out(h: fits.HeldOut | fits.Skipped) -> dict:
             "params": {k: _number(v) for k, v in h.params.items()}}
 
 
+def _form(form: fits.FormChoice | None) -> dict | None:
+    if form is None:
+        return None
+    return {"chosen": form.chosen, "held_out_mean_abs_log_error": form.scores, "folds": form.folds,
+            "method": form.method, "used_by": "allocation.parametric"}
+
+
+def _seeds(seeds: fits.SeedSpread | None) -> dict | None:
+    if seeds is None:
+        return None
+    return {"points": seeds.points, "cells": seeds.cells, "seeds_per_cell": seeds.seeds_per_cell,
+            "cells_with_seeds": seeds.cells_with_seeds, "log_std": _number(seeds.log_std),
+            "note": "laws fitted to cells (mean over seeds per model, N, T); the bootstrap resamples cells"}
+
+
 def _versions() -> dict:
     versions = {"python": platform.python_version()}
     for package in ("scaling-study", "numpy", "scipy", "pandas", "matplotlib"):
@@ -86,7 +101,10 @@ def as_dict(analysis: fits.Analysis, study: str, figures: list[Path]) -> dict:
             "bottleneck_params": _law(analysis.bottleneck_params),
             "bottleneck_examples": _law(analysis.bottleneck_examples),
             "parametric": _law(analysis.parametric),
+            **({"data_constrained": _law(analysis.data_constrained)} if analysis.data_constrained is not None else {}),
         },
+        "parametric_form": _form(analysis.form),
+        "seeds": _seeds(analysis.seeds),
         "allocation": {a.estimator if isinstance(a, fits.Allocation) else a.name: _allocation(a)
                        for a in analysis.allocations},
         "held_out": {h.name: _held_out(h) for h in analysis.held_out},
@@ -118,6 +136,25 @@ def _law_section(title: str, law: fits.LawFit | fits.Skipped) -> list[str]:
               "| parameter | estimate [95% interval] |", "|---|---|"]
     lines += [f"| {name} | {_cell(e)} |" for name, e in law.params.items()]
     return lines + [""]
+
+
+def _form_section(analysis: fits.Analysis) -> list[str]:
+    form = analysis.form
+    lines = []
+    if form is not None:
+        names = {"parametric": "E(P, D = N T)", "data_constrained": "E(P, D')"}
+        scores = ", ".join(f"{names[k]} {v:.4f}" for k, v in form.scores.items())
+        lines += ["### Which parametric form", "",
+                  f"Held-out mean |log(predicted / observed)|: {scores or 'not scored'}. Chosen: **{names[form.chosen]}** "
+                  f"(the parametric allocation uses it). Method: {form.method}.", ""]
+    seeds = analysis.seeds
+    if seeds is not None and seeds.cells_with_seeds:
+        lines += ["### Seeds", "",
+                  f"{seeds.points} points averaged into {seeds.cells} cells (model, N, T), {seeds.seeds_per_cell:.2g} seeds "
+                  f"per cell; seed-to-seed spread (pooled std of log value) {seeds.log_std:.4f} "
+                  f"({100 * math.expm1(seeds.log_std):.2f}%). Every law is fitted to the cells and the bootstrap "
+                  "resamples cells.", ""]
+    return lines
 
 
 def _agreement(fitted: list[fits.Allocation]) -> list[str]:
@@ -176,6 +213,9 @@ def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path
         *_law_section("Error vs parameters when data is plentiful (Fig. 6)", analysis.bottleneck_params),
         *_law_section("Error vs examples when parameters are plentiful (Fig. 6)", analysis.bottleneck_examples),
         *_law_section("Parametric E(P, D) (Hoffmann et al. approach 3)", analysis.parametric),
+        *(_law_section("Data-constrained E(P, D') (Muennighoff et al. 2023)", analysis.data_constrained)
+          if analysis.data_constrained is not None else []),
+        *_form_section(analysis),
         "## Compute-optimal allocation (Fig. 7)", "",
         f"P*(C) ~ C^a and N*(C) ~ C^b; the envelope and iso-FLOP estimators use the points at T = {analysis.epochs}.", "",
         "| estimator | a (P*) [95%] | b (N*) [95%] | method |", "|---|---|---|---|",

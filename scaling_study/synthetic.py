@@ -43,6 +43,32 @@ class ParametricLaw:
 
 
 @dataclass(frozen=True)
+class DataConstrainedLaw:
+    """Muennighoff et al. (2023): E = E_inf + A / P^alpha + B / D'^beta with effective data
+    D' = N (1 + R* (1 - exp(-(T - 1) / R*))): T epochs of N examples are worth less than N T new ones."""
+
+    e_inf: float = 0.2
+    A: float = 400.0
+    alpha: float = 0.65
+    B: float = 15.0
+    beta: float = 0.35
+    r_star: float = 15.0
+
+    def effective_data(self, examples, epochs):  # noqa: ANN001, ANN201 - numpy in, numpy out
+        repeats = np.asarray(epochs, float) - 1.0
+        return np.asarray(examples, float) * (1.0 - self.r_star * np.expm1(-repeats / self.r_star))
+
+    def error(self, params, examples, epochs):  # noqa: ANN001, ANN201 - numpy in, numpy out
+        """The law's value at P parameters, N examples and T epochs."""
+        return (self.e_inf + self.A / np.asarray(params, float) ** self.alpha
+                + self.B / self.effective_data(examples, epochs) ** self.beta)
+
+
+# Epoch AI's refit of Chinchilla (Besiroglu et al. 2024): losses of about 2 to 4.6 nats over the grid below
+CHINCHILLA = ParametricLaw(e_inf=1.82, A=482.0, alpha=0.348, B=2085.0, beta=0.366)
+
+
+@dataclass(frozen=True)
 class ComputeLaw:
     """E(C) = a (b + C)^-alpha + E_inf (Eq. 5), C in PFLOPs."""
 
@@ -56,19 +82,21 @@ class ComputeLaw:
         return self.a * (self.b + np.asarray(pflops, float)) ** -self.alpha + self.e_inf
 
 
-def _frame(rows: dict[str, np.ndarray], study: str, metric: str) -> pd.DataFrame:
+def _frame(rows: dict[str, np.ndarray], study: str, metric: str, metric_kind: str = "error") -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     frame.insert(0, "study", study)
     frame["metric"] = metric
     frame["compute"] = budget.compute(frame["flops_per_example"], frame["examples"], frame["epochs"])
     frame["state"] = "done"
+    frame["metric_kind"] = metric_kind
     order = ["study", "job_id", "model", "kind", "params", "flops_per_example", "examples", "epochs",
-             "seed", "metric", "error", "compute", "state"]
+             "seed", "metric", "error", "compute", "state", "metric_kind"]
     return frame[order]
 
 
 def _grid(models: int, examples: int, epochs: tuple[int, ...], seeds: int,
-          params_range: tuple[float, float], examples_range: tuple[float, float]) -> dict[str, np.ndarray]:
+          params_range: tuple[float, float], examples_range: tuple[float, float],
+          flops_per_param: int = 1) -> dict[str, np.ndarray]:
     params = np.unique(np.round(np.geomspace(*params_range, models)).astype(np.int64))
     sizes = np.unique(np.round(np.geomspace(*examples_range, examples)).astype(np.int64))
     p, n, s, t = (a.ravel() for a in np.meshgrid(params, sizes, np.arange(seeds), np.asarray(epochs), indexing="ij"))
@@ -79,7 +107,7 @@ def _grid(models: int, examples: int, epochs: tuple[int, ...], seeds: int,
         "model": np.array([names[int(v)] for v in p]),
         "kind": np.full(p.size, "bottleneck"),
         "params": p,
-        "flops_per_example": p.copy(),  # FLOP(f) = P: one multiply-accumulate per weight
+        "flops_per_example": p * flops_per_param,  # FLOP(f) = P: one multiply-accumulate per weight
         "examples": n,
         "epochs": t.astype(np.int64),
         "seed": s.astype(np.int64),
@@ -107,6 +135,30 @@ def parametric_study(
     error[bad] *= rng.uniform(1.3, 1.6, bad.size)  # failed runs: far above the law
     rows["error"] = np.clip(error, 1e-4, 1.0)
     return _frame(rows, "synthetic", metric)
+
+
+def loss_study(
+    law: ParametricLaw | DataConstrainedLaw = CHINCHILLA,
+    models: int = 8,
+    examples: int = 8,
+    epochs: tuple[int, ...] = (1,),
+    seeds: int = 1,
+    noise: float = 0.005,
+    outliers: int = 0,
+    params_range: tuple[float, float] = (1e7, 1e10),
+    examples_range: tuple[float, float] = (1e9, 1e12),
+    seed: int = 0,
+    metric: str = "synthetic/loss",
+) -> pd.DataFrame:
+    """A language-model-like grid: losses (nats, metric kind "loss") from a law, C = 6 P D (FLOP(f) = 2 P)."""
+    rng = np.random.default_rng(seed)
+    rows = _grid(models, examples, epochs, seeds, params_range, examples_range, flops_per_param=2)
+    loss = law.error(rows["params"], rows["examples"], rows["epochs"]) * np.exp(rng.normal(0, noise, rows["params"].size))
+    bad = rng.choice(loss.size, size=min(outliers, loss.size), replace=False)
+    loss[bad] *= rng.uniform(1.3, 1.6, bad.size)
+    rows["error"] = loss
+    rows["kind"] = np.full(loss.size, "transformer")
+    return _frame(rows, "synthetic", metric, "loss")
 
 
 def compute_study(

@@ -26,16 +26,21 @@ import pandas as pd
 from ..errors import StudyError
 from .allocation import allocation_envelope, allocation_isoflop, allocation_parametric, isoflop_minima
 from .budgets import BUDGET_TOLERANCE, MERGE_TOLERANCE, describe, merge_sizes, sweep_shape
+from .cells import average_seeds
+from .data_constrained import DATA_CONSTRAINED_LAW, at_fixed_epochs, data_constrained_law, fit_data_constrained
+from .forms import choose_form, law_value
 from .bottleneck import SATURATING_LAW, fit_bottleneck_examples, fit_bottleneck_params, saturating_law
 from .envelope import COMPUTE_LAW, compute_law, envelope, envelope_mask, fit_compute_law
 from .optimize import HUBER_DELTA, one_blas_thread
 from .parametric import PARAMETRIC_LAW, fit_parametric, flops_scaling, parametric_law
 from .prediction import HELD_OUT_FRACTION, held_out_compute, held_out_parametric
-from .results import Allocation, Analysis, Estimate, HeldOut, LawFit, Skipped
+from .results import Allocation, Analysis, BackTest, Estimate, FormChoice, HeldOut, LawFit, SeedSpread, Skipped
 from .select import default_metric, select
 
 __all__ = [
-    "BUDGET_TOLERANCE", "COMPUTE_LAW", "MERGE_TOLERANCE", "HELD_OUT_FRACTION", "HUBER_DELTA", "PARAMETRIC_LAW", "SATURATING_LAW", "Allocation", "Analysis",
+    "BUDGET_TOLERANCE", "DATA_CONSTRAINED_LAW", "MERGE_TOLERANCE", "BackTest", "FormChoice", "SeedSpread",
+    "at_fixed_epochs", "average_seeds", "choose_form", "data_constrained_law", "fit_data_constrained", "law_value",
+    "COMPUTE_LAW", "HELD_OUT_FRACTION", "HUBER_DELTA", "PARAMETRIC_LAW", "SATURATING_LAW", "Allocation", "Analysis",
     "Estimate", "HeldOut", "LawFit", "Skipped", "allocation_envelope", "allocation_isoflop", "allocation_parametric",
     "analyse", "compute_law", "default_metric", "envelope", "envelope_mask", "fit_bottleneck_examples",
     "fit_bottleneck_params", "fit_compute_law", "fit_parametric", "flops_scaling", "isoflop_minima", "parametric_law",
@@ -47,7 +52,7 @@ __all__ = [
 def analyse(frame: pd.DataFrame, filters: dict | None = None, epochs: int | None = None,
             bootstrap: int = 1000, seed: int = 0, merge_tolerance: float = MERGE_TOLERANCE,
             budget_tolerance: float = BUDGET_TOLERANCE) -> Analysis:
-    """Every fit of `study fit` on one selection of points (see `select`).
+    """Every fit of `study fit` on one selection of points (see `select`), seeds averaged into cells.
 
     Model sizes within `merge_tolerance` are merged first; when the points then cluster into compute
     budgets (log C within `budget_tolerance`, see `budgets.sweep_shape`) the frame gets a `budget`
@@ -72,15 +77,23 @@ def analyse(frame: pd.DataFrame, filters: dict | None = None, epochs: int | None
         epochs = available[0]
     elif epochs not in available:
         raise StudyError(f"no evaluation points at T = {epochs} epochs; epochs present: {', '.join(map(str, available))}")
+    frame, seeds = average_seeds(frame)
     rng = np.random.default_rng(seed)
     compute = fit_compute_law(frame, bootstrap, rng)
     kappa, gamma = flops_scaling(frame)
     parametric = fit_parametric(frame, bootstrap, rng, gamma)
+    constrained = (fit_data_constrained(frame, 0, rng, gamma, start=parametric) if isinstance(parametric, LawFit)
+                   else Skipped("data_constrained", parametric.reason))
+    form = choose_form(frame, parametric, constrained)
+    if form is not None and form.chosen == "data_constrained" and bootstrap:
+        # intervals for the chosen form only: its 6-parameter bootstrap is the slowest fit here
+        constrained = fit_data_constrained(frame, bootstrap, np.random.default_rng([seed, 5]), gamma, start=parametric)
+    chosen = constrained if form is not None and form.chosen == "data_constrained" else parametric
     allocations: list[Allocation | Skipped] = [
         allocation_envelope(frame, epochs, bootstrap, rng),
         allocation_isoflop(frame, epochs, bootstrap, rng, shape),
-        allocation_parametric(parametric, epochs, kappa, gamma) if isinstance(parametric, LawFit)
-        else Skipped("parametric", parametric.reason),
+        (allocation_parametric(at_fixed_epochs(chosen, epochs) if chosen is constrained else chosen, epochs, kappa, gamma)
+         if isinstance(chosen, LawFit) else Skipped("parametric", chosen.reason)),
     ]
     threshold = float(np.quantile(frame["compute"], 1 - HELD_OUT_FRACTION))
     held_out = [held_out_compute(frame, threshold)]
@@ -95,5 +108,6 @@ def analyse(frame: pd.DataFrame, filters: dict | None = None, epochs: int | None
         bottleneck_examples=fit_bottleneck_examples(frame, bootstrap, rng),
         parametric=parametric, allocations=allocations, held_out=held_out,
         flops_exponent=gamma, flops_scale=kappa, bootstrap=bootstrap, seed=seed,
+        data_constrained=constrained, form=form, seeds=seeds,
         sweep=describe(shape, merged, merge_tolerance),
     )
