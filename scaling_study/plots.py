@@ -1,7 +1,8 @@
 """The figures of `study fit` (the one module that imports matplotlib): PNG at 200 dpi and PDF, Agg backend.
 
 - fig1_error_vs_compute: every point (colour = model size, marker size = N, a line joins the
-  epochs of one trajectory), the fitted E(C) dotted and E_inf as a labelled horizontal line;
+  epochs of one trajectory), the fitted E(C) dotted and E_inf as a labelled horizontal line; up to
+  8 models are named in a legend, beyond that a colour bar of log P;
 - fig6_bottlenecks: error vs parameters at the largest N, error vs examples for the largest model;
 - fig7_allocation: P*(C) and N*(C) by the envelope, iso-FLOP and parametric estimators;
 - residuals_compute: log residuals of the E(C) fit on the envelope points;
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -21,7 +23,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
-from matplotlib.colors import LinearSegmentedColormap, Normalize  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import LinearSegmentedColormap, LogNorm, Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
@@ -37,6 +40,7 @@ STYLE = {
     "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
     "grid.alpha": 0.25, "grid.linewidth": 0.5, "savefig.bbox": "tight", "pdf.fonttype": 42,
 }
+LEGEND_MODELS = 8  # Fig. 1 names up to this many models in a legend; beyond, a colour bar of log P
 ESTIMATORS = {"envelope": ("-", "o", "#1f4e9c"), "isoflop": ("--", "D", "#d7263d"), "parametric": (":", None, "#222222")}
 
 
@@ -130,7 +134,7 @@ def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
     law = analysis.compute
     colours, models = _model_colours(frame)
     n_low, n_high = frame["examples"].min(), frame["examples"].max()
-    figure = Figure(figsize=(7.4, 4.6))
+    figure = Figure(figsize=(7.4, 4.6), layout="constrained")  # legends and colour bar inside the canvas
     ax = figure.add_subplot()
     pflops = frame["compute"] / PFLOP
     segments, segment_colours = [], []
@@ -160,11 +164,20 @@ def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
     ax.set_xlabel(COMPUTE_LABEL)
     ax.set_ylabel(f"{analysis.metric} {_value_name(analysis)}")
     ax.set_title(f"{analysis.metric}: {_value_name(analysis)} vs compute ({len(frame)} points, {frame['job_id'].nunique()} runs)")
-    handles = [Line2D([], [], marker="o", linestyle="", markersize=6, markerfacecolor=colours[m],
-                      markeredgecolor="white", label=m) for m in models["model"]]
-    model_legend = ax.legend(handles=handles, title="model (size)", loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                             frameon=False, ncol=1 if len(handles) <= 14 else 2)
-    ax.add_artist(model_legend)
+    many = len(models) > LEGEND_MODELS
+    if many:  # a colour bar of log P: a legend of dozens of names runs off the figure
+        sizes_p = models["params"].to_numpy(float)
+        scale = ScalarMappable(norm=LogNorm(sizes_p.min(), max(sizes_p.max(), sizes_p.min() * 1.01)), cmap=SIZES)
+        bar = figure.colorbar(scale, ax=ax, pad=0.02, fraction=0.045, aspect=30)
+        bar.set_label(f"parameters P ({len(models)} models)")
+        bar.ax.yaxis.set_major_formatter(ticker.FuncFormatter(_tick))
+        bar.ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    else:
+        handles = [Line2D([], [], marker="o", linestyle="", markersize=6, markerfacecolor=colours[m],
+                          markeredgecolor="white", label=m) for m in models["model"]]
+        model_legend = ax.legend(handles=handles, title="model (size)", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                                 frameon=False)
+        ax.add_artist(model_legend)
     sizes = np.unique(np.geomspace(n_low, n_high, 3).round(-1 if n_high > 100 else 0))
     size_handles = [Line2D([], [], marker="o", linestyle="", color="0.5",
                            markersize=math.sqrt(_marker_sizes(pd.Series([n]), n_low, n_high)[0]), label=f"{n:,.0f}")
@@ -180,8 +193,12 @@ def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
         Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="black",
                label="compute-optimal"),
     ]
-    ax.legend(handles=law_handles + size_handles, title="fit; marker size = N", loc="lower left",
-              bbox_to_anchor=(1.01, 0.0), frameon=False)
+    if many:  # inside, top right: the runs fall with compute, so that corner is empty
+        ax.legend(handles=law_handles + size_handles, title="fit; marker size = N", loc="upper right",
+                  frameon=True, framealpha=0.85, edgecolor="0.8")
+    else:
+        ax.legend(handles=law_handles + size_handles, title="fit; marker size = N", loc="lower left",
+                  bbox_to_anchor=(1.01, 0.0), frameon=False)
     return _save(figure, out, "fig1_error_vs_compute")
 
 
@@ -189,9 +206,12 @@ def _bottleneck_panel(ax, law: fits.LawFit | fits.Skipped, column: str, symbol: 
                       title: str, colours: dict) -> None:
     ax.set_title(title)
     ax.set_xlabel(xlabel)
-    if isinstance(law, fits.Skipped):
-        ax.text(0.5, 0.5, f"not fitted:\n{law.reason}", transform=ax.transAxes, ha="center", va="center",
-                fontsize=8, wrap=True)
+    if isinstance(law, fits.Skipped):  # wrapped inside the empty panel, clear of the axis labels
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+        ax.text(0.5, 0.5, "not fitted:\n" + textwrap.fill(law.reason, 38), transform=ax.transAxes, ha="center",
+                va="center", fontsize=8, color="0.3")
         return
     points = law.points
     x = points[column].to_numpy(float)
