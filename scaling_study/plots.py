@@ -1,4 +1,4 @@
-"""The figures of `study fit` (the one module that imports matplotlib): PNG at 200 dpi and PDF, Agg backend.
+"""The figures of `study fit` (the one module that imports matplotlib): PNG at 200 dpi, PDF and SVG, Agg backend.
 
 - fig1_error_vs_compute: every point (colour = model size, marker size = N, a line joins the
   epochs of one trajectory), the fitted E(C) dotted and E_inf as a labelled horizontal line; up to
@@ -39,6 +39,7 @@ STYLE = {
     "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 7.5, "xtick.labelsize": 8,
     "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
     "grid.alpha": 0.25, "grid.linewidth": 0.5, "savefig.bbox": "tight", "pdf.fonttype": 42,
+    "svg.fonttype": "none",  # text as text: a smaller page, drawn in the browser's own sans-serif
 }
 LEGEND_MODELS = 8  # Fig. 1 names up to this many models in a legend; beyond, a colour bar of log P
 ESTIMATORS = {"envelope": ("-", "o", "#1f4e9c"), "isoflop": ("--", "D", "#d7263d"), "parametric": (":", None, "#222222")}
@@ -46,7 +47,7 @@ ESTIMATORS = {"envelope": ("-", "o", "#1f4e9c"), "isoflop": ("--", "D", "#d7263d
 
 def _save(figure: Figure, out: Path, stem: str) -> list[Path]:
     paths = []
-    for suffix, options in (("png", {"dpi": 200}), ("pdf", {})):
+    for suffix, options in (("png", {"dpi": 200}), ("pdf", {}), ("svg", {})):  # svg: inlined in index.html
         path = out / f"{stem}.{suffix}"
         write_atomic(path, lambda temp, s=suffix, o=options: figure.savefig(temp, format=s, **o))
         paths.append(path)
