@@ -643,7 +643,8 @@ def fit_laws(
     selected, filters = fits.select(db.evaluations_frame(engine, name, metric), metric, kind, exclude or ())
     analysis = fits.analyse(selected, filters, epochs, bootstrap, seed)
     figures = write_figures(analysis, out)
-    written = write_report(analysis, name, figures, out)
+    pruned = _pruned_of(engine, name)
+    written = write_report(analysis, name, figures, out, pruned)
 
     def cell(e) -> str:  # noqa: ANN001 - a fit.Estimate
         return f"{e.value:.3g}" + ("" if e.low != e.low else f" [{e.low:.3g}, {e.high:.3g}]")
@@ -671,7 +672,28 @@ def fit_laws(
         else:
             allocation.add_row(estimate.estimator, cell(estimate.a), cell(estimate.b))
     console.print(allocation)
+    if pruned:
+        saved = sum(p["saved_pflops"] for p in pruned)
+        table = Table(title=f"pruned trajectories (adaptive): {len(pruned)}, saving {saved:.3g} PFLOPs")
+        for column in ("job", "model", "N", "epochs run", "saved PFLOPs", "closest point vs envelope"):
+            table.add_column(column, justify="left" if column in ("model", "closest point vs envelope") else "right")
+        for p in pruned:
+            table.add_row(str(p["job_id"]), p["model"], f"{p['examples']:,}", f"{p['epochs_done']}/{p['epochs']}",
+                          f"{p['saved_pflops']:.3g}", f"T = {p['epoch']}: low {p['low']:.4f} > {p['envelope']:.4f}")
+        console.print(table)
     console.print("wrote " + ", ".join(str(p) for p in [*figures, *written]), markup=False, highlight=False)
+
+
+def _pruned_of(engine, name: str) -> list[dict] | None:  # noqa: ANN001
+    """An adaptive study's pruned trajectories (adaptive.pruned_summary); None for a plain study."""
+    from . import adaptive
+
+    try:
+        config = adaptive.settings(engine, name)
+    except StudyError:
+        config = None
+    rows = adaptive.pruned_summary(engine, name)
+    return rows if config is not None or rows or db.pruning_rows(engine, name) else None
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m scaling_study`
