@@ -1,7 +1,7 @@
 """Adaptive studies (issue #12): how much compute pruning saves, and what it does to the law.
 
     python benchmarks/adaptive.py simulate            # (a) no training: seconds to a minute
-    python benchmarks/adaptive.py demo [--work DIR]   # (b) grids/demo.toml trained in full and adaptively
+    python benchmarks/adaptive.py demo [--work DIR] [--arms default,unprotected]   # (b) trained, ~20-40 min
 
 (a) The shape of grids/cifar100.toml (6 models x 5 subset sizes, trajectories evaluated at
 T = 50..800) on synthetic points from a known E(P, D) law (scaling_study.synthetic, with its
@@ -12,8 +12,8 @@ compute spent (Eq. 4 of what was run) and the exponents fitted on what was recor
 full, against the truth; once with the default guards and once with protect_spanning = false.
 
 (b) Runs `study plan` + `study run` + `study fit` on grids/demo.toml twice from scratch in one
-invocation, same seeds: once plain, once with `study run --adaptive` (the grid's [adaptive]
-defaults, or --no-protect for protect_spanning = false). It records the compute actually
+invocation, same seeds: once plain, then with `study run --adaptive` for each arm (the grid's
+[adaptive] defaults; and protect_spanning = false). It records the compute actually
 trained (Eq. 4 of each job's epochs_done), wall time, and every headline number of fit.json
 (E(C) alpha, alpha_P, alpha_N, allocation a/b by each estimator), and checks each adaptive
 value against the full run's 95% interval. The goal of the issue: at most 50% of the compute.
@@ -209,42 +209,55 @@ def fit_headline(fit: dict) -> dict:
     return out
 
 
-def run_demo(work: Path, protect: bool) -> dict:
-    full = demo_arm(work / "full", False, protect)
-    adapt = demo_arm(work / ("adaptive" if protect else "adaptive-unprotected"), True, protect)
+def compare(full: dict, adapt: dict) -> dict:
     inside = {}
     for key, e in adapt["headline"].items():
         reference = full["headline"].get(key)
         if reference and reference["low"] is not None and e["value"] is not None:
             inside[key] = bool(reference["low"] <= e["value"] <= reference["high"])
-    return {"grid": "grids/demo.toml", "protect_spanning": protect, "full": full, "adaptive": adapt,
-            "compute_ratio": adapt["compute_pflops"] / full["compute_pflops"],
-            "wall_ratio": adapt["wall_s"] / full["wall_s"], "inside_full_95": inside,
-            "goal_met": bool(adapt["compute_pflops"] <= 0.5 * full["compute_pflops"] and all(inside.values()))}
+    missing = [key for key in full["headline"] if key not in adapt["headline"]]
+    return {"compute_ratio": adapt["compute_pflops"] / full["compute_pflops"], "wall_ratio": adapt["wall_s"] / full["wall_s"],
+            "inside_full_95": inside, "not_fitted": missing,
+            "goal_met": bool(adapt["compute_pflops"] <= 0.5 * full["compute_pflops"] and all(inside.values()) and not missing)}
+
+
+def run_demo(work: Path, arms: list[str]) -> dict:
+    """The full demo, then each adaptive arm (default: the grid's guards; unprotected: protect_spanning = false)."""
+    report = {"grid": "grids/demo.toml", "full": demo_arm(work / "full", False, True)}
+    for arm in arms:
+        result = demo_arm(work / f"adaptive-{arm}", True, arm == "default")
+        report[f"adaptive_{arm}"] = {**result, **compare(report["full"], result)}
+        write("adaptive_demo", report)  # an arm that finishes is kept even if the next one is cut short
+    return report
 
 
 def print_demo(report: dict) -> None:
-    full, adapt = report["full"], report["adaptive"]
-    print(f"demo (protect_spanning = {str(report['protect_spanning']).lower()}): compute {adapt['compute_pflops']:.4g} "
-          f"vs {full['compute_pflops']:.4g} PFLOPs ({report['compute_ratio']:.1%}), wall {adapt['wall_s']:.0f} vs "
-          f"{full['wall_s']:.0f} s ({report['wall_ratio']:.1%}), {adapt['pruned']} of 24 trajectories pruned")
-    for key, e in full["headline"].items():
-        a = adapt["headline"].get(key)
+    full = report["full"]
+    for label in [k for k in report if k.startswith("adaptive_")]:
+        adapt = report[label]
+        print(f"demo, {label}: compute {adapt['compute_pflops']:.4g} vs {full['compute_pflops']:.4g} PFLOPs "
+              f"({adapt['compute_ratio']:.1%}), wall {adapt['wall_s']:.0f} vs {full['wall_s']:.0f} s "
+              f"({adapt['wall_ratio']:.1%}), {adapt['pruned']} of 24 trajectories pruned")
+        for key, e in full["headline"].items():
+            a = adapt["headline"].get(key)
 
-        def cell(x) -> str:  # noqa: ANN001
-            if x is None or x["value"] is None:
-                return "-"
-            return f"{x['value']:.3f}" + ("" if x["low"] is None else f" [{x['low']:.3f}, {x['high']:.3f}]")
+            def cell(x) -> str:  # noqa: ANN001
+                if x is None or x["value"] is None:
+                    return "-"
+                return f"{x['value']:.3f}" + ("" if x["low"] is None else f" [{x['low']:.3f}, {x['high']:.3f}]")
 
-        print(f"  {key:18} full {cell(e):>24}  adaptive {cell(a):>24}  inside: {report['inside_full_95'].get(key)}")
-    print(f"goal (<= 50% compute, every headline inside the full 95% interval): {'met' if report['goal_met'] else 'not met'}")
+            print(f"  {key:18} full {cell(e):>24}  adaptive {cell(a):>24}  inside: {adapt['inside_full_95'].get(key)}")
+        print(f"  goal (<= 50% compute, every headline inside the full 95% interval): "
+              f"{'met' if adapt['goal_met'] else 'not met'}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=("simulate", "demo"))
     parser.add_argument("--work", type=Path, default=None, help="Folder for the demo's databases, runs and reports")
-    parser.add_argument("--no-protect", action="store_true", help="demo: adaptive arm with protect_spanning = false")
+    parser.add_argument("--arms", default="default,unprotected",
+                        help="demo: adaptive arms to run after the full one (default: the grid's guards; "
+                             "unprotected: protect_spanning = false)")
     args = parser.parse_args()
     if args.part == "simulate":
         report = run_simulation()
@@ -252,9 +265,9 @@ def main() -> None:
         print(f"wrote {write('adaptive_simulation', report)}")
         return
     with tempfile.TemporaryDirectory() as tmp:
-        report = run_demo(args.work or Path(tmp), not args.no_protect)
+        report = run_demo(args.work or Path(tmp), [a for a in args.arms.split(",") if a])
     print_demo(report)
-    print(f"wrote {write('adaptive_demo' + ('' if not args.no_protect else '_unprotected'), report)}")
+    print(f"wrote {write('adaptive_demo', report)}")
 
 
 if __name__ == "__main__":
