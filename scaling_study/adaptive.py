@@ -107,7 +107,7 @@ def fit_law(points: pd.DataFrame, resamples: int, seed: int) -> LawFit | None:
     """The parametric law refitted on `points` (seeded); None when it cannot be fitted."""
     _, gamma = flops_scaling(points)
     fit = fit_parametric(points, resamples, np.random.default_rng(seed), gamma)
-    return fit if isinstance(fit, LawFit) and fit.samples is not None and len(fit.samples["alpha"]) >= 2 else None
+    return fit if isinstance(fit, LawFit) and fit.samples is not None and len(fit.draws()["alpha"]) >= 2 else None
 
 
 def predict_trajectory(points: pd.DataFrame, targets: pd.DataFrame, fit: LawFit, confidence: float) -> pd.DataFrame:
@@ -117,7 +117,7 @@ def predict_trajectory(points: pd.DataFrame, targets: pd.DataFrame, fit: LawFit,
     E(P, N T) of the fitted law, times the ratio of the trajectory's latest recorded error to the
     law's value there (pending trajectories have none: the law alone). Each bootstrap refit gives one
     prediction; low and high are its (1 - confidence) and confidence quantiles."""
-    s = fit.samples
+    s = fit.draws()
     names = ("E_inf", "A", "alpha", "B", "beta")
     point = np.array([[fit.value(k)] for k in names])
     boot = np.array([s[k] for k in names])

@@ -11,9 +11,11 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import exc as sa_errors
 
 from . import budget, db
-from .errors import StudyError
+from .checks import output_problem, printable
+from .errors import BadInput, StudyError
 
 app = typer.Typer(
     help="Plan, run, resume and fit compute-scaling studies of MLPs.",
@@ -21,8 +23,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-errors = Console(stderr=True)
+console = Console(emoji=False, markup=False)  # user text (names, paths, cuda:O) is printed as it is
+errors = Console(stderr=True, emoji=False, markup=False)
 
 DbOption = Annotated[
     Optional[str],
@@ -38,8 +40,13 @@ def user_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except StudyError as error:
-            errors.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+            errors.print(f"error: {printable(error)}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(error.exit_code) from None
+        except (OSError, sa_errors.SQLAlchemyError) as error:  # a fault no check foresaw: still one line
+            words = printable(getattr(error, "orig", None) or error).strip().splitlines()
+            errors.print(f"error: {type(error).__name__}: {words[0] if words else ''}", markup=False,
+                         highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -121,6 +128,11 @@ def plan(
             where = f" on {device}" if len(devices) > 1 else ""
             why = f"{missing} not measured at this resolution and batch size{where} (`study bench {grid_file}`)"
         console.print(f"no hours yet: {why}", markup=False, highlight=False)
+    from .checks import missing_data
+
+    for where, path in missing_data(specs[:1] or ()):
+        errors.print(f"warning: no data at {path} ({where}) on this machine; planned anyway, for a machine that "
+                     "has it: `study run` there (here it refuses to start until the path exists)", soft_wrap=True)
     if engine is None:
         return
     added, existing = db.add_jobs(engine, grid.study.name, str(grid_file), grid.text, specs)
@@ -179,11 +191,14 @@ def status(
     db_url: DbOption = None,
     study: Annotated[Optional[str], typer.Option(help="Only this study")] = None,
     all_jobs: Annotated[bool, typer.Option("--jobs", help="List every job")] = False,
+    limit: Annotated[int, typer.Option(min=0, help="List at most this many jobs, the first by id (0: all)")] = 100,
 ) -> None:
     """Jobs by state per study; running jobs with worker, progress and ETA; failures with reason."""
     import datetime as dt
 
-    engine = db.connect(db_url)
+    engine = db.connect(db_url, create=False, write=False)
+    if study:
+        _one_study(engine, study)
     counts = db.job_counts(engine, study)
     if not counts:
         console.print("no jobs planned yet: run `study plan GRID` first")
@@ -193,11 +208,12 @@ def status(
     for state in db.JOB_STATES:
         table.add_column(state, justify="right")
     for name, by_state in counts.items():
-        table.add_row(name, *(str(by_state.get(state, 0)) for state in db.JOB_STATES))
+        table.add_row(printable(name), *(str(by_state.get(state, 0)) for state in db.JOB_STATES))
     console.print(table)
     _law_so_far(engine, list(counts))
     shown = None if all_jobs else ("running", "failed", "diverged")
-    rows = db.job_rows(engine, study, shown)
+    total = sum(n for name, by_state in counts.items() for state, n in by_state.items() if not shown or state in shown)
+    rows = db.job_listing(engine, study, shown, limit or None)  # one query, as many rows as are printed
     if not rows:
         return
     jobs_table = Table(title="jobs" if all_jobs else "running and failed jobs")
@@ -211,10 +227,12 @@ def status(
             left = elapsed / row["epochs_done"] * (row["epochs"] - row["epochs_done"])
             eta = str(dt.timedelta(seconds=round(left)))
         jobs_table.add_row(
-            str(row["id"]), row["study"], row["model"], f"{row['examples']:,}", row["state"],
-            f"{row['epochs_done']}/{row['epochs']}", row["worker"] or "", eta, row["error"] or "",
+            str(row["id"]), printable(row["study"]), printable(row["model"]), f"{row['examples']:,}", row["state"],
+            f"{row['epochs_done']}/{row['epochs']}", printable(row["worker"] or ""), eta, printable(row["error"] or ""),
         )
     console.print(jobs_table)
+    if len(rows) < total:
+        console.print(f"listed {len(rows):,} of {total:,} jobs (the first by id); --limit 0 lists all")
 
 
 def _law_so_far(engine, names) -> None:  # noqa: ANN001
@@ -330,13 +348,17 @@ def run(
 
     from . import runner
 
+    runner.resolve_device(device)  # a bad --device is a usage error, found before any job is claimed
     options = runner.RunOptions(
         db_url=db_url, device=device, resume=resume, study=study, max_jobs=max_jobs, until=_parse_until(until),
         runs_dir=runs_dir, lease_s=lease, checkpoint_every_s=checkpoint_every, max_attempts=max_attempts,
         adaptive=adaptive,
     )
     engine = db.connect(db_url)
+    if study:
+        _one_study(engine, study)
     pending = [r for r in db.job_rows(engine, study, ("pending",)) if resume or r["attempts"] == 0]
+    _refuse_missing_data(pending)
     total = min(len(pending), max_jobs or len(pending))
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
@@ -360,6 +382,25 @@ def run(
         raise typer.Exit(143 if "SIGTERM" in summary.stop_reason else 130 if "SIGINT" in summary.stop_reason else 0)
 
 
+def _refuse_missing_data(pending: list[dict]) -> None:
+    """`study run` starts only when every job it may claim finds its data here: a job is not
+    failed, nor an attempt spent, for a path that is missing on this machine."""
+    import json
+
+    from .checks import missing_data
+
+    by_path: dict[str, tuple[str, list[int]]] = {}
+    for row in pending:
+        for where, path in missing_data([json.loads(row["spec"])]):
+            by_path.setdefault(path, (where, []))[1].append(row["id"])
+    if by_path:
+        path, (where, ids) = next(iter(by_path.items()))
+        more = f" (and {len(by_path) - 1} more missing path(s))" if len(by_path) > 1 else ""
+        shown = ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
+        raise BadInput(f"no data at {path} ({where} of job(s) {shown}){more} on this machine; nothing was claimed: "
+                       "put the data there (or a link to it), or run with --study for another study")
+
+
 @app.command()
 @user_errors
 def logs(job: Annotated[int, typer.Argument(help="Job id (see `study status --jobs`)")], db_url: DbOption = None,
@@ -367,7 +408,7 @@ def logs(job: Annotated[int, typer.Argument(help="Job id (see `study status --jo
     """Print a job's log file and its attempts."""
     from .runner import job_dir
 
-    engine = db.connect(db_url)
+    engine = db.connect(db_url, create=False, write=False)
     row = db.job_row(engine, job)
     path = job_dir(runs_dir, row) / "log.txt"
     for attempt in db.attempt_rows(engine, job):
@@ -385,7 +426,7 @@ def logs(job: Annotated[int, typer.Argument(help="Job id (see `study status --jo
 @user_errors
 def retry(job: Annotated[int, typer.Argument(help="Job id")], db_url: DbOption = None) -> None:
     """Put a failed, diverged, cancelled or pruned job back to pending (it resumes from its checkpoint if any)."""
-    old = db.set_state(db.connect(db_url), job, "pending", ("failed", "diverged", "cancelled", "pruned"))
+    old = db.set_state(db.connect(db_url, create=False), job, "pending", ("failed", "diverged", "cancelled", "pruned"))
     console.print(f"job {job}: {old} -> pending")
 
 
@@ -393,7 +434,7 @@ def retry(job: Annotated[int, typer.Argument(help="Job id")], db_url: DbOption =
 @user_errors
 def cancel(job: Annotated[int, typer.Argument(help="Job id")], db_url: DbOption = None) -> None:
     """Cancel a pending or running job (a running worker stops at its next heartbeat)."""
-    old = db.set_state(db.connect(db_url), job, "cancelled", ("pending", "running"))
+    old = db.set_state(db.connect(db_url, create=False), job, "cancelled", ("pending", "running"))
     console.print(f"job {job}: {old} -> cancelled")
 
 
@@ -559,12 +600,12 @@ def _one_study(engine, study: str | None) -> str:  # noqa: ANN001 - an Engine
     names = db.study_names(engine)
     if study:
         if study not in names:
-            raise StudyError(f"no study {study!r}; studies in the database: {', '.join(names) or 'none'}")
+            raise BadInput(f"no study {study!r}; studies in the database: {', '.join(map(repr, names)) or 'none'}")
         return study
     if not names:
-        raise StudyError("the database has no studies yet: `study plan GRID` or `study import FILE.csv` first")
+        raise BadInput("the database has no studies yet: `study plan GRID` or `study import FILE.csv` first")
     if len(names) > 1:
-        raise StudyError(f"{len(names)} studies in the database; choose one with --study: {', '.join(names)}")
+        raise BadInput(f"{len(names)} studies in the database; choose one with --study: {', '.join(names)}")
     return names[0]
 
 
@@ -576,14 +617,20 @@ def import_results(
     db_url: DbOption = None,
 ) -> None:
     """Import results produced elsewhere; every bad row is reported and then nothing is imported."""
+    import csv
+
     from .exchange import BadRows, read_results_csv
 
     try:
         trajectories = read_results_csv(file, study)
     except BadRows as bad:  # one line per bad row, then the summary as the error
         for row in bad.rows:
-            errors.print(row, markup=False, highlight=False, soft_wrap=True)
+            errors.print(printable(row), markup=False, highlight=False, soft_wrap=True)
         raise StudyError(bad.summary) from None
+    except UnicodeDecodeError as error:
+        raise BadInput(f"{file}: not a UTF-8 text CSV (byte {error.start}: {error.reason}); give the results as CSV text") from None
+    except csv.Error as error:  # e.g. a NUL byte
+        raise BadInput(f"{file}: not a readable CSV ({error}); give the results as CSV text") from None
     engine = db.connect(db_url)
     jobs_added, points_added, present = db.import_trajectories(engine, str(file), trajectories)
     names = sorted({t["study"] for t in trajectories})
@@ -608,13 +655,19 @@ def export_results(
 
     if fmt not in FORMATS:
         raise StudyError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
-    engine = db.connect(db_url)
+    target = out or Path(f"evaluations.{fmt}")
+    if problem := output_problem(target):
+        raise BadInput(f"cannot write --out {target}: {problem}")
+    engine = db.connect(db_url, create=False, write=False)
     if study:
         _one_study(engine, study)
     frame = db.evaluations_frame(engine, study, metric)
     if frame.empty:
         raise StudyError("no evaluation points to export" + (f" for metric {metric!r}" if metric else ""))
-    path = write_frame(frame, out or Path(f"evaluations.{fmt}"), fmt)
+    try:
+        path = write_frame(frame, target, fmt)
+    except OSError as error:  # e.g. /proc, a full disk: what stood there is left as it was
+        raise BadInput(f"cannot write --out {target}: {error.strerror or error}; choose another path") from None
     console.print(f"wrote {len(frame)} evaluation points to {path}", markup=False, highlight=False)
 
 
@@ -630,21 +683,30 @@ def fit_laws(
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% intervals")] = 1000,
     out: Annotated[Path, typer.Option(help="Directory for the figures, report.md and fit.json")] = Path("reports"),
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples")] = 0,
+    merge_sizes: Annotated[float, typer.Option(min=0.0, max=0.5, help="Merge models whose parameter counts differ by less than this relative tolerance")] = 0.01,
+    budget_tolerance: Annotated[float, typer.Option(min=1e-6, max=2.0, help="Points whose log compute differ by at most this share an iso-FLOP budget")] = 0.1,
 ) -> None:
     """Fit E(C), the bottleneck laws and the compute-optimal allocation; write figures and a report."""
     from . import analysis as fits
+    from .analysis import identifiability
     from .plots import write_figures
     from .report import write_report
 
     if kind and kind not in MODEL_KINDS:
         raise StudyError(f"unknown --kind {kind!r}; valid kinds: {', '.join(MODEL_KINDS)}")
-    engine = db.connect(db_url)
+    if problem := output_problem(out, folder=True):
+        raise BadInput(f"cannot write --out {out}: {problem}")
+    engine = db.connect(db_url, create=False, write=False)
     name = _one_study(engine, study)
-    selected, filters = fits.select(db.evaluations_frame(engine, name, metric), metric, kind, exclude or ())
-    analysis = fits.analyse(selected, filters, epochs, bootstrap, seed)
-    figures = write_figures(analysis, out)
-    pruned = _pruned_of(engine, name)
-    written = write_report(analysis, name, figures, out, pruned)
+    # every metric, so that a mistyped --metric is told the ones present
+    selected, filters = fits.select(db.evaluations_frame(engine, name, None), metric, kind, exclude or ())
+    analysis = fits.analyse(selected, filters, epochs, bootstrap, seed, merge_tolerance=merge_sizes,
+                            budget_tolerance=budget_tolerance)
+    try:
+        figures = write_figures(analysis, out)
+        written = write_report(analysis, name, figures, out, _pruned_of(engine, name))
+    except OSError as error:
+        raise BadInput(f"cannot write --out {out}: {error.strerror or error}; choose another folder") from None
 
     def cell(e) -> str:  # noqa: ANN001 - a fit.Estimate
         return f"{e.value:.3g}" + ("" if e.low != e.low else f" [{e.low:.3g}, {e.high:.3g}]")
@@ -661,18 +723,29 @@ def fit_laws(
             alpha = cell(law.params["alpha"])
             if "beta" in law.params:
                 alpha += f", beta {cell(law.params['beta'])}"
-            laws.add_row(label, str(len(law.points)), alpha, cell(law.params["E_inf"]), law.status)
+            laws.add_row(label, str(len(law.points)), alpha, cell(law.params["E_inf"]),
+                         identifiability.status_text(law.status, identifiability.law_flags(law)))
     console.print(laws)
     allocation = Table(title=f"compute-optimal allocation P* ~ C^a, N* ~ C^b (T = {analysis.epochs})")
-    for column in ("estimator", "a", "b"):
-        allocation.add_column(column, justify="left" if column == "estimator" else "right")
+    for column in ("estimator", "a", "b", "mode"):
+        allocation.add_column(column, justify="left" if column in ("estimator", "mode") else "right")
     for estimate in analysis.allocations:
         if isinstance(estimate, fits.Skipped):
-            allocation.add_row(estimate.name, "not fitted", estimate.reason)
+            allocation.add_row(estimate.name, "not fitted", estimate.reason, "")
         else:
-            allocation.add_row(estimate.estimator, cell(estimate.a), cell(estimate.b))
+            allocation.add_row(estimate.estimator, cell(estimate.a), cell(estimate.b),
+                               identifiability.status_text(estimate.mode, identifiability.allocation_flags(estimate)))
     console.print(allocation)
-    if pruned:
+    sweep = analysis.sweep
+    console.print(f"sweep: {sweep['mode']} ({sweep['reason']})", markup=False, highlight=False, soft_wrap=True)
+    for name, flags in identifiability.analysis_flags(analysis).items():
+        for flag in flags:
+            console.print(f"not identified: {name} {flag['param']}: {flag['reason']}", markup=False, highlight=False,
+                          soft_wrap=True)
+    for group in sweep["merged_sizes"]["groups"]:
+        console.print(f"merged into {group['model']}: " + ", ".join(m["model"] for m in group["merged"]),
+                      markup=False, highlight=False, soft_wrap=True)
+    if pruned := _pruned_of(engine, name):
         saved = sum(p["saved_pflops"] for p in pruned)
         table = Table(title=f"pruned trajectories (adaptive): {len(pruned)}, saving {saved:.3g} PFLOPs")
         for column in ("job", "model", "N", "epochs run", "saved PFLOPs", "closest point vs envelope"):

@@ -11,11 +11,12 @@ import datetime as dt
 import json
 import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .errors import StudyError
+from .errors import BadInput, StudyError
 
 DEFAULT_URL = "sqlite:///results.db"
 URL_VARIABLE = "STUDY_DB"
@@ -121,19 +122,56 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def connect(url: str | None = None, migrate: bool = True) -> Engine:
-    """An engine for `url` with the schema migrated to the newest version."""
+def _sqlite_file(engine: Engine) -> str | None:
+    """The file of a SQLite engine, None for an in-memory one or another dialect."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    return None if not database or database == ":memory:" or database.startswith("file:") else database
+
+
+def _check_sqlite_file(url: str, path: str, create: bool, write: bool) -> None:
+    """Refuse, before any work, a database file that is missing (for commands that only use existing
+    jobs), not a file, or read-only (with its folder: SQLite writes its log beside it)."""
+    file = Path(path)
+    if not file.exists():
+        if not create:
+            raise BadInput(f"database {url} does not exist (no file {file}); check --db or ${URL_VARIABLE}, "
+                           "or `study plan GRID` to create it")
+        if not file.parent.is_dir():
+            raise BadInput(f"cannot create database {url}: folder {file.parent} does not exist")
+    elif not file.is_file():
+        raise BadInput(f"database {url}: {file} is not a file")
+    folder = file.parent if str(file.parent) else Path(".")
+    if write or not file.exists():
+        if file.exists() and not os.access(file, os.W_OK):
+            raise BadInput(f"database {url} is read-only ({file}); make it writable or copy it somewhere writable")
+        if not os.access(folder, os.W_OK):
+            raise BadInput(f"database {url} is in a read-only folder ({folder}; SQLite writes its log beside the "
+                           "file); make the folder writable or copy the database somewhere writable")
+
+
+def connect(url: str | None = None, migrate: bool = True, create: bool = True, write: bool = True) -> Engine:
+    """An engine for `url` with the schema migrated to the newest version.
+
+    create=False: a SQLite file that does not exist is refused rather than made (commands that only
+    read or change existing jobs); write=False: a read-only file is fine (commands that only read)."""
     url = database_url(url)
     try:
         engine = sa.create_engine(url, future=True)
     except (sa.exc.ArgumentError, ImportError, ModuleNotFoundError) as error:
         raise StudyError(f"cannot use database URL {url!r}: {error}") from None
     if engine.dialect.name == "sqlite":
+        if path := _sqlite_file(engine):
+            _check_sqlite_file(url, path, create, write)
         _sqlite_setup(engine)
     try:
         if migrate:
             apply_migrations(engine)
     except sa.exc.OperationalError as error:
+        raise StudyError(f"cannot open database {url!r}: {error.orig}") from None
+    except sa.exc.DatabaseError as error:  # e.g. random bytes, a text file, a truncated database
+        if engine.dialect.name == "sqlite":
+            raise BadInput(f"{_sqlite_file(engine) or url} is not a readable SQLite database ({error.orig}); "
+                           "check --db") from None
         raise StudyError(f"cannot open database {url!r}: {error.orig}") from None
     return engine
 
@@ -141,6 +179,12 @@ def connect(url: str | None = None, migrate: bool = True) -> Engine:
 def apply_migrations(engine: Engine) -> list[str]:
     """Apply the migrations not yet recorded, each in its own transaction; returns their names."""
     applied = []
+    with engine.connect() as conn:  # a database from a newer version is refused before anything is written
+        recorded = set(conn.execute(sa.select(migrations_table.c.name)).scalars()) if sa.inspect(conn).has_table(
+            migrations_table.name) else set()
+    if unknown := sorted(recorded - {name for name, _ in MIGRATIONS}):
+        raise BadInput(f"the database {engine.url.render_as_string(hide_password=True)} was written by a newer "
+                         f"scaling-study (migration {', '.join(unknown)}); upgrade scaling-study to use it")
     with engine.begin() as conn:
         migrations_table.create(conn, checkfirst=True)
     for name, migration in MIGRATIONS:
@@ -159,6 +203,15 @@ def apply_migrations(engine: Engine) -> list[str]:
 def add_jobs(engine: Engine, study_name: str, grid_path: str, grid_toml: str, specs: Iterable) -> tuple[int, int]:
     """Record a study and those of its jobs not yet known, in one transaction: (added, existing)."""
     specs = list(specs)
+    try:
+        return _add_jobs(engine, study_name, grid_path, grid_toml, specs)
+    except sa.exc.OperationalError as error:  # a full disk, a lock held too long: the transaction rolled back
+        words = str(error.orig).strip().splitlines()[0]
+        raise StudyError(f"the database refused the plan ({words}); nothing was planned, the database is as it "
+                         "was: free space (or retry when it is free) and plan again") from None
+
+
+def _add_jobs(engine: Engine, study_name: str, grid_path: str, grid_toml: str, specs: list) -> tuple[int, int]:
     with engine.begin() as conn:
         row = conn.execute(sa.select(studies.c.id).where(studies.c.name == study_name)).first()
         if row:
@@ -212,6 +265,12 @@ def job_counts(engine: Engine, study_name: str | None = None) -> dict[str, dict[
     return counts
 
 
+def study_grid_text(engine: Engine, name: str) -> str:
+    """The grid TOML a study was last planned from ('' for an imported study or an unknown name)."""
+    with engine.connect() as conn:
+        return conn.execute(sa.select(studies.c.grid_toml).where(studies.c.name == name)).scalar() or ""
+
+
 def study_names(engine: Engine) -> list[str]:
     """Every study in the database, oldest first."""
     with engine.connect() as conn:
@@ -260,6 +319,22 @@ def _worker_alive(worker: str, host: str) -> bool:
     return True
 
 
+def _close_open_attempts(conn: Connection, job_id: int, outcome: str, message: str | None) -> None:
+    """Give every attempt of a job that has no outcome yet this one (a lost worker, a cancel)."""
+    conn.execute(
+        attempts.update().where(attempts.c.job_id == job_id, attempts.c.outcome.is_(None)).values(
+            ended_at=now(), outcome=outcome, message=message
+        )
+    )
+
+
+def _next_attempt(conn: Connection, job_id: int) -> int:
+    """One more than the highest attempt number ever recorded for the job: numbers only grow,
+    across `study retry` too (which resets the job's budget of attempts, not its history)."""
+    highest = conn.execute(sa.select(sa.func.max(attempts.c.attempt)).where(attempts.c.job_id == job_id)).scalar()
+    return (highest or 0) + 1
+
+
 def reclaim_lost(engine: Engine, host: str, max_attempts: int) -> list[tuple[int, str]]:
     """Jobs whose worker died (lease expired, or its process is gone on this host) go back to
     pending, or to failed after `max_attempts`; returns (job id, new state)."""
@@ -281,11 +356,7 @@ def reclaim_lost(engine: Engine, host: str, max_attempts: int) -> list[tuple[int
                     finished_at=now() if state == "failed" else None,
                 )
             )
-            conn.execute(
-                attempts.update().where(attempts.c.job_id == row.id, attempts.c.attempt == row.attempts).values(
-                    ended_at=now(), outcome="lost", message=reason
-                )
-            )
+            _close_open_attempts(conn, row.id, "lost", reason)
             changed.append((row.id, state))
     return changed
 
@@ -311,10 +382,11 @@ def claim_job(
         row = conn.execute(query).mappings().first()
         if row is None:
             return None
-        attempt = row["attempts"] + 1
+        budget_used = row["attempts"] + 1  # attempts since the job was planned or last retried
+        attempt = _next_attempt(conn, row["id"])  # its number in the job's whole history
         claimed = conn.execute(
             jobs.update().where(jobs.c.id == row["id"], jobs.c.state == "pending").values(
-                state="running", worker=worker, attempts=attempt, error=None,
+                state="running", worker=worker, attempts=budget_used, error=None,
                 lease_expires=now() + dt.timedelta(seconds=lease_s),
                 started_at=row["started_at"] or now(),
                 provenance=json.dumps(provenance or {}, sort_keys=True),
@@ -326,7 +398,7 @@ def claim_job(
         study_name, study_created = conn.execute(
             sa.select(studies.c.name, studies.c.created_at).where(studies.c.id == row["study_id"])).one()
     job = dict(row)
-    job.update(attempts=attempt, study=study_name, study_created_at=study_created)
+    job.update(attempts=budget_used, attempt=attempt, study=study_name, study_created_at=study_created)
     return job
 
 
@@ -415,7 +487,7 @@ def finish_job(
             return False
         _insert_points(conn, job["id"], job["flops_per_example"], _examples_per_epoch(job), points)
         conn.execute(
-            attempts.update().where(attempts.c.job_id == job["id"], attempts.c.attempt == job["attempts"]).values(
+            attempts.update().where(attempts.c.job_id == job["id"], attempts.c.attempt == job["attempt"]).values(
                 ended_at=now(), outcome=outcome or state, message=message or None
             )
         )
@@ -439,6 +511,8 @@ def set_state(engine: Engine, job_id: int, new_state: str, allowed_from: tuple[s
         if new_state == "cancelled":
             values.update(finished_at=now(), lease_expires=None)  # a running worker sees it at its next heartbeat
         conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
+        if row.state == "running":  # the worker's attempt ends here: it records nothing once it sees the cancel
+            _close_open_attempts(conn, job_id, new_state, f"{new_state} by `study {'retry' if new_state == 'pending' else 'cancel'}`")
     return row.state
 
 
@@ -452,6 +526,21 @@ def job_rows(engine: Engine, study: str | None = None, states: tuple[str, ...] |
         query = query.where(studies.c.name == study)
     if states:
         query = query.where(jobs.c.state.in_(states))
+    with engine.connect() as conn:
+        return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def job_listing(engine: Engine, study: str | None = None, states: tuple[str, ...] | None = None,
+                limit: int | None = None) -> list[dict]:
+    """What `study status` lists, in one query: the first `limit` jobs by id, without their specs."""
+    columns = [c for c in jobs.c if c.name not in ("spec", "provenance")]
+    query = sa.select(*columns, studies.c.name.label("study")).select_from(jobs.join(studies)).order_by(jobs.c.id)
+    if study:
+        query = query.where(studies.c.name == study)
+    if states:
+        query = query.where(jobs.c.state.in_(states))
+    if limit:
+        query = query.limit(limit)
     with engine.connect() as conn:
         return [dict(row) for row in conn.execute(query).mappings()]
 
@@ -541,8 +630,28 @@ def latest_calibrations(engine: Engine, resolution: int, channels: int, batch_si
 # ---- Analysis: every evaluation point as a frame, and results imported from elsewhere ----
 
 FRAME_COLUMNS = ("study", "job_id", "model", "kind", "params", "flops_per_example", "examples", "epochs", "seed",
-                 "metric", "error", "compute", "state")
+                 "metric", "error", "compute", "state", "metric_kind")
 _KIND_PREFIXES = {"B-": "bottleneck", "S-": "standard"}
+
+
+metric_kinds = sa.Table(
+    "metric_kinds",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("study_id", sa.ForeignKey("studies.id"), nullable=False),
+    sa.Column("metric", sa.String(100), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),  # error (a rate in [0, 1]) | loss | value (any positive number)
+    sa.UniqueConstraint("study_id", "metric", name="uq_metric_kinds"),
+)
+DEFAULT_METRIC_KIND = "error"  # what training records (top-1 and probe errors), and any metric not recorded
+
+
+def _metric_kinds_table(conn: Connection) -> None:
+    if not sa.inspect(conn).has_table("metric_kinds"):
+        metric_kinds.create(conn)
+
+
+MIGRATIONS.append(("0005_metric_kinds", _metric_kinds_table))
 
 
 def _model_kind(model: str, spec: str) -> str:
@@ -570,17 +679,21 @@ def evaluations_frame(engine: Engine, study: str | None = None, metric: str | No
         .order_by(studies.c.name, jobs.c.id, evaluations.c.metric, evaluations.c.epoch)
     )
     specs = sa.select(jobs.c.id, jobs.c.model, jobs.c.spec).select_from(jobs.join(studies))
+    recorded = sa.select(studies.c.name, metric_kinds.c.metric, metric_kinds.c.kind).select_from(metric_kinds.join(studies))
     if study:
         query = query.where(studies.c.name == study)
         specs = specs.where(studies.c.name == study)
+        recorded = recorded.where(studies.c.name == study)
     if metric:
         query = query.where(evaluations.c.metric == metric)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
         kinds = {row.id: _model_kind(row.model, row.spec) for row in conn.execute(specs)}
-    frame = pd.DataFrame(rows, columns=[c for c in FRAME_COLUMNS if c != "kind"])
+        metric_kind = {(row.name, row.metric): row.kind for row in conn.execute(recorded)}
+    frame = pd.DataFrame(rows, columns=[c for c in FRAME_COLUMNS if c not in ("kind", "metric_kind")])
     frame.insert(3, "kind", frame["job_id"].map(kinds))
-    types = {"study": str, "model": str, "kind": str, "metric": str, "state": str, "job_id": "int64", "params": "int64", "flops_per_example": "int64", "examples": "int64",
+    frame["metric_kind"] = [metric_kind.get(key, DEFAULT_METRIC_KIND) for key in zip(frame["study"], frame["metric"])]
+    types = {"study": str, "model": str, "kind": str, "metric": str, "state": str, "metric_kind": str, "job_id": "int64", "params": "int64", "flops_per_example": "int64", "examples": "int64",
              "epochs": "int64", "seed": "int64", "error": "float64", "compute": "float64"}
     return frame.astype(types)
 
@@ -589,7 +702,8 @@ def import_trajectories(engine: Engine, source: str, trajectories: Iterable[dict
     """Record imported results in one transaction: (jobs added, points added, points already present).
 
     Each trajectory is a dict with study, spec (a dict), spec_hash, model, params, flops_per_example,
-    examples, seed and points [(epoch, metric, error)]. Its job is `done`; a study or job that exists
+    examples, seed and points [(epoch, metric, error)], optionally metric_kinds {metric: kind}, recorded
+    per study (a metric already recorded with another kind is an error). Its job is `done`; a study or job that exists
     is reused, a point that exists with the same value is skipped, and one that exists with another
     value is an error (nothing is written).
     """
@@ -607,6 +721,19 @@ def import_trajectories(engine: Engine, source: str, trajectories: Iterable[dict
                     studies.insert().values(name=name, grid_path=source, grid_toml="", created_at=now())
                 ).inserted_primary_key[0]
             study_id = study_ids[name]
+            for metric, kind in trajectory.get("metric_kinds", {}).items():
+                known = conn.execute(sa.select(metric_kinds.c.kind).where(
+                    metric_kinds.c.study_id == study_id, metric_kinds.c.metric == metric)).scalar()
+                if known is None:
+                    has_points = conn.execute(sa.select(evaluations.c.id).select_from(evaluations.join(jobs)).where(
+                        jobs.c.study_id == study_id, evaluations.c.metric == metric).limit(1)).first()
+                    known = DEFAULT_METRIC_KIND if has_points else None
+                    if known is None:
+                        conn.execute(metric_kinds.insert().values(study_id=study_id, metric=metric, kind=kind))
+                        known = kind
+                if known != kind:
+                    raise StudyError(f"metric {metric!r} of study {name!r} is recorded with kind {known}, not {kind}; "
+                                     "nothing imported")
             last = max(epoch for epoch, _, _ in trajectory["points"])
             row = conn.execute(
                 sa.select(jobs.c.id, jobs.c.epochs).where(jobs.c.study_id == study_id, jobs.c.spec_hash == trajectory["spec_hash"])

@@ -11,3 +11,9 @@ class GridError(StudyError):
     """A grid file that cannot be planned (bad TOML, unknown key, wrong type, bad value)."""
 
     exit_code = 2
+
+
+class BadInput(StudyError):
+    """A command-line value or input file that cannot be used: a usage error, found before any work."""
+
+    exit_code = 2

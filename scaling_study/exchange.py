@@ -1,7 +1,11 @@
 """Results in and out: `study import` reads a CSV of results produced elsewhere, `study export` writes the frame.
 
 An imported CSV has one row per evaluation point: `model, params, flops_per_example, examples,
-epochs, error`, optionally `metric` (default "imported") and `seed` (default 0). The columns that
+epochs` and the value under one of `error` (an error rate in [0, 1]), `loss` or `value` (any
+positive number: a loss in nats, a perplexity), optionally `metric` (default "imported"), `seed`
+(default 0) and `metric_kind` (error, loss or value: the kind of the row's metric, default the
+name of the value column; `study export` writes it, so a loss study round-trips under `error`).
+The metric's kind is recorded per study and metric. The columns that
 `study export` adds (`study, job_id, kind, state, compute`) are accepted and ignored, except
 `study`, which names the study of the row when `--study` is not given; compute is always
 recomputed by Eq. 4. Every bad row is reported; if there is one, nothing is imported.
@@ -17,13 +21,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from .checks import name_problem, printable
 from .errors import StudyError
 from .files import write_atomic
 
 REQUIRED = ("model", "params", "flops_per_example", "examples", "epochs", "error")
-DEFAULTS = {"metric": "imported", "seed": "0"}
+VALUE_COLUMNS = ("error", "loss", "value")  # one of them holds the value; its name is the metric's kind
+METRIC_KINDS = VALUE_COLUMNS
+DEFAULTS = {"metric": "imported", "seed": "0", "metric_kind": ""}
 IGNORED = ("study", "job_id", "kind", "state", "compute")  # written by `study export`
 FORMATS = ("csv", "parquet")
+INT64_MAX = 2**63 - 1  # the database's BIGINT
 
 
 class BadRows(StudyError):
@@ -37,7 +45,7 @@ class BadRows(StudyError):
 
 def _integer(text: str, positive: bool = True) -> int:
     value = float(text)  # accepts 1e6 and 1000000.0
-    if not math.isfinite(value) or value != int(value) or (positive and value <= 0):
+    if not math.isfinite(value) or value != int(value) or (positive and value <= 0) or abs(value) > INT64_MAX:
         raise ValueError
     return int(value)
 
@@ -60,19 +68,26 @@ def read_results_csv(path: Path, study: str | None = None) -> list[dict]:
         if not header:
             raise StudyError(f"{path}: empty file; expected a header with {', '.join(REQUIRED)}")
         reader.fieldnames = header
-        missing = [c for c in REQUIRED if c not in header]
+        given = [c for c in VALUE_COLUMNS if c in header]
+        if len(given) > 1:
+            raise StudyError(f"{path}:1: value columns {', '.join(given)}; give the value under one of "
+                             f"{', '.join(VALUE_COLUMNS)}")
+        value_column = given[0] if given else "error"
+        missing = [c for c in REQUIRED[:-1] if c not in header] + ([] if given else ["error (or loss, or value)"])
         if missing:
-            raise StudyError(f"{path}:1: missing column(s) {', '.join(missing)}; required: {', '.join(REQUIRED)}")
-        valid = set(REQUIRED) | set(DEFAULTS) | set(IGNORED)
+            raise StudyError(f"{path}:1: missing column(s) {', '.join(missing)}; required: {', '.join(REQUIRED)} "
+                             f"(or loss, or value)")
+        valid = set(REQUIRED) | set(VALUE_COLUMNS) | set(DEFAULTS) | set(IGNORED)
         unknown = [c for c in header if c not in valid]
         if unknown:
             raise StudyError(f"{path}:1: unknown column(s) {', '.join(unknown)}; valid columns: "
-                             f"{', '.join(REQUIRED + tuple(DEFAULTS) + IGNORED)}")
+                             f"{', '.join(REQUIRED + VALUE_COLUMNS[1:] + tuple(DEFAULTS) + IGNORED)}")
         bad: list[str] = []
         rows = 0
         trajectories: dict[tuple, dict] = {}
         seen: dict[tuple, int] = {}
         models: dict[tuple[str, str], tuple[int, int, int]] = {}
+        kinds: dict[tuple[str, str], tuple[str, int]] = {}
         for record in reader:
             rows += 1
             line = reader.line_num
@@ -88,19 +103,30 @@ def read_results_csv(path: Path, study: str | None = None) -> list[dict]:
                 try:
                     parsed[column] = _integer(values[column])
                 except ValueError:
-                    problems.append(f"{column} {values[column]!r} is not a positive integer")
+                    problems.append(f"{column} {values[column]!r} is not a positive integer of at most 2**63 - 1")
+            kind = values.get("metric_kind") or value_column
+            if kind not in METRIC_KINDS:
+                problems.append(f"metric_kind {kind!r} is not one of {', '.join(METRIC_KINDS)}")
             try:
-                parsed["error"] = float(values["error"])
-                if not 0.0 <= parsed["error"] <= 1.0:
+                parsed["error"] = float(values[value_column])
+                if kind == "error" and not 0.0 <= parsed["error"] <= 1.0:
+                    raise ValueError
+                if not math.isfinite(parsed["error"]) or parsed["error"] < 0:
                     raise ValueError
             except ValueError:
-                problems.append(f"error {values['error']!r} is not an error rate in [0, 1]")
+                problems.append(f"{value_column} {values[value_column]!r} is not an error rate in [0, 1]" if kind == "error"
+                                else f"{value_column} {values[value_column]!r} is not a finite number >= 0")
             parsed["metric"] = values.get("metric") or DEFAULTS["metric"]
+            known_kind = kinds.setdefault((study or values.get("study") or path.stem, parsed["metric"]), (kind, line))
+            if known_kind[0] != kind and kind in METRIC_KINDS:
+                problems.append(f"metric {parsed['metric']} has kind {kind} here but {known_kind[0]} on line {known_kind[1]}")
             try:
                 parsed["seed"] = _integer(values.get("seed") or DEFAULTS["seed"], positive=False)
             except ValueError:
                 problems.append(f"seed {values.get('seed')!r} is not an integer")
             parsed["study"] = study or values.get("study") or path.stem
+            if problem := name_problem(parsed["study"]):
+                problems.append(f"study name {printable(parsed['study'])!r} {problem}")
             if problems:
                 bad.append(f"{path}:{line}: " + "; ".join(problems))
                 continue
@@ -122,8 +148,9 @@ def read_results_csv(path: Path, study: str | None = None) -> list[dict]:
                         "seed": parsed["seed"]}
                 trajectories[key] = {"study": parsed["study"], "spec": spec, "spec_hash": _spec_hash(spec),
                                      **{k: spec[k] for k in ("model", "params", "flops_per_example", "examples", "seed")},
-                                     "points": []}
+                                     "points": [], "metric_kinds": {}}
             trajectories[key]["points"].append((parsed["epochs"], parsed["metric"], parsed["error"]))
+            trajectories[key]["metric_kinds"][parsed["metric"]] = kind
     if bad:
         raise BadRows(bad, f"{len(bad)} bad row(s) of {rows} in {path}; nothing imported")
     if not trajectories:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .data import CATALOGUE, DatasetInfo
 from .store import read_meta
+from .checks import name_problem
 from .errors import GridError
 from .models import ModelSpec, parse_model
 
@@ -23,6 +25,7 @@ SCHEDULES = ("constant", "cosine", "wsd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PROTOCOLS = ("linear", "finetune")
 PROBES = ("paper", "fast", "reference")
+MAX_LR = 1e6  # larger rates overflow float32 updates at once (1e6 with SGD already diverges: a test uses it)
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,13 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    """[logging]: where training curves go besides each job's curve.csv (not part of any job's identity)."""
+
+    tensorboard: bool | None = None  # None: TensorBoard events when the package is installed
+
+
+@dataclass(frozen=True)
 class AdaptiveConfig:
     """[adaptive]: coarse-to-fine claim order and pruning against the law (issue #12); off by default."""
 
@@ -141,6 +151,7 @@ class Grid:
     grid: GridAxes
     train: TrainConfig
     evaluation: EvaluationConfig
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     adaptive: AdaptiveConfig = AdaptiveConfig()
 
     @property
@@ -232,6 +243,9 @@ class _Parser:
             if items[0] > items[1]:
                 self.fail(where, f"low must not exceed high, got {list(raw)}", key, section)
             return items
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            inner = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+            return self.value(inner[0], raw, where, key, section)  # TOML has no null: the value is set
         if hint is bool:
             if not isinstance(raw, bool):
                 self.fail(where, f"expected true or false, got {raw!r}", key, section)
@@ -277,7 +291,7 @@ class _Parser:
         return tuple(raw)
 
 
-SECTIONS = ("study", "data", "grid", "train", "evaluation", "adaptive")
+SECTIONS = ("study", "data", "grid", "train", "evaluation", "logging", "adaptive")
 
 
 def parse_grid(text: str, path: str = "<grid>") -> Grid:
@@ -297,6 +311,8 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
     study = parser.table(StudySection, doc["study"], "[study]", "study")
     if not study.name.strip():
         parser.fail("[study].name", "must not be empty", "name", "study")
+    if problem := name_problem(study.name):
+        parser.fail("[study].name", problem, "name", "study")
 
     data = doc["data"]
     if not isinstance(data, dict):
@@ -324,6 +340,9 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
     for name in ("lr", "batch_size"):
         if not getattr(train, name) > 0:
             parser.fail(f"[train].{name}", f"must be positive, got {getattr(train, name)}", name, "train")
+    if train.lr > MAX_LR:
+        parser.fail("[train].lr", f"{train.lr:g} is above {MAX_LR:g}, beyond what an optimizer's float32 "
+                    "update can use; lower it", "lr", "train")
     aug = train.augmentation
     if not (0 < aug.crop_scale[0] and aug.crop_scale[1] <= 1):
         parser.fail("[train.augmentation].crop_scale", "must lie in (0, 1]", "crop_scale", "train.augmentation")
@@ -361,8 +380,9 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
         batch_sizes=parser.positive_list(axes["batch_sizes"], "[grid].batch_sizes", "batch_sizes", "grid")
         if "batch_sizes" in axes else (),
     )
+    logging = parser.table(LoggingConfig, doc.get("logging", {}), "[logging]", "logging")
     adaptive = _adaptive(parser, doc.get("adaptive", {}))
-    grid = Grid(path, text, study, pretrain, downstream, grid_axes, train, evaluation, adaptive)
+    grid = Grid(path, text, study, pretrain, downstream, grid_axes, train, evaluation, logging, adaptive)
     info = dataset_info(grid)
     if not info.resolution:
         parser.fail("[data.pretrain].resolution", "required for a dataset outside the catalogue")

@@ -145,6 +145,18 @@ def expand(grid: Grid) -> list[JobSpec]:
     shared = grid.train.schedule in SHARED_SCHEDULES
     epoch_groups = [grid.grid.epochs] if shared else [(t,) for t in grid.grid.epochs]
     recipes = [dataclasses.replace(grid.train, batch_size=b) for b in grid.grid.batch_sizes] or [grid.train]
+    resolved: dict[int, int | float] = {}
+    for value in grid.grid.examples:  # 1.0 and the set's size are one subset: refused like [256, 256]
+        examples = budget.resolve_examples(value, info.train_size)
+        if examples in resolved:
+            raise GridError(f"{grid.path}: [grid].examples: {resolved[examples]!r} and {value!r} are both "
+                            f"{examples} examples of {grid.pretrain.dataset}; keep one")
+        resolved[examples] = value
+        for recipe in recipes:
+            if recipe.batch_size > examples:
+                raise GridError(f"{grid.path}: batch size {recipe.batch_size} is larger than the subset of {examples} "
+                                f"examples ([grid].examples {value!r}); a batch holds at most the subset: lower it "
+                                f"to {examples} or less")
     jobs = []
     for model, value, seed, recipe, epochs in itertools.product(
         grid.grid.models, grid.grid.examples, grid.grid.seeds, recipes, epoch_groups

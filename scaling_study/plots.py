@@ -103,6 +103,11 @@ def _estimate(e: fits.Estimate, digits: int = 3) -> str:
     return f"{e.value:.{digits}f} [{e.low:.{digits}f}, {e.high:.{digits}f}]"
 
 
+def _value_name(analysis: fits.Analysis) -> str:
+    """What the values are: error (a rate), loss, or value (the metric's recorded kind)."""
+    return str(analysis.filters.get("metric_kind", "error"))
+
+
 def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
     """Fig. 1 style: all points, trajectories, the fitted E(C) and E_inf."""
     frame = analysis.frame
@@ -148,8 +153,8 @@ def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
     ax.set_ylim(low * 0.93, frame["error"].max() * 1.07)
     _plain_log_axis(ax.yaxis, low * 0.93, frame["error"].max() * 1.07)
     ax.set_xlabel(COMPUTE_LABEL)
-    ax.set_ylabel(f"{analysis.metric} error")
-    ax.set_title(f"{analysis.metric}: error vs compute ({len(frame)} points, {frame['job_id'].nunique()} runs)")
+    ax.set_ylabel(f"{analysis.metric} {_value_name(analysis)}")
+    ax.set_title(f"{analysis.metric}: {_value_name(analysis)} vs compute ({len(frame)} points, {frame['job_id'].nunique()} runs)")
     handles = [Line2D([], [], marker="o", linestyle="", markersize=6, markerfacecolor=colours[m],
                       markeredgecolor="white", label=m) for m in models["model"]]
     model_legend = ax.legend(handles=handles, title="model (size)", loc="upper left", bbox_to_anchor=(1.01, 1.0),
@@ -211,7 +216,7 @@ def bottlenecks(analysis: fits.Analysis, out: Path) -> list[Path]:
     largest = analysis.frame.sort_values("params").iloc[-1]["model"]
     _bottleneck_panel(right, analysis.bottleneck_examples, "examples", "N", "examples N",
                       f"parameters plentiful: {largest}", colours)
-    left.set_ylabel(f"{analysis.metric} error")
+    left.set_ylabel(f"{analysis.metric} {_value_name(analysis)}")
     figure.tight_layout()
     return _save(figure, out, "fig6_bottlenecks")
 

@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import analysis as fits
+from .analysis import identifiability
 from .files import write_atomic
 
 JSON_NAME = "fit.json"
@@ -31,6 +32,7 @@ def _law(law: fits.LawFit | fits.Skipped) -> dict:
         "formula": law.formula, "status": law.status, "points": len(law.points), "huber_loss": law.loss,
         "bootstrap": law.bootstrap, "resamples_converged": law.resamples, "note": law.note,
         "params": {k: _estimate(v) for k, v in law.params.items()},
+        "not_identified": identifiability.law_flags(law), "bound_share": law.bound_share,
     }
 
 
@@ -38,7 +40,9 @@ def _allocation(a: fits.Allocation | fits.Skipped) -> dict:
     if isinstance(a, fits.Skipped):
         return {"skipped": a.reason}
     return {"a": _estimate(a.a), "b": _estimate(a.b), "log_p_at_1_pflop": a.p0, "log_n_at_1_pflop": a.n0,
-            "method": a.method, "resamples": a.resamples, "points": a.points.to_dict(orient="records")}
+            "method": a.method, "resamples": a.resamples, "mode": a.mode or None, "bootstrap": a.resampled or None,
+            "not_identified": identifiability.allocation_flags(a),
+            "points": a.points.to_dict(orient="records")}
 
 
 def _held_out(h: fits.HeldOut | fits.Skipped) -> dict:
@@ -47,6 +51,21 @@ def _held_out(h: fits.HeldOut | fits.Skipped) -> dict:
     return {"threshold_pflops": h.threshold_pflops, "train_points": h.train_points, "test_points": h.test_points,
             "mean_abs_relative_error": h.mean_abs_rel_error, "max_abs_relative_error": h.max_abs_rel_error,
             "params": {k: _number(v) for k, v in h.params.items()}}
+
+
+def _form(form: fits.FormChoice | None) -> dict | None:
+    if form is None:
+        return None
+    return {"chosen": form.chosen, "held_out_mean_abs_log_error": form.scores, "folds": form.folds,
+            "method": form.method, "used_by": "allocation.parametric"}
+
+
+def _seeds(seeds: fits.SeedSpread | None) -> dict | None:
+    if seeds is None:
+        return None
+    return {"points": seeds.points, "cells": seeds.cells, "seeds_per_cell": seeds.seeds_per_cell,
+            "cells_with_seeds": seeds.cells_with_seeds, "log_std": _number(seeds.log_std),
+            "note": "laws fitted to cells (mean over seeds per model, N, T); the bootstrap resamples cells"}
 
 
 def _versions() -> dict:
@@ -84,10 +103,15 @@ def as_dict(analysis: fits.Analysis, study: str, figures: list[Path], pruned: li
             "bottleneck_params": _law(analysis.bottleneck_params),
             "bottleneck_examples": _law(analysis.bottleneck_examples),
             "parametric": _law(analysis.parametric),
+            **({"data_constrained": _law(analysis.data_constrained)} if analysis.data_constrained is not None else {}),
         },
+        "parametric_form": _form(analysis.form),
+        "seeds": _seeds(analysis.seeds),
         "allocation": {a.estimator if isinstance(a, fits.Allocation) else a.name: _allocation(a)
                        for a in analysis.allocations},
         "held_out": {h.name: _held_out(h) for h in analysis.held_out},
+        "sweep": analysis.sweep,
+        "identifiability": {"rule": identifiability.RULE, "flagged": identifiability.analysis_flags(analysis)},
         **extra,
         "figures": [str(p) for p in figures],
         "provenance": {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **_versions()},
@@ -105,13 +129,35 @@ def _law_section(title: str, law: fits.LawFit | fits.Skipped) -> list[str]:
     lines = [f"### {title}", ""]
     if isinstance(law, fits.Skipped):
         return lines + [f"Not fitted: {law.reason}.", ""]
-    lines += [f"`{law.formula}`: {len(law.points)} points, status **{law.status}**, Huber loss {law.loss:.4g}."]
+    flags = identifiability.law_flags(law)
+    lines += [f"`{law.formula}`: {len(law.points)} points, status **{identifiability.status_text(law.status, flags)}**, "
+              f"Huber loss {law.loss:.4g}."]
+    lines += [f"**Not identified: {f['param']}**: {f['reason']}." for f in flags]
     if law.note:
         lines += [f"{law.note[0].upper()}{law.note[1:]}."]
     lines += [f"Bootstrap: {law.bootstrap}; {law.resamples} refits converged.", "",
               "| parameter | estimate [95% interval] |", "|---|---|"]
     lines += [f"| {name} | {_cell(e)} |" for name, e in law.params.items()]
     return lines + [""]
+
+
+def _form_section(analysis: fits.Analysis) -> list[str]:
+    form = analysis.form
+    lines = []
+    if form is not None:
+        names = {"parametric": "E(P, D = N T)", "data_constrained": "E(P, D')"}
+        scores = ", ".join(f"{names[k]} {v:.4f}" for k, v in form.scores.items())
+        lines += ["### Which parametric form", "",
+                  f"Held-out mean |log(predicted / observed)|: {scores or 'not scored'}. Chosen: **{names[form.chosen]}** "
+                  f"(the parametric allocation uses it). Method: {form.method}.", ""]
+    seeds = analysis.seeds
+    if seeds is not None and seeds.cells_with_seeds:
+        lines += ["### Seeds", "",
+                  f"{seeds.points} points averaged into {seeds.cells} cells (model, N, T), {seeds.seeds_per_cell:.2g} seeds "
+                  f"per cell; seed-to-seed spread (pooled std of log value) {seeds.log_std:.4f} "
+                  f"({100 * math.expm1(seeds.log_std):.2f}%). Every law is fitted to the cells and the bootstrap "
+                  "resamples cells.", ""]
+    return lines
 
 
 def _agreement(fitted: list[fits.Allocation]) -> list[str]:
@@ -146,6 +192,21 @@ def _pruned_section(pruned: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def _sweep_lines(sweep: dict) -> list[str]:
+    """The sweep's shape (iso-FLOP budgets or a grid) and the model sizes merged, for the Data section."""
+    if not sweep:
+        return []
+    lines = [f"- Sweep: **{sweep['mode']}** mode: {sweep['reason']}."]
+    if sweep["mode"] == "budgets":
+        lines.append("- Budgets (PFLOPs): " + ", ".join(f"{b['pflops']:.3g} ({b['sizes']} sizes)" for b in sweep["budgets"])
+                     + "; the envelope takes the best point per budget.")
+    merged = sweep["merged_sizes"]
+    if merged["groups"]:
+        names = "; ".join(f"{g['model']} <- " + ", ".join(m["model"] for m in g["merged"]) for g in merged["groups"])
+        lines.append(f"- Model sizes within {merged['tolerance']:.2%} merged: {names}.")
+    return lines
+
+
 def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path,
              pruned: list[dict] | None = None) -> str:
     """The report: data and filters, every fit with intervals, estimator agreement, held-out check."""
@@ -166,12 +227,16 @@ def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path
         f"{analysis.flops_scale:.3g} P^{analysis.flops_exponent:.3f} across the models.",
         f"- Fits: Huber loss (delta = {fits.HUBER_DELTA:g}) of log residuals, L-BFGS-B from the best starts of a grid; "
         f"{analysis.bootstrap} bootstrap resamples (seed {analysis.seed}), 95% percentile intervals.",
+        *_sweep_lines(analysis.sweep),
         "",
         "## Fits", "",
         *_law_section("Error vs compute, Eq. 5 (compute-optimal envelope)", analysis.compute),
         *_law_section("Error vs parameters when data is plentiful (Fig. 6)", analysis.bottleneck_params),
         *_law_section("Error vs examples when parameters are plentiful (Fig. 6)", analysis.bottleneck_examples),
         *_law_section("Parametric E(P, D) (Hoffmann et al. approach 3)", analysis.parametric),
+        *(_law_section("Data-constrained E(P, D') (Muennighoff et al. 2023)", analysis.data_constrained)
+          if analysis.data_constrained is not None else []),
+        *_form_section(analysis),
         "## Compute-optimal allocation (Fig. 7)", "",
         f"P*(C) ~ C^a and N*(C) ~ C^b; the envelope and iso-FLOP estimators use the points at T = {analysis.epochs}.", "",
         "| estimator | a (P*) [95%] | b (N*) [95%] | method |", "|---|---|---|---|",
@@ -184,6 +249,9 @@ def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path
             fitted.append(a)
             lines.append(f"| {a.estimator} | {_cell(a.a)} | {_cell(a.b)} | {a.method} |")
     lines += ["", "Agreement:", "", *_agreement(fitted)]
+    unidentified = [(a.estimator, f) for a in fitted for f in identifiability.allocation_flags(a)]
+    if unidentified:
+        lines += ["Not identified:", "", *[f"- {name} `{f['param']}`: {f['reason']}." for name, f in unidentified], ""]
     lines += ["## Held-out check", "",
               f"Each law refitted without the top {fits.HELD_OUT_FRACTION:.0%} of points by compute, then scored on them "
               "(for E(C): the envelope points above the threshold).", "",

@@ -28,7 +28,9 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from . import __version__, db
-from .errors import StudyError
+from .checks import folder_name
+from .curves import open_curves
+from .errors import BadInput, StudyError
 from .plan import JobSpec
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -118,8 +120,20 @@ def resolve_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise StudyError(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__}")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
+        raise BadInput(f"--device {device!r}: not a device; use auto, cpu, cuda, cuda:N or mps")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BadInput(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__}; use cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise BadInput(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) visible "
+                           f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise BadInput(f"--device {device}: MPS is not available here; use cpu")
     return device
 
 
@@ -166,7 +180,7 @@ def job_dir(runs_dir: Path, job: dict) -> Path:
     """
     created = job["study_created_at"]
     key = hashlib.sha256(f"{job['study']}\0{created.isoformat()}".encode()).hexdigest()[:8]
-    return Path(runs_dir) / f"{job['study']}-{key}" / f"job-{job['id']}"
+    return Path(runs_dir) / f"{folder_name(job['study'])}-{key}" / f"job-{job['id']}"  # never outside runs_dir
 
 
 class JobLog:
@@ -218,18 +232,24 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
     summary = RunSummary()
     claimed = 0
     while not stop() and (options.max_jobs is None or claimed < options.max_jobs):
-        db.reclaim_lost(engine, host, options.max_attempts)
-        adaptive_studies = _adaptive_studies(engine, options)
-        order = _claim_order(engine, adaptive_studies) if adaptive_studies else None
-        job = db.claim_job(engine, worker, options.lease_s, options.study, options.resume, provenance(device, worker),
-                           order=order)
+        try:
+            db.reclaim_lost(engine, host, options.max_attempts)
+            adaptive_studies = _adaptive_studies(engine, options)
+            order = _claim_order(engine, adaptive_studies) if adaptive_studies else None
+            job = db.claim_job(engine, worker, options.lease_s, options.study, options.resume, provenance(device, worker),
+                               order=order)
+        except sa.exc.SQLAlchemyError as error:  # the claim rolled back: every job is as it was
+            words = str(getattr(error, "orig", None) or error).strip().splitlines()
+            summary.fatal = (f"could not claim a job ({type(error).__name__}: {words[0] if words else ''}); "
+                             "nothing was changed: check the database, then `study run --resume`")
+            break
         if job is None:
             break
         claimed += 1
         outcome = _run_job(engine, job, worker, device, options, stop, events, train, adaptive_studies.get(job["study"]))
         if outcome in ("done", "diverged", "failed", "released", "pruned"):
             getattr(summary, outcome).append(job["id"])
-        if outcome in ("disk_full", "database_refused"):
+        if outcome in ("disk_full", "database_refused", "unusable"):
             summary.fatal = job["error_message"]
             break
     summary.stop_reason = stop.reason
@@ -275,14 +295,26 @@ def _claim_order(engine, adaptive_studies: dict) -> dict[int, int]:
 def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, stop: StopFlag,
              events: Events, train: Callable, adaptive_config=None) -> str:  # noqa: ANN001
     """One attempt at one job; returns done / diverged / failed / released / pruned / lost / disk_full /
-    database_refused. In an adaptive study (`adaptive_config`), each evaluation epoch that lands refits
-    the law and prunes what it rules out; a job pruned meanwhile stops at its epoch boundary."""
-    spec = JobSpec.from_dict(json.loads(job["spec"]))
-    folder = job_dir(options.runs_dir, job)
-    log = JobLog(folder / "log.txt")
-    checkpoint = folder / "checkpoint.pt"
-    log(f"attempt {job['attempts']} by {worker} on {device}: {spec.model.name}, N={spec.examples}, "
-        f"T={list(spec.epochs)}, seed={spec.seed}" + (f", resuming from {checkpoint}" if checkpoint.exists() else ""))
+    database_refused / unusable (this worker cannot run the study's jobs: it releases the job and stops).
+    In an adaptive study (`adaptive_config`), each evaluation epoch that lands refits the law and prunes
+    what it rules out; a job pruned meanwhile stops at its epoch boundary."""
+    try:  # a job that cannot even be set up is failed with the reason, and the worker goes on
+        spec = JobSpec.from_dict(json.loads(job["spec"]))
+        folder = job_dir(options.runs_dir, job)
+        log = JobLog(folder / "log.txt")
+        checkpoint = folder / "checkpoint.pt"
+        log(f"attempt {job['attempt']} by {worker} on {device}: {spec.model.name}, N={spec.examples}, "
+            f"T={list(spec.epochs)}, seed={spec.seed}" + (f", resuming from {checkpoint}" if checkpoint.exists() else ""))
+    except Exception as error:  # noqa: BLE001 - e.g. OSError: File name too long, a folder that is a file
+        return _failed(engine, job, worker, None, events, error, "set-up failed: ")
+    try:
+        curves = open_curves(folder, spec, logging_setting(engine, job["study"]))
+    except StudyError as error:
+        message = f"{error}; job {job['id']} released"
+        log(message)
+        db.finish_job(engine, job, worker, "pending", job["epochs_done"], [], message, outcome="released")
+        job["error_message"] = message
+        return "unusable"
     events.job_started(job, spec)
     beat = Heartbeat(engine, job["id"], worker, options.lease_s)
     beat.start()
@@ -306,10 +338,12 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
         result = train(
             spec, device=device, checkpoint=checkpoint, checkpoint_every_s=options.checkpoint_every_s,
             on_progress=lambda progress: events.progress(job, progress), on_epoch=on_epoch, should_stop=should_stop,
+            curves=curves,
             **({"stop_after_epoch": lambda: bool(pruned)} if adaptive_config is not None else {}),
         )
     except Exception as error:  # noqa: BLE001 - a failed job is a row with its reason; the study goes on
         beat.stop()
+        _close_quietly(curves)
         if _disk_full(error):
             message = (f"disk full while writing {checkpoint.parent} ({_disk_full(error)}); the previous "
                        "checkpoint is intact: free space, then `study run --resume`")
@@ -327,6 +361,7 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
             return "database_refused"
         return _failed(engine, job, worker, log, events, error)
     beat.stop()
+    _close_quietly(curves)
     if for_notes := "; ".join(result.notes):
         log(f"notes: {for_notes}")
     if pruned and not beat.lost:
@@ -354,6 +389,26 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
     log(f"{state}" + (f": {message}" if message else f" after {result.epochs_done} epochs"))
     events.job_ended(job, state, message)
     return state
+
+
+def logging_setting(engine, study: str) -> bool | None:  # noqa: ANN001 - an Engine
+    """The study's `[logging] tensorboard` (validated when planned); None when its grid does not say."""
+    import tomllib
+
+    try:
+        section = tomllib.loads(db.study_grid_text(engine, study) or "").get("logging", {})
+    except tomllib.TOMLDecodeError:
+        return None
+    value = section.get("tensorboard") if isinstance(section, dict) else None
+    return value if isinstance(value, bool) else None
+
+
+def _close_quietly(curves) -> None:  # noqa: ANN001 - a curves.Curves
+    """Curves are a view of the job, not its record: failing to close them never fails the job."""
+    try:
+        curves.close()
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def _prune(engine, job: dict, worker: str, config, log: JobLog) -> None:  # noqa: ANN001
@@ -404,9 +459,11 @@ def _database_refused(error: BaseException | None) -> str:
     return ""
 
 
-def _failed(engine, job: dict, worker: str, log: JobLog, events: Events, error: Exception) -> str:
-    message = str(error) if isinstance(error, StudyError) else f"{type(error).__name__}: {error}"
-    log("failed: " + message + "\n" + "".join(traceback.format_exception(error)))
+def _failed(engine, job: dict, worker: str, log: JobLog | None, events: Events, error: Exception,
+            prefix: str = "") -> str:
+    message = prefix + (str(error) if isinstance(error, StudyError) else f"{type(error).__name__}: {error}")
+    if log is not None:
+        log("failed: " + message + "\n" + "".join(traceback.format_exception(error)))
     db.finish_job(engine, job, worker, "failed", job["epochs_done"], [], message)
     events.job_ended(job, "failed", message)
     return "failed"

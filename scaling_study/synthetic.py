@@ -43,6 +43,32 @@ class ParametricLaw:
 
 
 @dataclass(frozen=True)
+class DataConstrainedLaw:
+    """Muennighoff et al. (2023): E = E_inf + A / P^alpha + B / D'^beta with effective data
+    D' = N (1 + R* (1 - exp(-(T - 1) / R*))): T epochs of N examples are worth less than N T new ones."""
+
+    e_inf: float = 0.2
+    A: float = 400.0
+    alpha: float = 0.65
+    B: float = 15.0
+    beta: float = 0.35
+    r_star: float = 15.0
+
+    def effective_data(self, examples, epochs):  # noqa: ANN001, ANN201 - numpy in, numpy out
+        repeats = np.asarray(epochs, float) - 1.0
+        return np.asarray(examples, float) * (1.0 - self.r_star * np.expm1(-repeats / self.r_star))
+
+    def error(self, params, examples, epochs):  # noqa: ANN001, ANN201 - numpy in, numpy out
+        """The law's value at P parameters, N examples and T epochs."""
+        return (self.e_inf + self.A / np.asarray(params, float) ** self.alpha
+                + self.B / self.effective_data(examples, epochs) ** self.beta)
+
+
+# Epoch AI's refit of Chinchilla (Besiroglu et al. 2024): losses of about 2 to 4.6 nats over the grid below
+CHINCHILLA = ParametricLaw(e_inf=1.82, A=482.0, alpha=0.348, B=2085.0, beta=0.366)
+
+
+@dataclass(frozen=True)
 class ComputeLaw:
     """E(C) = a (b + C)^-alpha + E_inf (Eq. 5), C in PFLOPs."""
 
@@ -56,19 +82,21 @@ class ComputeLaw:
         return self.a * (self.b + np.asarray(pflops, float)) ** -self.alpha + self.e_inf
 
 
-def _frame(rows: dict[str, np.ndarray], study: str, metric: str) -> pd.DataFrame:
+def _frame(rows: dict[str, np.ndarray], study: str, metric: str, metric_kind: str = "error") -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     frame.insert(0, "study", study)
     frame["metric"] = metric
     frame["compute"] = budget.compute(frame["flops_per_example"], frame["examples"], frame["epochs"])
     frame["state"] = "done"
+    frame["metric_kind"] = metric_kind
     order = ["study", "job_id", "model", "kind", "params", "flops_per_example", "examples", "epochs",
-             "seed", "metric", "error", "compute", "state"]
+             "seed", "metric", "error", "compute", "state", "metric_kind"]
     return frame[order]
 
 
 def _grid(models: int, examples: int, epochs: tuple[int, ...], seeds: int,
-          params_range: tuple[float, float], examples_range: tuple[float, float]) -> dict[str, np.ndarray]:
+          params_range: tuple[float, float], examples_range: tuple[float, float],
+          flops_per_param: int = 1) -> dict[str, np.ndarray]:
     params = np.unique(np.round(np.geomspace(*params_range, models)).astype(np.int64))
     sizes = np.unique(np.round(np.geomspace(*examples_range, examples)).astype(np.int64))
     p, n, s, t = (a.ravel() for a in np.meshgrid(params, sizes, np.arange(seeds), np.asarray(epochs), indexing="ij"))
@@ -79,7 +107,7 @@ def _grid(models: int, examples: int, epochs: tuple[int, ...], seeds: int,
         "model": np.array([names[int(v)] for v in p]),
         "kind": np.full(p.size, "bottleneck"),
         "params": p,
-        "flops_per_example": p.copy(),  # FLOP(f) = P: one multiply-accumulate per weight
+        "flops_per_example": p * flops_per_param,  # FLOP(f) = P: one multiply-accumulate per weight
         "examples": n,
         "epochs": t.astype(np.int64),
         "seed": s.astype(np.int64),
@@ -109,6 +137,30 @@ def parametric_study(
     return _frame(rows, "synthetic", metric)
 
 
+def loss_study(
+    law: ParametricLaw | DataConstrainedLaw = CHINCHILLA,
+    models: int = 8,
+    examples: int = 8,
+    epochs: tuple[int, ...] = (1,),
+    seeds: int = 1,
+    noise: float = 0.005,
+    outliers: int = 0,
+    params_range: tuple[float, float] = (1e7, 1e10),
+    examples_range: tuple[float, float] = (1e9, 1e12),
+    seed: int = 0,
+    metric: str = "synthetic/loss",
+) -> pd.DataFrame:
+    """A language-model-like grid: losses (nats, metric kind "loss") from a law, C = 6 P D (FLOP(f) = 2 P)."""
+    rng = np.random.default_rng(seed)
+    rows = _grid(models, examples, epochs, seeds, params_range, examples_range, flops_per_param=2)
+    loss = law.error(rows["params"], rows["examples"], rows["epochs"]) * np.exp(rng.normal(0, noise, rows["params"].size))
+    bad = rng.choice(loss.size, size=min(outliers, loss.size), replace=False)
+    loss[bad] *= rng.uniform(1.3, 1.6, bad.size)
+    rows["error"] = loss
+    rows["kind"] = np.full(loss.size, "transformer")
+    return _frame(rows, "synthetic", metric, "loss")
+
+
 def compute_study(
     law: ComputeLaw = ComputeLaw(),
     models: int = 8,
@@ -129,3 +181,51 @@ def compute_study(
     error[bad] *= rng.uniform(1.3, 1.6, bad.size)
     rows["error"] = np.clip(error, 1e-4, 1.0)
     return _frame(rows, "synthetic", metric)
+
+
+def isoflop_study(
+    law: ParametricLaw = ParametricLaw(),
+    budgets: int = 6,
+    sizes: tuple[int, int] = (5, 9),
+    pflops_range: tuple[float, float] = (1e-3, 1e2),
+    ladder: int = 8,
+    noise: float = 0.005,
+    compute_jitter: float = 0.01,
+    near_equal: int = 4,
+    seed: int = 0,
+    metric: str = "synthetic/linear",
+) -> pd.DataFrame:
+    """An iso-FLOP sweep: at each of `budgets` compute budgets, 5-9 model sizes of a shared ladder
+    (`ladder` per decade) around the law's optimum P*(C), each trained once for N = C / (3 P) examples
+    (T = 1, FLOP(f) = P), so P*(C) ~ C^law.a exactly. Errors get log-normal noise; each run's N is
+    jittered (compute within ~1%), and `near_equal` runs get a model size 0.01-0.1% off its ladder
+    rung (a digitised count), under a name of its own."""
+    rng = np.random.default_rng(seed)
+    pflops = np.geomspace(*pflops_range, budgets)
+    macs = pflops * budget.PFLOP
+    # the law's optimum on C = 3 P D: P* = (alpha A / (beta B))^(1/(alpha+beta)) (C/3)^a
+    scale = (law.alpha * law.A / (law.beta * law.B)) ** (1 / (law.alpha + law.beta))
+    optimum = scale * (macs / 3.0) ** law.a
+    rows = []
+    for c, best in zip(macs, optimum):
+        count = int(rng.integers(sizes[0], sizes[1] + 1))
+        rung = np.round(np.log10(best) * ladder)
+        offsets = np.arange(count) - (count - 1) / 2 + rng.integers(-1, 2) * 0.5 * (count % 2 == 0)
+        for r in np.round(rung + offsets):
+            rows.append((c, int(round(10 ** (r / ladder)))))
+    c, p = (np.array(v) for v in zip(*rows))
+    names = {int(v): f"P-{v / 1e6:.4g}M" for v in np.unique(p)}
+    model = np.array([names[int(v)] for v in p], dtype=object)
+    odd = rng.choice(p.size, size=min(near_equal, p.size), replace=False)
+    for i in odd:  # a digitised count: the same model, reported 0.01-0.1% off
+        p[i] = int(round(p[i] * (1 + rng.uniform(1e-4, 1e-3))))
+        model[i] = f"P-{p[i] / 1e6:.7g}M"
+    n = np.maximum(1, np.round(c / (3.0 * p) * np.exp(rng.normal(0, compute_jitter, p.size)))).astype(np.int64)
+    epochs = np.ones(p.size, np.int64)
+    error = law.error(p, n, epochs) * np.exp(rng.normal(0, noise, p.size))
+    rows = {
+        "job_id": np.arange(1, p.size + 1, dtype=np.int64), "model": model.astype(str),
+        "kind": np.full(p.size, "bottleneck"), "params": p.astype(np.int64), "flops_per_example": p.astype(np.int64),
+        "examples": n, "epochs": epochs, "seed": np.zeros(p.size, np.int64), "error": np.clip(error, 1e-4, None),
+    }
+    return _frame(rows, "isoflop", metric)

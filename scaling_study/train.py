@@ -266,7 +266,7 @@ def train(spec: JobSpec, *, device: str = "cpu", checkpoint: Path | None = None,
           on_progress: Callable[[Progress], None] | None = None,
           on_epoch: Callable[[int, list[EvalPoint]], None] | None = None,
           should_stop: Callable[[], bool] = lambda: False, loss_reads_every: int | None = None,
-          stop_after_epoch: Callable[[], bool] | None = None) -> Result:
+          curves=None, stop_after_epoch: Callable[[], bool] | None = None) -> Result:
     """Train one trajectory to spec.total_epochs, evaluating at every epoch in spec.epochs.
 
     stop_after_epoch() is asked after each epoch's on_epoch: True ends the run there, "interrupted",
@@ -282,6 +282,9 @@ def train(spec: JobSpec, *, device: str = "cpu", checkpoint: Path | None = None,
     every LOSS_READS_EVERY_CUDA steps by default and the CPU, where it costs nothing, every
     step. A divergence is reported at its own step either way; the steps after it are wasted,
     not saved. Results do not depend on the setting.
+
+    curves (a curves.Curves, optional) gets every step's loss, lr and img/s and every evaluation
+    point, and is flushed before each checkpoint is written.
     """
     dev = torch.device(device)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
@@ -289,13 +292,13 @@ def train(spec: JobSpec, *, device: str = "cpu", checkpoint: Path | None = None,
     reads_every = loss_reads_every or default_loss_reads(dev)
     with _deterministic(dev):
         return _train(spec, dev, checkpoint, checkpoint_every_s, on_progress, on_epoch, should_stop, reads_every,
-                      stop_after_epoch)
+                      curves, stop_after_epoch)
 
 
 def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpoint_every_s: float,
            on_progress: Callable[[Progress], None] | None,
            on_epoch: Callable[[int, list[EvalPoint]], None] | None,
-           should_stop: Callable[[], bool], reads_every: int,
+           should_stop: Callable[[], bool], reads_every: int, curves=None,
            stop_after_epoch: Callable[[], bool] | None = None) -> Result:
     tc = spec.train
     state = load_checkpoint(checkpoint, spec) if checkpoint is not None and checkpoint.exists() else None
@@ -340,6 +343,8 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
     def save() -> None:
+        if curves is not None:
+            curves.flush()  # before the checkpoint: every step up to it is on disk (curves.py)
         if checkpoint is None:
             return
         save_checkpoint(checkpoint, {
@@ -370,6 +375,8 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
         values = torch.stack([loss for loss, _, _ in unread]).tolist() if unread else []
         for value, (_, size, at_step) in zip(values, unread):
             last_loss = value
+            if curves is not None:
+                curves.scalar("step/loss", at_step, value)
             if not math.isfinite(value) or value > tc.divergence_loss:
                 limit = "" if not math.isfinite(value) else f" (above divergence_loss {tc.divergence_loss:g})"
                 return result("diverged", f"loss {value:.6g}{limit} at step {at_step} (epoch {epoch + 1})", at_step)
@@ -387,11 +394,16 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
             unread.append((stepper.backward(batch), size, step + 1))
             if len(unread) >= reads_every and (diverged := read_losses()):
                 return diverged  # read before the step: on the CPU a diverged batch is never applied
-            stepper.step(lr_at(step, total_steps, lr=tc.lr, schedule=tc.schedule, warmup_steps=warmup_steps,
-                               decay_fraction=tc.decay_fraction))
+            lr = lr_at(step, total_steps, lr=tc.lr, schedule=tc.schedule, warmup_steps=warmup_steps,
+                       decay_fraction=tc.decay_fraction)
+            stepper.step(lr)
             step += 1
             batch_index += 1
             images += size
+            if curves is not None:
+                elapsed = time.perf_counter() - started
+                curves.scalar("step/lr", step, lr)
+                curves.scalar("step/images_per_s", step, images / elapsed if elapsed > 0 else 0.0)
             if on_progress is not None:
                 elapsed = time.perf_counter() - started
                 on_progress(Progress(epoch + 1, step, steps_per_epoch, spec.total_epochs, last_loss,
@@ -418,6 +430,9 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
             new = [EvalPoint(epoch, name, value) for name, value in metrics.items()]
             new.append(EvalPoint(epoch, "train/loss", loss_sum / loss_count))
             evaluations.extend(new)
+            if curves is not None:
+                for point in new:
+                    curves.scalar(f"eval/{point.metric}", step, point.value)
         loss_sum, loss_count = 0.0, 0
         save()
         last_save = time.monotonic()

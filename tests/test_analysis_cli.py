@@ -147,7 +147,7 @@ def test_fit_refuses_too_few_points_in_one_line(cli, db_url, tmp_path):
 
 
 def test_fit_option_errors_are_one_line(cli, db_url, tmp_path, grid):
-    assert "no studies yet" in cli("fit", "--db", db_url).output
+    assert "does not exist" in cli("fit", "--db", db_url).output  # fit never creates a database
     cli("import", write_csv(grid, tmp_path / "grid.csv"), "--db", db_url)
     cli("import", write_csv(grid, tmp_path / "other.csv"), "--db", db_url)
     assert "2 studies in the database; choose one with --study: grid, other" in cli("fit", "--db", db_url).output
@@ -163,3 +163,32 @@ def test_fit_option_errors_are_one_line(cli, db_url, tmp_path, grid):
 def test_analysis_commands_have_help(cli, command):
     result = cli(command, "--help")
     assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_fit_of_an_isoflop_sweep_says_its_mode_budgets_and_merges(cli, db_url, tmp_path):
+    sweep = synthetic.isoflop_study(seed=0)
+    assert cli("import", write_csv(sweep, tmp_path / "sweep.csv"), "--db", db_url).exit_code == 0
+    out = tmp_path / "reports"
+    result = cli("fit", "--db", db_url, "--bootstrap", "50", "--out", out)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "sweep: budgets (100% of the points fall into 6 compute budgets" in text
+    assert "merged into P-1.778M: P-1.779763M" in text
+    assert "not identified: compute b: its 95% interval" in text
+    data = json.loads((out / "fit.json").read_text())
+    assert data["sweep"]["mode"] == "budgets" and len(data["sweep"]["budgets"]) == 6
+    assert data["sweep"]["merged_sizes"]["tolerance"] == 0.01 and len(data["sweep"]["merged_sizes"]["groups"]) == 3
+    iso = data["allocation"]["isoflop"]
+    assert iso["mode"] == "budgets" and iso["bootstrap"].startswith("runs resampled with replacement within each budget")
+    assert abs(iso["a"]["value"] - 0.35) < 0.03
+    assert data["allocation"]["envelope"]["mode"] == "budgets"
+    assert "**budgets** mode" in (out / "report.md").read_text()
+    assert "**Not identified: b**" in (out / "report.md").read_text()
+    assert [f["param"] for f in data["laws"]["compute"]["not_identified"]] == ["b"]
+    assert data["identifiability"]["flagged"]["compute"][0]["param"] == "b"
+    # no merging: every digitised count is a model of its own, recorded as such
+    again = cli("fit", "--db", db_url, "--bootstrap", "0", "--out", tmp_path / "r2", "--merge-sizes", "0")
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "r2" / "fit.json").read_text())["sweep"]["merged_sizes"]["groups"] == []
+    bad = cli("fit", "--db", db_url, "--out", tmp_path / "r3", "--budget-tolerance", "0")
+    assert bad.exit_code == 2 and "--budget-tolerance" in bad.output and not (tmp_path / "r3").exists()

@@ -303,7 +303,8 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path):
     assert "disk full" in result.stderr and "previous checkpoint is intact" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert checkpoint.read_bytes() == before
-    assert not [p for p in checkpoint.parent.iterdir() if p.name not in ("checkpoint.pt", "log.txt")]
+    assert not [p for p in checkpoint.parent.iterdir()
+                if p.name not in ("checkpoint.pt", "log.txt", "curve.csv", "tensorboard")]  # no temporary file left
     assert states(url) == ["pending"]
     study("run", "--resume", "--db", url, cwd=tmp_path)
     assert states(url) == ["done"]
@@ -368,3 +369,43 @@ def test_a_new_database_does_not_take_over_another_databases_checkpoints(tmp_pat
         logs = study("logs", 1, "--db", url, cwd=tmp_path).stdout  # finds the new folder
         assert "attempt 1:" in logs and "done after 1 epochs" in logs and "resuming" not in logs
     assert {p.name: p.read_bytes() for p in old.iterdir()} == old_files
+
+
+def test_kill_9_then_resume_logs_every_step_of_the_curves_once(tmp_path):
+    """A worker killed mid-epoch, after some of the epoch's steps reached the event file past its
+    last checkpoint, then resumed: TensorBoard's own reader and curve.csv find each step once."""
+    from scaling_study.curves import CSV_NAME, TENSORBOARD_DIR, read_events, run_name
+
+    text = grid_text(name="curves", examples="[2000]", epochs="[1, 3]", batch=10) + "\n[logging]\ntensorboard = true\n"
+    (tmp_path / "grid.toml").write_text(text)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    study("plan", "grid.toml", "--db", url, cwd=tmp_path)
+    folder = folder_of(url, tmp_path / "runs", 1)
+    run = folder / TENSORBOARD_DIR / run_name("B-1/Wi-16", 2000, 0)
+    often = dict(os.environ, STUDY_CURVES_FLUSH_S="0.2")  # curves flushed between checkpoints too
+    worker = start("run", "--db", url, cwd=tmp_path, env=often)
+    wait_for_lines(worker, tmp_path, 2)  # claimed, then epoch 1 ended: checkpoint and curves at step 200
+    size = lambda: sum(p.stat().st_size for p in run.glob("events.*"))  # noqa: E731
+    flushed = size()
+    while size() == flushed and worker.poll() is None:  # epoch 2's first steps reach the disk
+        time.sleep(0.01)
+    worker.send_signal(signal.SIGKILL)
+    worker.communicate(timeout=60)
+    assert worker.returncode == -signal.SIGKILL
+    before = read_events(run)
+    assert max(step for step, _ in before["step/loss"]) > 200, "nothing past the checkpoint: the test tests nothing"
+    study("run", "--resume", "--db", url, cwd=tmp_path)
+    assert states(url) == ["done"]
+    after = read_events(run)
+    assert len(list(run.glob("events.*"))) == 2  # the resumed attempt appended a file to the same run
+    for tag in ("step/loss", "step/lr", "step/images_per_s"):
+        assert [step for step, _ in after[tag]] == list(range(1, 601)), tag
+    evaluated = {tag for tag in after if tag.startswith("eval/")}
+    assert evaluated == {f"eval/{m}" for m in ("upstream/top1", "upstream/top5", "fashion-mnist/linear", "train/loss")}
+    assert all([step for step, _ in after[tag]] == [200, 600] for tag in evaluated)
+    recorded = {(e, m): v for (_, e, m), v in points(url).items()}
+    assert all(after[f"eval/{m}"][[200, 600].index(e * 200)][1] == pytest.approx(v, rel=1e-6)
+               for (e, m), v in recorded.items())
+    rows = (folder / CSV_NAME).read_text().splitlines()
+    assert rows[0] == "step,loss,lr,images_per_s"
+    assert [int(row.split(",")[0]) for row in rows[1:]] == list(range(1, 601))

@@ -4,13 +4,16 @@ the envelope, iso-FLOP minima, and the optimum of the parametric law."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 from scipy.interpolate import Akima1DInterpolator
 
 from ..budget import PFLOP
+from . import isoflop
 from .bootstrap import interval, multinomial
+from .budgets import SweepShape
 from .envelope import envelope
 from .results import Allocation, Estimate, LawFit, Skipped
 
@@ -58,8 +61,13 @@ def allocation_envelope(frame: pd.DataFrame, epochs: int, bootstrap: int, rng: n
                                    f"{env['params'].nunique()} model size(s); a log-log line needs 2 of each")
     points = pd.DataFrame({"pflops": env["compute"].to_numpy() / PFLOP, "params": env["params"].to_numpy(),
                            "examples": env["examples"].to_numpy()})
-    method = f"OLS of log P and log N on log C over the {len(points)} envelope points at T = {epochs}; bootstrap over them"
-    return _regression_allocation("envelope", points, np.ones(len(points)), method, bootstrap, rng)
+    by_budget = "budget" in frame.columns
+    method = (f"OLS of log P and log N on log C over the {len(points)} envelope points at T = {epochs}"
+              + (" (the best point per compute budget, then those below every cheaper budget's best)" if by_budget else "")
+              + "; bootstrap over them")
+    fitted = _regression_allocation("envelope", points, np.ones(len(points)), method, bootstrap, rng)
+    return replace(fitted, mode="budgets" if by_budget else "points",
+                   resampled="envelope points resampled with replacement" if bootstrap else "")
 
 
 def isoflop_minima(frame: pd.DataFrame, epochs: int, levels: int | None = None) -> pd.DataFrame:
@@ -78,14 +86,23 @@ def isoflop_minima(frame: pd.DataFrame, epochs: int, levels: int | None = None) 
     count = levels or int(np.clip(round(4 * (high - low) / math.log(10)), 5, 30))
     grid = np.linspace(low, high, count + 2)[1:-1]
     sizes = np.sort(curves["params"].unique())
-    logp = np.log(sizes)
     logf = np.log(curves.drop_duplicates("params").sort_values("params")["flops"].to_numpy(float))
-    table = np.full((grid.size, sizes.size), np.nan)
-    for j, size in enumerate(sizes):
-        runs = curves[curves["params"] == size].sort_values("logc")
-        if len(runs) < 2:
+    model = np.searchsorted(sizes, curves["params"].to_numpy())
+    rows = level_minima(grid, np.log(sizes), logf, model, curves["logc"].to_numpy(), curves["loge"].to_numpy(), epochs)
+    return pd.DataFrame(rows, columns=["pflops", "params", "examples", "models"])
+
+
+def level_minima(grid: np.ndarray, logp: np.ndarray, logf: np.ndarray, model: np.ndarray, logc: np.ndarray,
+                 loge: np.ndarray, epochs: int) -> list[dict]:
+    """The interior Akima minima over log P at each level of `grid` (log PFLOPs), from each model's
+    curve (points `model`, `logc`, `loge`) interpolated in log C."""
+    table = np.full((grid.size, logp.size), np.nan)
+    for j in range(logp.size):
+        mine = model == j
+        if mine.sum() < 2:
             continue
-        c, e = runs["logc"].to_numpy(), runs["loge"].to_numpy()
+        order = np.argsort(logc[mine], kind="stable")
+        c, e = logc[mine][order], loge[mine][order]
         inside = (grid >= c[0]) & (grid <= c[-1])
         table[inside, j] = np.interp(grid[inside], c, e)
     rows = []
@@ -103,11 +120,15 @@ def isoflop_minima(frame: pd.DataFrame, epochs: int, levels: int | None = None) 
         flops = math.exp(np.interp(lp, logp, logf))
         examples = math.exp(level) * PFLOP / (3.0 * flops * epochs)
         rows.append({"pflops": math.exp(level), "params": math.exp(lp), "examples": examples, "models": int(have.sum())})
-    return pd.DataFrame(rows, columns=["pflops", "params", "examples", "models"])
+    return rows
 
 
-def allocation_isoflop(frame: pd.DataFrame, epochs: int, bootstrap: int, rng: np.random.Generator) -> Allocation | Skipped:
-    """Hoffmann et al. approach 2: weighted regression of the iso-FLOP minima on log C."""
+def allocation_isoflop(frame: pd.DataFrame, epochs: int, bootstrap: int, rng: np.random.Generator,
+                       shape: SweepShape | None = None) -> Allocation | Skipped:
+    """Hoffmann et al. approach 2: on an iso-FLOP sweep (`shape.mode == "budgets"`) the parabola minima of
+    each budget; else a weighted regression of the minima at interpolated compute levels on log C."""
+    if shape is not None and shape.mode == "budgets":
+        return isoflop.allocation_budgets(frame, epochs, shape, bootstrap, rng)
     minima = isoflop_minima(frame, epochs)
     if len(minima) < 2:
         return Skipped("isoflop", f"iso-FLOP at T = {epochs}: {len(minima)} compute level(s) with an interior "
@@ -115,8 +136,13 @@ def allocation_isoflop(frame: pd.DataFrame, epochs: int, bootstrap: int, rng: np
     weights = minima["models"].to_numpy(float)
     method = (f"{len(minima)} compute levels at T = {epochs}: each model's error interpolated in log C along its runs, "
               "Akima in log P across models, interior minima only; least squares weighted by the number of models "
-              "at the level; bootstrap over the levels")
-    return _regression_allocation("isoflop", minima, weights, method, bootstrap, rng)
+              "at the level; bootstrap over the runs")
+    fitted = _regression_allocation("isoflop", minima, weights, method, 0, rng)
+    if not bootstrap:
+        return replace(fitted, mode="levels")
+    a, b, resamples = isoflop.level_bootstrap(frame, epochs, bootstrap, rng)
+    return replace(fitted, a=Estimate(fitted.a.value, *a), b=Estimate(fitted.b.value, *b), resamples=resamples,
+                   mode="levels", resampled=isoflop.LEVEL_RESAMPLING)
 
 
 def allocation_parametric(fit: LawFit, epochs: int, kappa: float, gamma: float) -> Allocation:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .bootstrap import estimates, refit_resamples
+from .identifiability import bound_shares
 from .optimize import bound_status, multistart, one_blas_thread, status_of
 from .results import LawFit, Skipped
 
@@ -48,6 +49,7 @@ def _fit_saturating(name: str, variable: np.ndarray, error: np.ndarray, points: 
 
     fitted = log_saturating_law(theta[None], lx, False)[0][0]
     samples = ok = None
+    shares: dict[str, float] = {}
     if len(lx) <= 3:  # as many points as parameters: the curve interpolates them, no residuals to resample
         bootstrap = 0
         note += "; as many points as parameters, so no bootstrap interval"
@@ -58,6 +60,7 @@ def _fit_saturating(name: str, variable: np.ndarray, error: np.ndarray, points: 
         up[:, 2] = np.exp(draws.min(1)) * (1 - 1e-9)
         thetas, ok = refit_resamples(log_saturating_law, np.minimum(theta, up.min(0)), lx, draws, weights, lower, up)
         samples = named(thetas)
+        shares = bound_shares(thetas, ok, lower, up, ["A", "alpha", "E_inf"])
     bound = bound_status(theta, lower, upper, ["log A", "alpha", "E_inf"], {
         ("E_inf", "lower"): "E_inf = 0 (a pure power law)",
         ("E_inf", "upper"): "E_inf = the lowest error",
@@ -68,6 +71,7 @@ def _fit_saturating(name: str, variable: np.ndarray, error: np.ndarray, points: 
         resamples=int(ok.sum()) if ok is not None else 0,
         bootstrap="log residuals of the fit resampled with replacement (one point per model or per N)",
         note=note,
+        bound_share=shares,
     )
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 from ..budget import PFLOP
 from ..errors import StudyError
 from .bootstrap import estimates, multinomial, refit_resamples
+from .identifiability import bound_shares
 from .optimize import bound_status, multistart, one_blas_thread, status_of
 from .results import LawFit
 
@@ -17,7 +18,15 @@ COMPUTE_LAW = "E(C) = a (b + C)^-alpha + E_inf"
 
 
 def envelope(frame: pd.DataFrame) -> pd.DataFrame:
-    """The compute-optimal points: sorted by compute, those with lower error than every point of lower compute."""
+    """The compute-optimal points: sorted by compute, those with lower error than every point of lower compute.
+
+    When the frame has a `budget` column (an iso-FLOP sweep, see `budgets`), each budget's points have
+    the same compute up to noise: only its best point competes (rows with budget -1 all do).
+    """
+    if "budget" in frame.columns and len(frame):
+        in_budget = frame["budget"].to_numpy() >= 0
+        best = frame[in_budget].groupby("budget")["error"].idxmin()
+        frame = frame[~in_budget | frame.index.isin(best)]
     ordered = frame.sort_values(["compute", "error"], kind="stable")
     return ordered[envelope_mask(ordered["error"].to_numpy())]
 
@@ -82,10 +91,12 @@ def fit_compute_law(frame: pd.DataFrame, bootstrap: int = 1000, rng: np.random.G
                 "b": np.exp(t[..., 1]) * c0}
 
     samples = ok = None
+    shares: dict[str, float] = {}
     if bootstrap:
         counts = multinomial(rng, bootstrap, len(x))
         thetas, ok = refit_resamples(log_compute_law, theta, x, logy, counts, lower, upper)
         samples = named(thetas)
+        shares = bound_shares(thetas, ok, lower, upper, ["a", "b", "alpha", "E_inf"])
     bound = bound_status(theta, lower, upper, ["log a", "log b", "alpha", "E_inf"], {
         ("log b", "lower"): "b -> 0 (a pure power law plus E_inf)",
         ("E_inf", "lower"): "E_inf = 0",
@@ -96,7 +107,9 @@ def fit_compute_law(frame: pd.DataFrame, bootstrap: int = 1000, rng: np.random.G
         name="compute", formula=COMPUTE_LAW, params=estimates(named(theta), samples, ok),
         status=status_of(converged, bound), points=points, loss=loss,
         resamples=int(ok.sum()) if ok is not None else 0,
-        bootstrap="envelope points resampled with replacement (the envelope is not re-taken)",
+        bootstrap="envelope points resampled with replacement (the envelope is not re-taken)"
+                  + ("; the envelope takes the best point per compute budget" if "budget" in frame.columns else ""),
+        bound_share=shares,
     )
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .bootstrap import estimates, multinomial, refit_resamples
+from .identifiability import bound_shares
 from .optimize import bound_status, multistart, one_blas_thread, status_of
 from .results import LawFit, Skipped
 
@@ -56,13 +57,14 @@ def fit_parametric(frame: pd.DataFrame, bootstrap: int, rng: np.random.Generator
     p0, d0 = float(np.exp(np.log(params).mean())), float(np.exp(np.log(data).mean()))
     x = (np.log(params / p0), np.log(data / d0))
     logy = np.log(error)
-    lower = np.array([math.log(1e-6), -20.0, -20.0, 0.01, 0.01])
-    # E_inf is not bounded by the lowest error: one low outlier would otherwise pin it
-    upper = np.array([math.log(error.max()), 5.0, 5.0, 4.0, 4.0])
+    # E_inf in (0, lowest observed value): an irreducible value above a measured one is not one (losses too)
+    lower = np.array([math.log(error.min()) - 14.0, -20.0, -20.0, 0.01, 0.01])
+    upper = np.array([math.log(error.min() * (1 - 1e-9)), 5.0 + math.log(max(1.0, error.max())), 5.0 + math.log(max(1.0, error.max())), 4.0, 4.0])
+    scale = max(1.0, float(np.median(error)))  # the reducible terms' starts in the metric's own units
     starts = np.array(np.meshgrid(
         np.log(error.min() * np.array([0.1, 0.5, 0.9])),
-        np.log([0.01, 0.05, 0.2, 0.8]),
-        np.log([0.01, 0.05, 0.2, 0.8]),
+        np.log(scale * np.array([0.01, 0.05, 0.2, 0.8])),
+        np.log(scale * np.array([0.01, 0.05, 0.2, 0.8])),
         [0.1, 0.3, 0.6, 1.0, 1.6],
         [0.1, 0.3, 0.6, 1.0, 1.6],
         indexing="ij",
@@ -77,12 +79,14 @@ def fit_parametric(frame: pd.DataFrame, bootstrap: int, rng: np.random.Generator
                 "a": beta / (alpha + gamma * beta), "b": alpha / (alpha + gamma * beta)}
 
     samples = ok = None
+    shares: dict[str, float] = {}
     if bootstrap:
         counts = multinomial(rng, bootstrap, len(error))
         thetas, ok = refit_resamples(log_parametric_law, theta, x, logy, counts, lower, upper)
         samples = named(thetas)
+        shares = bound_shares(thetas, ok, lower, upper, ["E_inf", "A", "B", "alpha", "beta"])
     bound = bound_status(theta, lower, upper, ["log E_inf", "log A", "log B", "alpha", "beta"], {
-        ("log E_inf", "upper"): "E_inf = the highest error",
+        ("log E_inf", "upper"): "E_inf = the lowest observed value",
         ("log E_inf", "lower"): "E_inf -> 0",
     })
     points = frame.assign(predicted=np.exp(log_parametric_law(theta[None], x, False)[0][0]))
@@ -91,8 +95,9 @@ def fit_parametric(frame: pd.DataFrame, bootstrap: int, rng: np.random.Generator
         status=status_of(converged, bound), points=points, loss=loss,
         resamples=int(ok.sum()) if ok is not None else 0,
         bootstrap="all points resampled with replacement",
+        bound_share=shares,
         note=f"allocation exponents a = beta / (alpha + gamma beta), b = alpha / (alpha + gamma beta) with FLOP(f) ~ P^gamma, gamma = {gamma:.3f}",
-        samples=None if samples is None else {k: v[ok] for k, v in samples.items()},
+        samples=None if samples is None else {**samples, "ok": ok},
     )
 
 

@@ -29,11 +29,19 @@ class LawFit:
     resamples: int  # bootstrap resamples whose refit converged
     bootstrap: str  # what was resampled
     note: str = ""
-    samples: dict | None = None  # the converged bootstrap refits' parameters, {name: array} (parametric law)
+    samples: dict | None = field(default=None, repr=False)  # bootstrap draws per parameter, and "ok" (converged)
+    bound_share: dict = field(default_factory=dict)  # per parameter: share of the resamples on a bound
 
     def value(self, name: str) -> float:
         """A parameter's point estimate."""
         return self.params[name].value
+
+    def draws(self) -> dict:
+        """The converged bootstrap refits' parameters, {name: array} (empty arrays without a bootstrap)."""
+        if self.samples is None:
+            return {}
+        ok = self.samples["ok"]
+        return {k: v[ok] for k, v in self.samples.items() if k != "ok"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,6 +56,8 @@ class Allocation:
     points: pd.DataFrame  # columns pflops, params, examples (the points regressed, if any)
     method: str
     resamples: int
+    mode: str = ""  # iso-FLOP: "budgets" (an iso-FLOP sweep) or "levels" (interpolated compute levels)
+    resampled: str = ""  # what the bootstrap resampled
 
 
 @dataclass(frozen=True)
@@ -90,3 +100,43 @@ class Analysis:
     bootstrap: int
     seed: int
     notes: list[str] = field(default_factory=list)
+    data_constrained: LawFit | Skipped | None = None  # E(P, D') with repeated epochs discounted
+    form: FormChoice | None = None  # which of E(P, D) and E(P, D') the held-out score chose
+    seeds: SeedSpread | None = None  # how the seeds were averaged into cells
+    backtest: list[BackTest] = field(default_factory=list)  # rolling-origin extrapolation per law
+    agreement: dict = field(default_factory=dict)  # do the allocation estimators agree, and the checks that say why not
+    sweep: dict = field(default_factory=dict)  # budgets.describe: iso-FLOP mode, budgets, sizes merged
+
+
+@dataclass(frozen=True)
+class FormChoice:
+    """E(P, D = N T) against E(P, D'): each form's held-out score (k-fold over trajectories), the one chosen."""
+
+    chosen: str  # "parametric" or "data_constrained"
+    scores: dict[str, float]  # form -> RMS log residual of held-out trajectories
+    folds: int
+    method: str
+
+
+@dataclass(frozen=True)
+class SeedSpread:
+    """Seeds averaged per (model, N, T) cell: how many, and the pooled seed-to-seed spread of log values."""
+
+    points: int  # evaluation points before averaging
+    cells: int
+    seeds_per_cell: float  # mean
+    cells_with_seeds: int  # cells with 2 or more seeds
+    log_std: float  # pooled within-cell standard deviation of log value (NaN with one seed per cell)
+
+
+@dataclass(frozen=True)
+class BackTest:
+    """One law fitted below a compute level and scored above it."""
+
+    law: str
+    level: int
+    threshold_pflops: float
+    train_points: int
+    test_points: int
+    mean_abs_rel_error: float  # on the envelope points above the threshold
+    max_abs_rel_error: float

@@ -47,5 +47,7 @@ def select(
         chosen = chosen[~chosen["job_id"].isin(excluded)]
     nonpositive = int((chosen["error"] <= 0).sum())
     chosen = chosen[chosen["error"] > 0]  # log-space fits: a zero error has no logarithm
-    filters = {"metric": metric, "kind": kind or "all", "excluded_jobs": excluded, "dropped_zero_error": nonpositive}
+    metric_kind = str(chosen["metric_kind"].iloc[0]) if "metric_kind" in chosen and len(chosen) else "error"
+    filters = {"metric": metric, "kind": kind or "all", "excluded_jobs": excluded, "dropped_zero_error": nonpositive,
+               "metric_kind": metric_kind}
     return chosen.reset_index(drop=True), filters

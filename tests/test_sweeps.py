@@ -1,0 +1,129 @@
+"""Iso-FLOP sweeps (issue #18): budgets detected, approach 2 at the real budgets, intervals over runs,
+one envelope point per budget, near-equal sizes merged, identifiability flags, figures at 50 models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scaling_study import analysis as fit
+from scaling_study import synthetic
+from scaling_study.analysis import allocation, budgets, isoflop
+
+LAW = synthetic.ParametricLaw()  # a = 0.35, b = 0.65 with FLOP(f) = P
+
+
+@pytest.fixture(scope="module")
+def sweep() -> pd.DataFrame:
+    """6 budgets over 5 decades, 5-9 sizes each, 0.5% noise, compute jittered ~1%, 4 digitised sizes."""
+    return synthetic.isoflop_study(seed=0)
+
+
+def test_budgets_are_detected_on_a_sweep_and_not_on_grids(sweep):
+    shape = budgets.sweep_shape(sweep)
+    assert shape.mode == "budgets" and len(shape.budgets) == 6
+    assert shape.budgets["sizes"].between(5, 9).all() and (shape.labels >= 0).all()
+    assert shape.budgets["pflops"].to_numpy() == pytest.approx(np.geomspace(1e-3, 1e2, 6), rel=0.03)
+    assert "6 compute budgets" in shape.reason
+    for grid in (synthetic.parametric_study(seed=0), synthetic.compute_study(seed=0)):
+        shape = budgets.sweep_shape(grid)
+        assert shape.mode == "levels" and shape.reason.startswith("grid-shaped") and (shape.labels == -1).all()
+    # scattered points (every run its own compute) are neither a grid nor budgets
+    scattered = sweep.assign(compute=sweep["compute"] * np.geomspace(1, 50, len(sweep)))
+    assert budgets.sweep_shape(scattered).mode == "levels"
+
+
+def test_cluster_compute_splits_at_gaps_wider_than_the_tolerance():
+    labels = budgets.cluster_compute(np.array([1.0, 1.05, 2.0, 0.97, 2.1, 8.0]), tolerance=0.1)
+    assert labels.tolist() == [0, 0, 1, 0, 1, 2]
+
+
+def test_isoflop_at_the_budgets_recovers_the_allocation_exponent(sweep):
+    merged, _ = budgets.merge_sizes(sweep)
+    shape = budgets.sweep_shape(merged)
+    fit = allocation.allocation_isoflop(merged, 1, 200, np.random.default_rng(0), shape)
+    assert fit.mode == "budgets" and fit.resampled == isoflop.BUDGET_RESAMPLING
+    assert fit.a.value == pytest.approx(LAW.a, abs=0.03)
+    assert fit.b.value == pytest.approx(LAW.b, abs=0.03)
+    assert fit.a.low < LAW.a < fit.a.high and fit.resamples >= 190
+    assert 4 <= len(fit.points) <= 6  # interior minima only, one per budget
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_isoflop_recovery_is_not_luck(seed):
+    frame = synthetic.isoflop_study(seed=seed)
+    fit = allocation.allocation_isoflop(frame, 1, 0, np.random.default_rng(0), budgets.sweep_shape(frame))
+    assert fit.mode == "budgets" and fit.a.value == pytest.approx(LAW.a, abs=0.03)
+
+
+def test_parabola_minimum_is_its_vertex_and_edges_are_not_interior():
+    x = np.log(np.array([1, 2, 4, 8, 16.0]))
+    y = (x - np.log(5.0)) ** 2 + 0.1
+    vertex, interior = isoflop.parabola_minima(x, y, np.ones((1, 5)))
+    assert vertex[0] == pytest.approx(np.log(5.0)) and interior[0]
+    _, interior = isoflop.parabola_minima(x, -x, np.ones((1, 5)))  # falling all the way: no minimum
+    assert not interior[0]
+    _, interior = isoflop.parabola_minima(x, (x - np.log(30.0)) ** 2, np.ones((1, 5)))  # beyond the largest
+    assert not interior[0]
+
+
+def test_envelope_takes_the_best_point_per_budget(sweep):
+    analysis = fit.analyse(*fit.select(sweep), bootstrap=100, seed=0)
+    envelope = {a.estimator: a for a in analysis.allocations}["envelope"]
+    assert envelope.mode == "budgets" and "best point per compute budget" in envelope.method
+    assert envelope.a.value == pytest.approx(LAW.a, abs=0.05)
+    assert envelope.b.value == pytest.approx(LAW.b, abs=0.05)
+    on = analysis.frame[analysis.frame["envelope"]]
+    assert on["budget"].is_unique and len(on) == 6  # one point per budget, each below every cheaper budget
+    best = analysis.frame.loc[analysis.frame.groupby("budget")["error"].idxmin()]
+    assert sorted(on.index) == sorted(best.index)
+    assert "best point per compute budget" in analysis.compute.bootstrap
+    # without budgets (a plain frame) the envelope is the usual one: noise in compute makes more points optimal
+    assert len(fit.envelope(sweep)) > 6
+
+
+def test_near_equal_sizes_are_merged_into_one_model(sweep):
+    merged, groups = budgets.merge_sizes(sweep, 0.01)
+    assert len(groups) == 3 and all(g["merged"] for g in groups)
+    assert merged["params"].nunique() == sweep["params"].nunique() - 3
+    for g in groups:
+        for m in g["merged"]:
+            assert abs(m["params"] / g["params"] - 1) < 0.01
+            assert set(merged.loc[merged["model_as_recorded"] == m["model"], "model"]) == {g["model"]}
+    assert budgets.merge_sizes(sweep, 0.0) == (sweep, [])
+    # different kinds are never merged, and sizes 2% apart stay apart at 1%
+    two = pd.DataFrame({"kind": ["bottleneck", "standard", "bottleneck"], "model": ["a", "b", "c"],
+                        "params": [1000, 1001, 1020], "flops_per_example": [1, 2, 3], "error": [0.5, 0.5, 0.5]})
+    assert budgets.merge_sizes(two, 0.01)[1] == []
+    assert budgets.merge_sizes(two, 0.05)[1] == [{"kind": "bottleneck", "model": "a", "params": 1000,
+                                                  "merged": [{"model": "c", "params": 1020}]}]
+    analysis = fit.analyse(*fit.select(sweep), bootstrap=0)
+    assert analysis.sweep["merged_sizes"]["groups"] == groups and analysis.sweep["mode"] == "budgets"
+
+
+def test_an_unidentified_parameter_is_flagged_and_a_well_identified_one_is_not(sweep):
+    from scaling_study.analysis import identifiability
+
+    rng = np.random.default_rng(0)
+    merged, _ = budgets.merge_sizes(sweep)
+    tagged = merged.assign(budget=budgets.sweep_shape(merged).labels)
+    # E(C) on 6 budget optima: b (where the curve bends) is not placed by the data, alpha is
+    law = fit.fit_compute_law(tagged, bootstrap=200, rng=rng)
+    flags = {f["param"]: f["reason"] for f in identifiability.law_flags(law)}
+    assert "b" in flags and "decades" in flags["b"] and "alpha" not in flags and "E_inf" not in flags
+    assert identifiability.status_text(law.status, identifiability.law_flags(law)).endswith("not identified: b")
+    # the parametric law on its own grid: every parameter identified
+    grid = synthetic.parametric_study(seed=0)
+    assert identifiability.law_flags(fit.fit_parametric(grid, 100, rng)) == []
+    # a pure power law (E_inf = 0): the saturating law's E_inf sits on its bound 0 in most resamples
+    x = np.geomspace(1e3, 1e6, 8)
+    points = pd.DataFrame({"examples": x, "error": 3.0 * x**-0.3 * np.exp(rng.normal(0, 0.01, x.size)),
+                           "params": 1e6, "model": "m"})
+    from scaling_study.analysis.bottleneck import _fit_saturating
+    pure = _fit_saturating("examples", x, points["error"].to_numpy(), points, 200, rng, "")
+    reasons = {f["param"]: f["reason"] for f in identifiability.law_flags(pure)}
+    assert "E_inf" in reasons and "alpha" not in reasons
+    assert identifiability.estimate_flag(fit.Estimate(0.5, 0.45, 0.55)) is None
+    assert "reaches 0" in identifiability.estimate_flag(fit.Estimate(0.1, -0.2, 0.4))
+    assert "2.0 decades" in identifiability.estimate_flag(fit.Estimate(1.0, 0.1, 10.0))
