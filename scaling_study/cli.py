@@ -745,6 +745,15 @@ def fit_laws(
     for group in sweep["merged_sizes"]["groups"]:
         console.print(f"merged into {group['model']}: " + ", ".join(m["model"] for m in group["merged"]),
                       markup=False, highlight=False, soft_wrap=True)
+    if pruned := _pruned_of(engine, name):
+        saved = sum(p["saved_pflops"] for p in pruned)
+        table = Table(title=f"pruned trajectories (adaptive): {len(pruned)}, saving {saved:.3g} PFLOPs")
+        for column in ("job", "model", "N", "epochs run", "saved PFLOPs", "closest point vs envelope"):
+            table.add_column(column, justify="left" if column in ("model", "closest point vs envelope") else "right")
+        for p in pruned:
+            table.add_row(str(p["job_id"]), p["model"], f"{p['examples']:,}", f"{p['epochs_done']}/{p['epochs']}",
+                          f"{p['saved_pflops']:.3g}", f"T = {p['epoch']}: low {p['low']:.4f} > {p['envelope']:.4f}")
+        console.print(table)
     console.print("wrote " + ", ".join(str(p) for p in [*figures, *written]), markup=False, highlight=False)
 
 
@@ -852,7 +861,7 @@ def _fit_and_write(engine, name: str, metric: str | None, kind: str | None, epoc
                             budget_tolerance=budget_tolerance)
     try:
         figures = write_figures(analysis, out)
-        written = write_report(analysis, name, figures, out)
+        written = write_report(analysis, name, figures, out, _pruned_of(engine, name))
     except OSError as error:
         raise BadInput(f"cannot write --out {out}: {error.strerror or error}; choose another folder") from None
     return selected, analysis, figures, written
@@ -901,6 +910,18 @@ def report_page(
     console.print(f"watching study {name!r} every {interval:g} s; Ctrl-C stops", markup=False, highlight=False)
     page.watch(engine, name, out, runs_dir, interval, write)
     console.print("stopped watching", markup=False, highlight=False)
+
+
+def _pruned_of(engine, name: str) -> list[dict] | None:  # noqa: ANN001
+    """An adaptive study's pruned trajectories (adaptive.pruned_summary); None for a plain study."""
+    from . import adaptive
+
+    try:
+        config = adaptive.settings(engine, name)
+    except StudyError:
+        config = None
+    rows = adaptive.pruned_summary(engine, name)
+    return rows if config is not None or rows or db.pruning_rows(engine, name) else None
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m scaling_study`

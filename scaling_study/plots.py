@@ -1,8 +1,9 @@
 """The figures of `study fit` (the one module that imports matplotlib): PNG at 200 dpi, PDF and SVG, Agg backend.
 
 - fig1_error_vs_compute: every point (colour = model size, marker size = N, a line joins the
-  epochs of one trajectory), the fitted E(C) dotted and E_inf as a labelled horizontal line; up to
-  8 models are named in a legend, beyond that a colour bar of log P;
+  epochs of one trajectory; an adaptive study's pruned trajectories hollow and dashed), the fitted
+  E(C) dotted and E_inf as a labelled horizontal line; up to 8 models are named in a legend, beyond
+  that a colour bar of log P;
 - fig6_bottlenecks: error vs parameters at the largest N, error vs examples for the largest model;
 - fig7_allocation: P*(C) and N*(C) by the envelope, iso-FLOP and parametric estimators;
 - residuals_compute: log residuals of the E(C) fit on the envelope points;
@@ -138,15 +139,27 @@ def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
     figure = Figure(figsize=(7.4, 4.6), layout="constrained")  # legends and colour bar inside the canvas
     ax = figure.add_subplot()
     pflops = frame["compute"] / PFLOP
-    segments, segment_colours = [], []
+    pruned = (frame["state"] == "pruned").to_numpy() if "state" in frame else np.zeros(len(frame), bool)
+    segments, segment_colours, dashed = [], [], []
     for _, job in frame.sort_values("epochs").groupby("job_id"):
         if len(job) > 1:
             segments.append(np.column_stack([job["compute"] / PFLOP, job["error"]]))
             segment_colours.append(colours[job["model"].iloc[0]])
-    ax.add_collection(LineCollection(segments, colors=segment_colours, linewidths=0.7, alpha=0.45, zorder=1))
+            dashed.append("state" in job and job["state"].iloc[0] == "pruned")
+    for style, chosen in (("solid", [not d for d in dashed]), ("dashed", dashed)):  # pruned trajectories dashed
+        if any(chosen):
+            ax.add_collection(LineCollection([g for g, c in zip(segments, chosen) if c], linestyles=style,
+                                             colors=[g for g, c in zip(segment_colours, chosen) if c],
+                                             linewidths=0.7, alpha=0.45, zorder=1))
     _seed_band(ax, frame, colours)
-    ax.scatter(pflops, frame["error"], s=_marker_sizes(frame["examples"], n_low, n_high),
-               c=[colours[m] for m in frame["model"]], edgecolors="white", linewidths=0.4, alpha=0.9, zorder=2)
+    sizes = _marker_sizes(frame["examples"], n_low, n_high)
+    point_colours = [colours[m] for m in frame["model"]]
+    kept = ~pruned
+    ax.scatter(pflops[kept], frame["error"][kept], s=sizes[kept], c=[c for c, k in zip(point_colours, kept) if k],
+               edgecolors="white", linewidths=0.4, alpha=0.9, zorder=2)
+    if pruned.any():  # an adaptive study's pruned trajectories: hollow markers
+        ax.scatter(pflops[pruned], frame["error"][pruned], s=sizes[pruned], facecolors="none",
+                   edgecolors=[c for c, p in zip(point_colours, pruned) if p], linewidths=0.9, alpha=0.9, zorder=2)
     on = frame[frame["envelope"]]
     ax.scatter(on["compute"] / PFLOP, on["error"], s=_marker_sizes(on["examples"], n_low, n_high) + 10,
                facecolors="none", edgecolors="black", linewidths=0.7, zorder=3)
@@ -194,6 +207,9 @@ def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
         Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="black",
                label="compute-optimal"),
     ]
+    if pruned.any():
+        law_handles.append(Line2D([], [], marker="o", linestyle="--", color="0.5", markerfacecolor="none",
+                                  label=f"pruned ({frame.loc[pruned, 'job_id'].nunique()} runs)"))
     if many:  # inside, top right: the runs fall with compute, so that corner is empty
         ax.legend(handles=law_handles + size_handles, title="fit; marker size = N", loc="upper right",
                   frameon=True, framealpha=0.85, edgecolor="0.8")
