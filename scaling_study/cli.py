@@ -413,13 +413,13 @@ def logs(job: Annotated[int, typer.Argument(help="Job id (see `study status --jo
     path = job_dir(runs_dir, row) / "log.txt"
     for attempt in db.attempt_rows(engine, job):
         console.print(
-            f"attempt {attempt['attempt']}: {attempt['worker']} {attempt['started_at']:%Y-%m-%d %H:%M:%S} -> "
-            f"{attempt['outcome'] or 'running'}" + (f" ({attempt['message']})" if attempt["message"] else ""),
+            f"attempt {attempt['attempt']}: {printable(attempt['worker'])} {attempt['started_at']:%Y-%m-%d %H:%M:%S} -> "
+            f"{attempt['outcome'] or 'running'}" + (f" ({printable(attempt['message'])})" if attempt["message"] else ""),
             markup=False, highlight=False,
         )
     if not path.exists():
         raise StudyError(f"{path}: no log yet (job {job} is {row['state']})")
-    console.print(path.read_text(), markup=False, highlight=False, end="")
+    console.print(printable(path.read_text(errors="replace"), keep="\n\t"), markup=False, highlight=False, end="")
 
 
 @app.command()
@@ -745,7 +745,106 @@ def fit_laws(
     for group in sweep["merged_sizes"]["groups"]:
         console.print(f"merged into {group['model']}: " + ", ".join(m["model"] for m in group["merged"]),
                       markup=False, highlight=False, soft_wrap=True)
+    if pruned := _pruned_of(engine, name):
+        saved = sum(p["saved_pflops"] for p in pruned)
+        table = Table(title=f"pruned trajectories (adaptive): {len(pruned)}, saving {saved:.3g} PFLOPs")
+        for column in ("job", "model", "N", "epochs run", "saved PFLOPs", "closest point vs envelope"):
+            table.add_column(column, justify="left" if column in ("model", "closest point vs envelope") else "right")
+        for p in pruned:
+            table.add_row(str(p["job_id"]), p["model"], f"{p['examples']:,}", f"{p['epochs_done']}/{p['epochs']}",
+                          f"{p['saved_pflops']:.3g}", f"T = {p['epoch']}: low {p['low']:.4f} > {p['envelope']:.4f}")
+        console.print(table)
     console.print("wrote " + ", ".join(str(p) for p in [*figures, *written]), markup=False, highlight=False)
+
+
+@app.command("predict")
+@user_errors
+def predict(
+    db_url: DbOption = None,
+    study: Annotated[Optional[str], typer.Option(help="Study to fit [default: the only one in the database]")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="Metric [default: the first */linear, else upstream/top1]")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="Only models of this kind: bottleneck or standard")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Predict a run of this model (with --examples and --epochs)")] = None,
+    examples: Annotated[Optional[int], typer.Option(help="N of the run to predict")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="T of the run to predict; with --compute, the T of the allocation")] = None,
+    compute: Annotated[Optional[float], typer.Option(help="Target compute in PFLOPs: the best value and (P*, N*) there")] = None,
+    exclude: Annotated[Optional[list[int]], typer.Option(help="Leave out this job id (repeat for more)")] = None,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% intervals")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+) -> None:
+    """Predict a run's value, or the compute-optimal (P*, N*) at a compute, with 95% intervals."""
+    import json
+
+    from . import analysis as fits
+    from .analysis.predict import predict_compute, predict_run
+    from .errors import BadInput
+
+    if model is None and compute is None:
+        raise BadInput("say what to predict: --model M --examples N --epochs T, and/or --compute PFLOPS")
+    if model is not None and (examples is None or epochs is None):
+        raise BadInput("--model needs --examples N and --epochs T")
+    if compute is not None and not (compute > 0 and compute < float("inf")):
+        raise BadInput(f"--compute must be a positive number of PFLOPs, not {compute:g}")
+    if kind and kind not in MODEL_KINDS:
+        raise BadInput(f"unknown --kind {kind!r}; valid kinds: {', '.join(MODEL_KINDS)}")
+    try:
+        engine = db.connect(db_url, create=False, write=False)  # predict only reads
+        name = _one_study(engine, study)
+        frame = db.evaluations_frame(engine, name, metric)
+        if frame.empty:
+            raise BadInput(f"study {name!r} has no evaluation points" + (f" for metric {metric!r}" if metric else "")
+                           + ": nothing to fit a prediction to")
+        selected, filters = fits.select(frame, metric, kind, exclude or ())
+    except StudyError as error:
+        raise BadInput(str(error)) from None
+    if model is not None and model not in set(selected["model"]):
+        raise BadInput(f"unknown model {model!r}; models in the study: {', '.join(sorted(set(selected['model'])))}")
+    allocation_epochs = epochs if compute is not None and model is None else None
+    try:
+        analysis = fits.analyse(selected, filters, allocation_epochs, bootstrap, seed)
+    except BadInput:
+        raise
+    except StudyError as error:
+        raise BadInput(f"study {name!r} cannot be fitted: {error}") from None
+    answer: dict = {"study": name}
+    if model is not None:
+        answer["run"] = predict_run(analysis, model, examples, epochs, seed)
+    if compute is not None:
+        answer["compute"] = predict_compute(analysis, compute, seed)
+    if as_json:
+        from .report import _clean
+
+        print(json.dumps(_clean(answer), indent=2, allow_nan=False))
+        return
+
+    def interval(row: dict, key: str = "value") -> str:
+        low, high = row.get("low" if key == "value" else f"{key}_low"), row.get("high" if key == "value" else f"{key}_high")
+        return f"{row[key]:.4g}" + ("" if low is None else f" [{low:.4g}, {high:.4g}]")
+
+    if "run" in answer:
+        run = answer["run"]
+        console.print(f"{run['model']} at N = {run['examples']:,}, T = {run['epochs']} ({run['pflops']:.3g} PFLOPs): "
+                      f"{run['metric']} {run['metric_kind']} {interval(run['prediction'])} (95% prediction interval, "
+                      f"{run['chosen_form']} form)", markup=False, highlight=False)
+        for form, row in run["forms"].items():
+            if form != run["chosen_form"]:
+                console.print(f"  {form} form: {interval(row)}", markup=False, highlight=False)
+    if "compute" in answer:
+        at = answer["compute"]
+        console.print(f"at {at['pflops']:.4g} PFLOPs ({at['extrapolation']:.3g}x the largest run): best "
+                      f"{at['metric_kind']} {interval(at['compute_law'])} by {at['compute_law']['formula']}",
+                      markup=False, highlight=False)
+        table = Table(title=f"compute-optimal allocation at {at['pflops']:.4g} PFLOPs (T = {at['epochs_for_allocation']}), 95% intervals")
+        for column in ("estimator", "P*", "N*", f"{at['metric_kind']} there"):
+            table.add_column(column, justify="left" if column == "estimator" else "right")
+        for estimator, row in at["allocation"].items():
+            if "skipped" in row:
+                table.add_row(estimator, "not fitted", row["skipped"], "")
+            else:
+                there = row.get("value_there")
+                table.add_row(estimator, interval(row, "params"), interval(row, "examples"), "" if there is None else f"{there:.4g}")
+        console.print(table)
 
 
 def _fit_and_write(engine, name: str, metric: str | None, kind: str | None, epochs: int | None,  # noqa: ANN001
@@ -762,7 +861,7 @@ def _fit_and_write(engine, name: str, metric: str | None, kind: str | None, epoc
                             budget_tolerance=budget_tolerance)
     try:
         figures = write_figures(analysis, out)
-        written = write_report(analysis, name, figures, out)
+        written = write_report(analysis, name, figures, out, _pruned_of(engine, name))
     except OSError as error:
         raise BadInput(f"cannot write --out {out}: {error.strerror or error}; choose another folder") from None
     return selected, analysis, figures, written
@@ -811,6 +910,18 @@ def report_page(
     console.print(f"watching study {name!r} every {interval:g} s; Ctrl-C stops", markup=False, highlight=False)
     page.watch(engine, name, out, runs_dir, interval, write)
     console.print("stopped watching", markup=False, highlight=False)
+
+
+def _pruned_of(engine, name: str) -> list[dict] | None:  # noqa: ANN001
+    """An adaptive study's pruned trajectories (adaptive.pruned_summary); None for a plain study."""
+    from . import adaptive
+
+    try:
+        config = adaptive.settings(engine, name)
+    except StudyError:
+        config = None
+    rows = adaptive.pruned_summary(engine, name)
+    return rows if config is not None or rows or db.pruning_rows(engine, name) else None
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m scaling_study`
