@@ -302,6 +302,18 @@ def test_a_read_only_database_is_found_before_any_work(here, tmp_path, command):
 
 
 @needs_root
+def test_a_read_only_database_can_still_be_read(here, tmp_path):
+    with mounted(tmp_path / "ro", "2m") as ro:
+        shutil.copy(here / "results.db", ro / "results.db")
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        result = invoke("status", "--jobs", "--db", f"sqlite:///{ro / 'results.db'}", cwd=here)
+        assert result.exit_code == 0 and "corpus" in result.stdout and "points" in result.stdout, result.stderr
+        out = here / "out.csv"
+        assert invoke("export", "--out", out, "--db", f"sqlite:///{ro / 'results.db'}", cwd=here).exit_code == 0
+        assert len(out.read_text().splitlines()) == 7
+
+
+@needs_root
 def test_a_full_disk_while_planning_leaves_the_database_as_it_was(here, tmp_path):
     (here / "big.toml").write_text(grid_text(here / "data", seeds=str(list(range(500)))))  # 1000 jobs
     with mounted(tmp_path / "small", "200k") as small:
