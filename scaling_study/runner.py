@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import hashlib
 import json
 import os
 import platform
@@ -28,9 +27,9 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from . import __version__, db
-from .checks import folder_name
 from .curves import open_curves
 from .errors import BadInput, StudyError
+from .files import job_dir  # noqa: F401 - where it lives now; `runner.job_dir` as before
 from .plan import JobSpec
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -169,18 +168,6 @@ def provenance(device: str, worker: str) -> dict:
         "host": socket.gethostname(),
         "worker": worker,
     }
-
-
-def job_dir(runs_dir: Path, job: dict) -> Path:
-    """Where a job keeps its checkpoint and log: runs/<study>-<key>/job-<id>.
-
-    The key hashes the study's name and creation time, so the folder belongs to this database's
-    study and no other: a new results.db (or another URL) with a study of the same name gets
-    folders of its own, instead of resuming, or being refused by, checkpoints it never recorded.
-    """
-    created = job["study_created_at"]
-    key = hashlib.sha256(f"{job['study']}\0{created.isoformat()}".encode()).hexdigest()[:8]
-    return Path(runs_dir) / f"{folder_name(job['study'])}-{key}" / f"job-{job['id']}"  # never outside runs_dir
 
 
 class JobLog:
