@@ -267,7 +267,7 @@ def prune(
     """Refit the law on what is recorded and prune the pending or running trajectories it rules out."""
     from . import adaptive
 
-    engine = db.connect(db_url, migrate=not dry_run)
+    engine = db.connect(db_url, migrate=not dry_run, create=False)
     name = _one_study(engine, study)
     config = adaptive.settings(engine, name, True)
     decisions, pruned, note = adaptive.prune_now(engine, name, config, "study prune", dry_run=dry_run)
