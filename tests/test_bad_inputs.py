@@ -332,6 +332,14 @@ def test_a_bad_device_is_a_usage_error_before_any_claim(here):
     refused(unchanged(here, lambda: invoke("run", *DB, "--device", "bogus", cwd=here)), 2, "'bogus'", "cpu")
 
 
+def test_a_claim_the_database_refuses_is_one_line_and_changes_nothing(here):
+    with contextlib.closing(sqlite3.connect(here / "results.db")) as conn:  # a real refusal, inside the claim
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON job_attempts BEGIN SELECT RAISE(ABORT, 'no'); END")
+        conn.commit()
+    result = unchanged(here, lambda: invoke("run", *DB, "--device", "cpu", cwd=here))
+    refused(result, 1, "could not claim a job", "nothing was changed")
+
+
 def test_missing_data_is_said_at_plan_and_refused_at_run(here):
     (here / "elsewhere.toml").write_text(grid_text(here / "nowhere", name='"elsewhere"'))
     planned = invoke("plan", "elsewhere.toml", *DB, cwd=here)
