@@ -1,7 +1,9 @@
-"""The figures of `study fit` (the one module that imports matplotlib): PNG at 200 dpi and PDF, Agg backend.
+"""The figures of `study fit` (the one module that imports matplotlib): PNG at 200 dpi, PDF and SVG, Agg backend.
 
 - fig1_error_vs_compute: every point (colour = model size, marker size = N, a line joins the
-  epochs of one trajectory), the fitted E(C) dotted and E_inf as a labelled horizontal line;
+  epochs of one trajectory; an adaptive study's pruned trajectories hollow and dashed), the fitted
+  E(C) dotted and E_inf as a labelled horizontal line; up to 8 models are named in a legend, beyond
+  that a colour bar of log P;
 - fig6_bottlenecks: error vs parameters at the largest N, error vs examples for the largest model;
 - fig7_allocation: P*(C) and N*(C) by the envelope, iso-FLOP and parametric estimators;
 - residuals_compute: log residuals of the E(C) fit on the envelope points;
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -21,7 +24,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
-from matplotlib.colors import LinearSegmentedColormap, Normalize  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import LinearSegmentedColormap, LogNorm, Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
@@ -36,13 +40,15 @@ STYLE = {
     "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 7.5, "xtick.labelsize": 8,
     "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
     "grid.alpha": 0.25, "grid.linewidth": 0.5, "savefig.bbox": "tight", "pdf.fonttype": 42,
+    "svg.fonttype": "none",  # text as text: a smaller page, drawn in the browser's own sans-serif
 }
+LEGEND_MODELS = 8  # Fig. 1 names up to this many models in a legend; beyond, a colour bar of log P
 ESTIMATORS = {"envelope": ("-", "o", "#1f4e9c"), "isoflop": ("--", "D", "#d7263d"), "parametric": (":", None, "#222222")}
 
 
 def _save(figure: Figure, out: Path, stem: str) -> list[Path]:
     paths = []
-    for suffix, options in (("png", {"dpi": 200}), ("pdf", {})):
+    for suffix, options in (("png", {"dpi": 200}), ("pdf", {}), ("svg", {})):  # svg: inlined in index.html
         path = out / f"{stem}.{suffix}"
         write_atomic(path, lambda temp, s=suffix, o=options: figure.savefig(temp, format=s, **o))
         paths.append(path)
@@ -130,18 +136,30 @@ def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
     law = analysis.compute
     colours, models = _model_colours(frame)
     n_low, n_high = frame["examples"].min(), frame["examples"].max()
-    figure = Figure(figsize=(7.4, 4.6))
+    figure = Figure(figsize=(7.4, 4.6), layout="constrained")  # legends and colour bar inside the canvas
     ax = figure.add_subplot()
     pflops = frame["compute"] / PFLOP
-    segments, segment_colours = [], []
+    pruned = (frame["state"] == "pruned").to_numpy() if "state" in frame else np.zeros(len(frame), bool)
+    segments, segment_colours, dashed = [], [], []
     for _, job in frame.sort_values("epochs").groupby("job_id"):
         if len(job) > 1:
             segments.append(np.column_stack([job["compute"] / PFLOP, job["error"]]))
             segment_colours.append(colours[job["model"].iloc[0]])
-    ax.add_collection(LineCollection(segments, colors=segment_colours, linewidths=0.7, alpha=0.45, zorder=1))
+            dashed.append("state" in job and job["state"].iloc[0] == "pruned")
+    for style, chosen in (("solid", [not d for d in dashed]), ("dashed", dashed)):  # pruned trajectories dashed
+        if any(chosen):
+            ax.add_collection(LineCollection([g for g, c in zip(segments, chosen) if c], linestyles=style,
+                                             colors=[g for g, c in zip(segment_colours, chosen) if c],
+                                             linewidths=0.7, alpha=0.45, zorder=1))
     _seed_band(ax, frame, colours)
-    ax.scatter(pflops, frame["error"], s=_marker_sizes(frame["examples"], n_low, n_high),
-               c=[colours[m] for m in frame["model"]], edgecolors="white", linewidths=0.4, alpha=0.9, zorder=2)
+    sizes = _marker_sizes(frame["examples"], n_low, n_high)
+    point_colours = [colours[m] for m in frame["model"]]
+    kept = ~pruned
+    ax.scatter(pflops[kept], frame["error"][kept], s=sizes[kept], c=[c for c, k in zip(point_colours, kept) if k],
+               edgecolors="white", linewidths=0.4, alpha=0.9, zorder=2)
+    if pruned.any():  # an adaptive study's pruned trajectories: hollow markers
+        ax.scatter(pflops[pruned], frame["error"][pruned], s=sizes[pruned], facecolors="none",
+                   edgecolors=[c for c, p in zip(point_colours, pruned) if p], linewidths=0.9, alpha=0.9, zorder=2)
     on = frame[frame["envelope"]]
     ax.scatter(on["compute"] / PFLOP, on["error"], s=_marker_sizes(on["examples"], n_low, n_high) + 10,
                facecolors="none", edgecolors="black", linewidths=0.7, zorder=3)
@@ -160,11 +178,20 @@ def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
     ax.set_xlabel(COMPUTE_LABEL)
     ax.set_ylabel(f"{analysis.metric} {_value_name(analysis)}")
     ax.set_title(f"{analysis.metric}: {_value_name(analysis)} vs compute ({len(frame)} points, {frame['job_id'].nunique()} runs)")
-    handles = [Line2D([], [], marker="o", linestyle="", markersize=6, markerfacecolor=colours[m],
-                      markeredgecolor="white", label=m) for m in models["model"]]
-    model_legend = ax.legend(handles=handles, title="model (size)", loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                             frameon=False, ncol=1 if len(handles) <= 14 else 2)
-    ax.add_artist(model_legend)
+    many = len(models) > LEGEND_MODELS
+    if many:  # a colour bar of log P: a legend of dozens of names runs off the figure
+        sizes_p = models["params"].to_numpy(float)
+        scale = ScalarMappable(norm=LogNorm(sizes_p.min(), max(sizes_p.max(), sizes_p.min() * 1.01)), cmap=SIZES)
+        bar = figure.colorbar(scale, ax=ax, pad=0.02, fraction=0.045, aspect=30)
+        bar.set_label(f"parameters P ({len(models)} models)")
+        bar.ax.yaxis.set_major_formatter(ticker.FuncFormatter(_tick))
+        bar.ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    else:
+        handles = [Line2D([], [], marker="o", linestyle="", markersize=6, markerfacecolor=colours[m],
+                          markeredgecolor="white", label=m) for m in models["model"]]
+        model_legend = ax.legend(handles=handles, title="model (size)", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                                 frameon=False)
+        ax.add_artist(model_legend)
     sizes = np.unique(np.geomspace(n_low, n_high, 3).round(-1 if n_high > 100 else 0))
     size_handles = [Line2D([], [], marker="o", linestyle="", color="0.5",
                            markersize=math.sqrt(_marker_sizes(pd.Series([n]), n_low, n_high)[0]), label=f"{n:,.0f}")
@@ -180,8 +207,15 @@ def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
         Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="black",
                label="compute-optimal"),
     ]
-    ax.legend(handles=law_handles + size_handles, title="fit; marker size = N", loc="lower left",
-              bbox_to_anchor=(1.01, 0.0), frameon=False)
+    if pruned.any():
+        law_handles.append(Line2D([], [], marker="o", linestyle="--", color="0.5", markerfacecolor="none",
+                                  label=f"pruned ({frame.loc[pruned, 'job_id'].nunique()} runs)"))
+    if many:  # inside, top right: the runs fall with compute, so that corner is empty
+        ax.legend(handles=law_handles + size_handles, title="fit; marker size = N", loc="upper right",
+                  frameon=True, framealpha=0.85, edgecolor="0.8")
+    else:
+        ax.legend(handles=law_handles + size_handles, title="fit; marker size = N", loc="lower left",
+                  bbox_to_anchor=(1.01, 0.0), frameon=False)
     return _save(figure, out, "fig1_error_vs_compute")
 
 
@@ -189,9 +223,12 @@ def _bottleneck_panel(ax, law: fits.LawFit | fits.Skipped, column: str, symbol: 
                       title: str, colours: dict) -> None:
     ax.set_title(title)
     ax.set_xlabel(xlabel)
-    if isinstance(law, fits.Skipped):
-        ax.text(0.5, 0.5, f"not fitted:\n{law.reason}", transform=ax.transAxes, ha="center", va="center",
-                fontsize=8, wrap=True)
+    if isinstance(law, fits.Skipped):  # wrapped inside the empty panel, clear of the axis labels
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+        ax.text(0.5, 0.5, "not fitted:\n" + textwrap.fill(law.reason, 38), transform=ax.transAxes, ha="center",
+                va="center", fontsize=8, color="0.3")
         return
     points = law.points
     x = points[column].to_numpy(float)

@@ -85,9 +85,11 @@ def _versions() -> dict:
     return versions
 
 
-def as_dict(analysis: fits.Analysis, study: str, figures: list[Path]) -> dict:
-    """Every number of the analysis, JSON-ready (NaN as null)."""
+def as_dict(analysis: fits.Analysis, study: str, figures: list[Path], pruned: list[dict] | None = None) -> dict:
+    """Every number of the analysis, JSON-ready (NaN as null); an adaptive study's pruned trajectories too."""
     frame = analysis.frame
+    extra = {} if pruned is None else {
+        "pruned": pruned, "compute_saved_pflops": sum(p["saved_pflops"] for p in pruned)}
     return {
         "study": study,
         "metric": analysis.metric,
@@ -119,6 +121,7 @@ def as_dict(analysis: fits.Analysis, study: str, figures: list[Path]) -> dict:
         "held_out": {h.name: _held_out(h) for h in analysis.held_out},
         "sweep": analysis.sweep,
         "identifiability": {"rule": identifiability.RULE, "flagged": identifiability.analysis_flags(analysis)},
+        **extra,
         "figures": [str(p) for p in figures],
         "provenance": {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **_versions()},
     }
@@ -234,6 +237,23 @@ def _agreement(fitted: list[fits.Allocation]) -> list[str]:
     return lines + [""]
 
 
+def _pruned_section(pruned: list[dict]) -> list[str]:
+    lines = ["## Pruned trajectories (adaptive study)", ""]
+    if not pruned:
+        return lines + ["None: every trajectory ran to its end.", ""]
+    saved = sum(p["saved_pflops"] for p in pruned)
+    lines += [f"{len(pruned)} trajectories stopped because the law ruled out every remaining point: none could be "
+              f"compute-optimal at the chosen confidence. They saved {saved:.4g} PFLOPs (Eq. 4 of the epochs not run). "
+              "Fig. 1 draws them hollow, with dashed lines.", "",
+              "| job | model | N | epochs run | saved (PFLOPs) | closest remaining point: predicted [interval] vs envelope | decided |",
+              "|---|---|---|---|---|---|---|"]
+    for p in pruned:
+        lines.append(f"| {p['job_id']} | {p['model']} | {p['examples']:,} | {p['epochs_done']}/{p['epochs']} | "
+                     f"{p['saved_pflops']:.3g} | T = {p['epoch']}: {p['predicted']:.4f} [{p['low']:.4f}, {p['high']:.4f}] "
+                     f"vs {p['envelope']:.4f} ({p['confidence']:.0%}) | {p['decided_at']} by {p['decided_by']} |")
+    return lines + [""]
+
+
 def _sweep_lines(sweep: dict) -> list[str]:
     """The sweep's shape (iso-FLOP budgets or a grid) and the model sizes merged, for the Data section."""
     if not sweep:
@@ -249,7 +269,8 @@ def _sweep_lines(sweep: dict) -> list[str]:
     return lines
 
 
-def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path) -> str:
+def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path,
+             pruned: list[dict] | None = None) -> str:
     """The report: data and filters, every fit with intervals, estimator agreement, held-out check."""
     frame = analysis.frame
     f = analysis.filters
@@ -305,18 +326,21 @@ def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path
             lines.append(f"| {h.name} | {h.threshold_pflops:.3g} | {h.train_points} | {h.test_points} | "
                          f"{h.mean_abs_rel_error:.2%} | {h.max_abs_rel_error:.2%} |")
     lines += _backtest_section(analysis) + _diagnosis_section(analysis)
+    if pruned is not None:
+        lines += ["", *_pruned_section(pruned)]
     lines += ["", "## Figures", ""]
     lines += [f"![{p.stem}]({p.relative_to(out) if p.is_relative_to(out) else p})" for p in figures if p.suffix == ".png"]
     return "\n".join(lines) + "\n"
 
 
-def write_report(analysis: fits.Analysis, study: str, figures: list[Path], out: Path) -> list[Path]:
-    """fit.json and report.md into `out`."""
+def write_report(analysis: fits.Analysis, study: str, figures: list[Path], out: Path,
+                 pruned: list[dict] | None = None) -> list[Path]:
+    """fit.json and report.md into `out` (with `pruned`, adaptive.pruned_summary, for an adaptive study)."""
     out = Path(out)
-    data = as_dict(analysis, study, figures)
+    data = as_dict(analysis, study, figures, pruned)
     text = json.dumps(_clean(data), indent=2, allow_nan=False)
     json_path = write_atomic(out / JSON_NAME, lambda temp: temp.write_text(text + "\n"))
-    md_path = write_atomic(out / MARKDOWN_NAME, lambda temp: temp.write_text(markdown(analysis, study, figures, out)))
+    md_path = write_atomic(out / MARKDOWN_NAME, lambda temp: temp.write_text(markdown(analysis, study, figures, out, pruned)))
     return [json_path, md_path]
 
 

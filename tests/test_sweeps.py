@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from scaling_study import analysis as fit
 from scaling_study import synthetic
@@ -127,3 +128,55 @@ def test_an_unidentified_parameter_is_flagged_and_a_well_identified_one_is_not(s
     assert identifiability.estimate_flag(fit.Estimate(0.5, 0.45, 0.55)) is None
     assert "reaches 0" in identifiability.estimate_flag(fit.Estimate(0.1, -0.2, 0.4))
     assert "2.0 decades" in identifiability.estimate_flag(fit.Estimate(1.0, 0.1, 10.0))
+
+
+@pytest.mark.parametrize("models", [4, 50])
+def test_fig1_keeps_its_legend_or_colour_bar_inside_the_figure(models, tmp_path, monkeypatch):
+    from scaling_study import plots
+
+    drawn = {}
+    save = plots._save
+
+    def keep(figure, out, stem):  # the real save, and the figure kept to measure
+        drawn[stem] = figure
+        return save(figure, out, stem)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    grid = synthetic.parametric_study(models=models, examples=5, epochs=(50, 800), outliers=0, seed=0)
+    analysis = fit.analyse(*fit.select(grid), bootstrap=0)
+    with plots.matplotlib.rc_context(plots.STYLE):
+        paths = plots.error_vs_compute(analysis, tmp_path)
+        # Fig. 6 of a sweep: neither bottleneck law can be fitted (one model at the largest N)
+        plots.bottlenecks(fit.analyse(*fit.select(synthetic.isoflop_study(seed=0)), bootstrap=0), tmp_path)
+
+    def rendered(figure):
+        renderer = FigureCanvasAgg(figure).get_renderer()
+        figure.draw(renderer)  # lays it out as the save did
+        return renderer
+
+    figure = drawn["fig1_error_vs_compute"]
+    renderer = rendered(figure)
+    tight, canvas = figure.get_tightbbox(renderer), figure.bbox_inches
+    assert tight.x0 >= canvas.x0 - 0.01 and tight.x1 <= canvas.x1 + 0.01, (tight, canvas)
+    assert tight.y0 >= canvas.y0 - 0.01 and tight.y1 <= canvas.y1 + 0.01, (tight, canvas)
+    main = figure.axes[0]
+    legends = [a for a in main.get_children() if isinstance(a, plots.matplotlib.legend.Legend)]
+    if models == 50:
+        assert len(figure.axes) == 2 and "50 models" in figure.axes[1].get_ylabel()  # the colour bar
+        assert len(legends) == 1 and len(legends[0].get_texts()) <= 6  # the fit legend only, no names
+        bar = figure.axes[1].get_window_extent(renderer)
+        assert not legends[0].get_window_extent(renderer).overlaps(bar)
+    else:
+        assert len(figure.axes) == 1 and len(legends) == 2
+        names, fitted = (legend.get_window_extent(renderer) for legend in legends)
+        assert not names.overlaps(fitted)
+    assert paths[0].stat().st_size > 0
+    # Fig. 6's "not fitted" note stays inside its panel, clear of the y label
+    six = drawn["fig6_bottlenecks"]
+    renderer = rendered(six)
+    assert [len(ax.texts) for ax in six.axes] == [1, 1]
+    for ax in six.axes:
+        for text in ax.texts:
+            box = text.get_window_extent(renderer)
+            assert ax.get_window_extent(renderer).contains(*box.min) and ax.get_window_extent(renderer).contains(*box.max)
+            assert not text.get_window_extent(renderer).overlaps(ax.yaxis.label.get_window_extent(renderer))

@@ -72,7 +72,8 @@ def allocation_budgets(frame: pd.DataFrame, epochs: int, shape: SweepShape, boot
     """Approach 2 at the budgets of an iso-FLOP sweep: interior parabola minima regressed on log C."""
     at = (frame["epochs"] == epochs).to_numpy()
     at_t = frame[at]
-    labels = shape.labels[at]
+    # the frame's own `budget` column when it has one (rows may have been averaged over seeds since)
+    labels = at_t["budget"].to_numpy() if "budget" in at_t.columns else shape.labels[at]
     logp_all = np.log(at_t["params"].to_numpy(float))
     loge_all = np.log(at_t["error"].to_numpy(float))
     models = at_t.drop_duplicates("params").sort_values("params")
