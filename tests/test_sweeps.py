@@ -86,8 +86,8 @@ def test_envelope_takes_the_best_point_per_budget(sweep):
 
 def test_near_equal_sizes_are_merged_into_one_model(sweep):
     merged, groups = budgets.merge_sizes(sweep, 0.01)
-    assert len(groups) == 3 and all(g["merged"] for g in groups)
-    assert merged["params"].nunique() == sweep["params"].nunique() - 3
+    assert len(groups) == 4 and all(len(g["merged"]) == 1 for g in groups)  # the 4 digitised sizes
+    assert merged["params"].nunique() == sweep["params"].nunique() - 4
     for g in groups:
         for m in g["merged"]:
             assert abs(m["params"] / g["params"] - 1) < 0.01
@@ -147,7 +147,13 @@ def test_fig1_keeps_its_legend_or_colour_bar_inside_the_figure(models, tmp_path,
     with plots.matplotlib.rc_context(plots.STYLE):
         paths = plots.error_vs_compute(analysis, tmp_path)
         # Fig. 6 of a sweep: neither bottleneck law can be fitted (one model at the largest N)
-        plots.bottlenecks(fit.analyse(*fit.select(synthetic.isoflop_study(seed=0)), bootstrap=0), tmp_path)
+        swept = fit.analyse(*fit.select(synthetic.isoflop_study(seed=0)), bootstrap=0)
+        plots.bottlenecks(swept, tmp_path)
+        profiles = plots.isoflop_profiles(swept, tmp_path)  # budgets mode only
+        assert [p.name for p in profiles] == ["fig_isoflop_profiles.png", "fig_isoflop_profiles.pdf"]
+        assert plots.isoflop_profiles(analysis, tmp_path / "grid") == []
+        stars = [line for line in drawn["fig_isoflop_profiles"].axes[0].lines if line.get_marker() == "*"]
+        assert len(stars) == len(next(a for a in swept.allocations if a.estimator == "isoflop").points)
 
     def rendered(figure):
         renderer = FigureCanvasAgg(figure).get_renderer()

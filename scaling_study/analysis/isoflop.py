@@ -195,3 +195,22 @@ def level_bootstrap(frame: pd.DataFrame, epochs: int, bootstrap: int,
     b, _ = _slopes(x, logn, use, models)
     ok = np.isfinite(a) & np.isfinite(b)
     return interval(a, ok), interval(b, ok), int(ok.sum())
+
+
+def budget_profiles(frame: pd.DataFrame, epochs: int) -> list[dict]:
+    """Per budget of a frame with a `budget` column, at T: its points (params, error), the parabola's
+    coefficients of log E over log P (highest power first), its vertex P* and whether that is interior."""
+    if "budget" not in frame.columns:
+        return []
+    at_t = frame[(frame["epochs"] == epochs) & (frame["budget"] >= 0)]
+    profiles = []
+    for budget, points in at_t.groupby("budget"):
+        x, y = np.log(points["params"].to_numpy(float)), np.log(points["error"].to_numpy(float))
+        if np.unique(x).size < MIN_SIZES:
+            continue
+        vertex, interior = parabola_minima(x, y, np.ones((1, x.size)))
+        profiles.append({"budget": int(budget), "pflops": float(np.exp(np.log(points["compute"] / PFLOP).mean())),
+                         "params": points["params"].to_numpy(float), "error": points["error"].to_numpy(float),
+                         "coef": np.polyfit(x, y, 2), "vertex": float(np.exp(vertex[0])) if np.isfinite(vertex[0]) else None,
+                         "interior": bool(interior[0])})
+    return profiles
