@@ -413,13 +413,13 @@ def logs(job: Annotated[int, typer.Argument(help="Job id (see `study status --jo
     path = job_dir(runs_dir, row) / "log.txt"
     for attempt in db.attempt_rows(engine, job):
         console.print(
-            f"attempt {attempt['attempt']}: {attempt['worker']} {attempt['started_at']:%Y-%m-%d %H:%M:%S} -> "
-            f"{attempt['outcome'] or 'running'}" + (f" ({attempt['message']})" if attempt["message"] else ""),
+            f"attempt {attempt['attempt']}: {printable(attempt['worker'])} {attempt['started_at']:%Y-%m-%d %H:%M:%S} -> "
+            f"{attempt['outcome'] or 'running'}" + (f" ({printable(attempt['message'])})" if attempt["message"] else ""),
             markup=False, highlight=False,
         )
     if not path.exists():
         raise StudyError(f"{path}: no log yet (job {job} is {row['state']})")
-    console.print(path.read_text(), markup=False, highlight=False, end="")
+    console.print(printable(path.read_text(errors="replace"), keep="\n\t"), markup=False, highlight=False, end="")
 
 
 @app.command()
@@ -681,16 +681,16 @@ def fit_laws(
     epochs: Annotated[Optional[int], typer.Option(help="T of the envelope and iso-FLOP allocation [default: the smallest T]")] = None,
     exclude: Annotated[Optional[list[int]], typer.Option(help="Leave out this job id (repeat for more)")] = None,
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% intervals")] = 1000,
-    out: Annotated[Path, typer.Option(help="Directory for the figures, report.md and fit.json")] = Path("reports"),
+    out: Annotated[Path, typer.Option(help="Directory for the figures, report.md, fit.json and index.html")] = Path("reports"),
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples")] = 0,
     merge_sizes: Annotated[float, typer.Option(min=0.0, max=0.5, help="Merge models whose parameter counts differ by less than this relative tolerance")] = 0.01,
     budget_tolerance: Annotated[float, typer.Option(min=1e-6, max=2.0, help="Points whose log compute differ by at most this share an iso-FLOP budget")] = 0.1,
+    page: Annotated[bool, typer.Option("--page/--no-page", help="Also write the study's page, index.html")] = True,
+    runs_dir: Annotated[Path, typer.Option(help="Job folders, for the page's loss curves", envvar="STUDY_RUNS")] = Path("runs"),
 ) -> None:
-    """Fit E(C), the bottleneck laws and the compute-optimal allocation; write figures and a report."""
+    """Fit E(C), the bottleneck laws and the compute-optimal allocation; write figures, a report and the page."""
     from . import analysis as fits
     from .analysis import identifiability
-    from .plots import write_figures
-    from .report import write_report
 
     if kind and kind not in MODEL_KINDS:
         raise StudyError(f"unknown --kind {kind!r}; valid kinds: {', '.join(MODEL_KINDS)}")
@@ -698,15 +698,15 @@ def fit_laws(
         raise BadInput(f"cannot write --out {out}: {problem}")
     engine = db.connect(db_url, create=False, write=False)
     name = _one_study(engine, study)
-    # every metric, so that a mistyped --metric is told the ones present
-    selected, filters = fits.select(db.evaluations_frame(engine, name, None), metric, kind, exclude or ())
-    analysis = fits.analyse(selected, filters, epochs, bootstrap, seed, merge_tolerance=merge_sizes,
-                            budget_tolerance=budget_tolerance)
-    try:
-        figures = write_figures(analysis, out)
-        written = write_report(analysis, name, figures, out)
-    except OSError as error:
-        raise BadInput(f"cannot write --out {out}: {error.strerror or error}; choose another folder") from None
+    selected, analysis, figures, written = _fit_and_write(engine, name, metric, kind, epochs, exclude, bootstrap, out,
+                                                          seed, merge_sizes, budget_tolerance)
+    if page:
+        from .page import write_page
+
+        try:
+            written.append(write_page(engine, name, out, runs_dir))
+        except OSError as error:
+            raise BadInput(f"cannot write --out {out}: {error.strerror or error}; choose another folder") from None
 
     def cell(e) -> str:  # noqa: ANN001 - a fit.Estimate
         return f"{e.value:.3g}" + ("" if e.low != e.low else f" [{e.low:.3g}, {e.high:.3g}]")
@@ -745,7 +745,183 @@ def fit_laws(
     for group in sweep["merged_sizes"]["groups"]:
         console.print(f"merged into {group['model']}: " + ", ".join(m["model"] for m in group["merged"]),
                       markup=False, highlight=False, soft_wrap=True)
+    if pruned := _pruned_of(engine, name):
+        saved = sum(p["saved_pflops"] for p in pruned)
+        table = Table(title=f"pruned trajectories (adaptive): {len(pruned)}, saving {saved:.3g} PFLOPs")
+        for column in ("job", "model", "N", "epochs run", "saved PFLOPs", "closest point vs envelope"):
+            table.add_column(column, justify="left" if column in ("model", "closest point vs envelope") else "right")
+        for p in pruned:
+            table.add_row(str(p["job_id"]), p["model"], f"{p['examples']:,}", f"{p['epochs_done']}/{p['epochs']}",
+                          f"{p['saved_pflops']:.3g}", f"T = {p['epoch']}: low {p['low']:.4f} > {p['envelope']:.4f}")
+        console.print(table)
     console.print("wrote " + ", ".join(str(p) for p in [*figures, *written]), markup=False, highlight=False)
+
+
+@app.command("predict")
+@user_errors
+def predict(
+    db_url: DbOption = None,
+    study: Annotated[Optional[str], typer.Option(help="Study to fit [default: the only one in the database]")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="Metric [default: the first */linear, else upstream/top1]")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="Only models of this kind: bottleneck or standard")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Predict a run of this model (with --examples and --epochs)")] = None,
+    examples: Annotated[Optional[int], typer.Option(help="N of the run to predict")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="T of the run to predict; with --compute, the T of the allocation")] = None,
+    compute: Annotated[Optional[float], typer.Option(help="Target compute in PFLOPs: the best value and (P*, N*) there")] = None,
+    exclude: Annotated[Optional[list[int]], typer.Option(help="Leave out this job id (repeat for more)")] = None,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% intervals")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+) -> None:
+    """Predict a run's value, or the compute-optimal (P*, N*) at a compute, with 95% intervals."""
+    import json
+
+    from . import analysis as fits
+    from .analysis.predict import predict_compute, predict_run
+    from .errors import BadInput
+
+    if model is None and compute is None:
+        raise BadInput("say what to predict: --model M --examples N --epochs T, and/or --compute PFLOPS")
+    if model is not None and (examples is None or epochs is None):
+        raise BadInput("--model needs --examples N and --epochs T")
+    if compute is not None and not (compute > 0 and compute < float("inf")):
+        raise BadInput(f"--compute must be a positive number of PFLOPs, not {compute:g}")
+    if kind and kind not in MODEL_KINDS:
+        raise BadInput(f"unknown --kind {kind!r}; valid kinds: {', '.join(MODEL_KINDS)}")
+    try:
+        engine = db.connect(db_url, create=False, write=False)  # predict only reads
+        name = _one_study(engine, study)
+        frame = db.evaluations_frame(engine, name, metric)
+        if frame.empty:
+            raise BadInput(f"study {name!r} has no evaluation points" + (f" for metric {metric!r}" if metric else "")
+                           + ": nothing to fit a prediction to")
+        selected, filters = fits.select(frame, metric, kind, exclude or ())
+    except StudyError as error:
+        raise BadInput(str(error)) from None
+    if model is not None and model not in set(selected["model"]):
+        raise BadInput(f"unknown model {model!r}; models in the study: {', '.join(sorted(set(selected['model'])))}")
+    allocation_epochs = epochs if compute is not None and model is None else None
+    try:
+        analysis = fits.analyse(selected, filters, allocation_epochs, bootstrap, seed)
+    except BadInput:
+        raise
+    except StudyError as error:
+        raise BadInput(f"study {name!r} cannot be fitted: {error}") from None
+    answer: dict = {"study": name}
+    if model is not None:
+        answer["run"] = predict_run(analysis, model, examples, epochs, seed)
+    if compute is not None:
+        answer["compute"] = predict_compute(analysis, compute, seed)
+    if as_json:
+        from .report import _clean
+
+        print(json.dumps(_clean(answer), indent=2, allow_nan=False))
+        return
+
+    def interval(row: dict, key: str = "value") -> str:
+        low, high = row.get("low" if key == "value" else f"{key}_low"), row.get("high" if key == "value" else f"{key}_high")
+        return f"{row[key]:.4g}" + ("" if low is None else f" [{low:.4g}, {high:.4g}]")
+
+    if "run" in answer:
+        run = answer["run"]
+        console.print(f"{run['model']} at N = {run['examples']:,}, T = {run['epochs']} ({run['pflops']:.3g} PFLOPs): "
+                      f"{run['metric']} {run['metric_kind']} {interval(run['prediction'])} (95% prediction interval, "
+                      f"{run['chosen_form']} form)", markup=False, highlight=False)
+        for form, row in run["forms"].items():
+            if form != run["chosen_form"]:
+                console.print(f"  {form} form: {interval(row)}", markup=False, highlight=False)
+    if "compute" in answer:
+        at = answer["compute"]
+        console.print(f"at {at['pflops']:.4g} PFLOPs ({at['extrapolation']:.3g}x the largest run): best "
+                      f"{at['metric_kind']} {interval(at['compute_law'])} by {at['compute_law']['formula']}",
+                      markup=False, highlight=False)
+        table = Table(title=f"compute-optimal allocation at {at['pflops']:.4g} PFLOPs (T = {at['epochs_for_allocation']}), 95% intervals")
+        for column in ("estimator", "P*", "N*", f"{at['metric_kind']} there"):
+            table.add_column(column, justify="left" if column == "estimator" else "right")
+        for estimator, row in at["allocation"].items():
+            if "skipped" in row:
+                table.add_row(estimator, "not fitted", row["skipped"], "")
+            else:
+                there = row.get("value_there")
+                table.add_row(estimator, interval(row, "params"), interval(row, "examples"), "" if there is None else f"{there:.4g}")
+        console.print(table)
+
+
+def _fit_and_write(engine, name: str, metric: str | None, kind: str | None, epochs: int | None,  # noqa: ANN001
+                   exclude, bootstrap: int, out: Path, seed: int, merge_sizes: float = 0.01,
+                   budget_tolerance: float = 0.1):
+    """The fit of `study fit` (and of `study report` when new points landed): (points, analysis, figures, files)."""
+    from . import analysis as fits
+    from .plots import write_figures
+    from .report import write_report
+
+    # every metric, so that a mistyped --metric is told the ones present
+    selected, filters = fits.select(db.evaluations_frame(engine, name, None), metric, kind, exclude or ())
+    analysis = fits.analyse(selected, filters, epochs, bootstrap, seed, merge_tolerance=merge_sizes,
+                            budget_tolerance=budget_tolerance)
+    try:
+        figures = write_figures(analysis, out)
+        written = write_report(analysis, name, figures, out, _pruned_of(engine, name))
+    except OSError as error:
+        raise BadInput(f"cannot write --out {out}: {error.strerror or error}; choose another folder") from None
+    return selected, analysis, figures, written
+
+
+@app.command("report")
+@user_errors
+def report_page(
+    db_url: DbOption = None,
+    study: Annotated[Optional[str], typer.Option(help="Study to show [default: the only one in the database]")] = None,
+    out: Annotated[Path, typer.Option(help="Directory of the page (index.html) and of the fit it shows")] = Path("reports"),
+    runs_dir: Annotated[Path, typer.Option(help="Job folders, for the loss curves", envvar="STUDY_RUNS")] = Path("runs"),
+    fit: Annotated[bool, typer.Option("--fit/--no-fit", help="Refit first when points landed after the last fit "
+                                      "(same metric, kind and exclusions as that fit)")] = True,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples of a refit")] = 1000,
+    watch: Annotated[bool, typer.Option("--watch", help="Keep rewriting the page as results land, until Ctrl-C")] = False,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between looks at the database with --watch")] = 10.0,
+) -> None:
+    """Write reports/index.html: the study's state, fits, figures and every job's loss curve, in one file."""
+    from . import page
+
+    if problem := output_problem(out, folder=True):
+        raise BadInput(f"cannot write --out {out}: {problem}")
+    engine = db.connect(db_url, create=False, write=False)
+    name = _one_study(engine, study)
+
+    def write() -> Path:
+        note = ""
+        if fit and page.fit_is_stale(engine, name, out):
+            last = (page.load_fit(out, name) or {}).get("filters") or {}
+            try:
+                _fit_and_write(engine, name, last.get("metric"), None if last.get("kind") in (None, "all") else last["kind"], None,
+                               last.get("excluded_jobs") or (), bootstrap, out, 0)
+            except StudyError as error:  # too few points yet, say: the page shows why, and the rest
+                note = f"not refitted: {error}"
+        try:
+            path = page.write_page(engine, name, out, runs_dir, note=note, refresh_s=interval if watch else None)
+        except OSError as error:
+            raise BadInput(f"cannot write --out {out}: {error.strerror or error}; choose another folder") from None
+        console.print(f"wrote {path}" + (f" ({note})" if note else ""), markup=False, highlight=False, soft_wrap=True)
+        return path
+
+    if not watch:
+        write()
+        return
+    console.print(f"watching study {name!r} every {interval:g} s; Ctrl-C stops", markup=False, highlight=False)
+    page.watch(engine, name, out, runs_dir, interval, write)
+    console.print("stopped watching", markup=False, highlight=False)
+
+
+def _pruned_of(engine, name: str) -> list[dict] | None:  # noqa: ANN001
+    """An adaptive study's pruned trajectories (adaptive.pruned_summary); None for a plain study."""
+    from . import adaptive
+
+    try:
+        config = adaptive.settings(engine, name)
+    except StudyError:
+        config = None
+    rows = adaptive.pruned_summary(engine, name)
+    return rows if config is not None or rows or db.pruning_rows(engine, name) else None
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m scaling_study`

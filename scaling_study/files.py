@@ -1,8 +1,9 @@
-"""Files written whole or not at all: a reader (or a crash) never sees half of one."""
+"""Files written whole or not at all (a reader, or a crash, never sees half of one), and where each job's live."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import uuid
 from collections.abc import Callable
@@ -39,3 +40,17 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], *, du
         with contextlib.suppress(OSError):  # not every OS or file system can fsync a directory
             _fsync(path.parent)
     return path
+
+
+def job_dir(runs_dir: Path, job: dict) -> Path:
+    """Where a job keeps its checkpoint and log: runs/<study>-<key>/job-<id>.
+
+    The key hashes the study's name and creation time, so the folder belongs to this database's
+    study and no other: a new results.db (or another URL) with a study of the same name gets
+    folders of its own, instead of resuming, or being refused by, checkpoints it never recorded.
+    """
+    from .checks import folder_name
+
+    created = job["study_created_at"]
+    key = hashlib.sha256(f"{job['study']}\0{created.isoformat()}".encode()).hexdigest()[:8]
+    return Path(runs_dir) / f"{folder_name(job['study'])}-{key}" / f"job-{job['id']}"  # never outside runs_dir

@@ -152,11 +152,11 @@ def expand(grid: Grid) -> list[JobSpec]:
             raise GridError(f"{grid.path}: [grid].examples: {resolved[examples]!r} and {value!r} are both "
                             f"{examples} examples of {grid.pretrain.dataset}; keep one")
         resolved[examples] = value
-        for recipe in recipes:
-            if recipe.batch_size > examples:
-                raise GridError(f"{grid.path}: batch size {recipe.batch_size} is larger than the subset of {examples} "
-                                f"examples ([grid].examples {value!r}); a batch holds at most the subset: lower it "
-                                f"to {examples} or less")
+    for recipe in recipes:  # a batch above a subset trains on all of it; one above the whole set is a typo
+        if recipe.batch_size > max(info.train_size, TrainConfig.batch_size):  # the paper's 16384 always passes
+            raise GridError(f"{grid.path}: batch size {recipe.batch_size} is larger than {grid.pretrain.dataset}'s "
+                            f"{info.train_size} training examples; a batch holds at most the data: lower it to "
+                            f"{info.train_size} or less")
     jobs = []
     for model, value, seed, recipe, epochs in itertools.product(
         grid.grid.models, grid.grid.examples, grid.grid.seeds, recipes, epoch_groups

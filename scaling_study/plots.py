@@ -1,12 +1,14 @@
-"""The figures of `study fit` (the one module that imports matplotlib): PNG at 200 dpi and PDF, Agg backend.
+"""The figures of `study fit` (the one module that imports matplotlib): PNG at 200 dpi, PDF and SVG, Agg backend.
 
 - fig1_error_vs_compute: every point (colour = model size, marker size = N, a line joins the
-  epochs of one trajectory), the fitted E(C) dotted and E_inf as a labelled horizontal line; up to
-  8 models are named in a legend, beyond that a colour bar of log P;
+  epochs of one trajectory; an adaptive study's pruned trajectories hollow and dashed), the fitted
+  E(C) dotted and E_inf as a labelled horizontal line; up to 8 models are named in a legend, beyond
+  that a colour bar of log P;
 - fig6_bottlenecks: error vs parameters at the largest N, error vs examples for the largest model;
 - fig7_allocation: P*(C) and N*(C) by the envelope, iso-FLOP and parametric estimators;
 - residuals_compute: log residuals of the E(C) fit on the envelope points;
 - fig_isoflop_profiles (iso-FLOP sweeps only): each budget's points over P, its parabola, its minimum.
+- fig_backtest: the rolling-origin back-test, each law's error above a compute level when fitted below it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap, LogNorm, Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from . import analysis as fits  # noqa: E402
 from .analysis import isoflop  # noqa: E402
@@ -39,6 +42,7 @@ STYLE = {
     "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 7.5, "xtick.labelsize": 8,
     "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
     "grid.alpha": 0.25, "grid.linewidth": 0.5, "savefig.bbox": "tight", "pdf.fonttype": 42,
+    "svg.fonttype": "none",  # text as text: a smaller page, drawn in the browser's own sans-serif
 }
 LEGEND_MODELS = 8  # Fig. 1 names up to this many models in a legend; beyond, a colour bar of log P
 ESTIMATORS = {"envelope": ("-", "o", "#1f4e9c"), "isoflop": ("--", "D", "#d7263d"), "parametric": (":", None, "#222222")}
@@ -46,7 +50,7 @@ ESTIMATORS = {"envelope": ("-", "o", "#1f4e9c"), "isoflop": ("--", "D", "#d7263d
 
 def _save(figure: Figure, out: Path, stem: str) -> list[Path]:
     paths = []
-    for suffix, options in (("png", {"dpi": 200}), ("pdf", {})):
+    for suffix, options in (("png", {"dpi": 200}), ("pdf", {}), ("svg", {})):  # svg: inlined in index.html
         path = out / f"{stem}.{suffix}"
         write_atomic(path, lambda temp, s=suffix, o=options: figure.savefig(temp, format=s, **o))
         paths.append(path)
@@ -113,6 +117,21 @@ def _value_name(analysis: fits.Analysis) -> str:
     return str(analysis.filters.get("metric_kind", "error"))
 
 
+def _seed_band(ax, frame: pd.DataFrame, colours: dict) -> None:  # noqa: ANN001 - matplotlib Axes
+    """Where cells average several seeds: each trajectory's value times exp(+-1 seed std of its cells)."""
+    if "seeds" not in frame or not (frame["seeds"] > 1).any():
+        return
+    for _, job in frame[frame["seeds"] > 1].sort_values("epochs").groupby("job_id"):
+        spread = np.exp(job["log_std"].fillna(0.0).to_numpy())
+        x = job["compute"].to_numpy() / PFLOP
+        if len(job) == 1:
+            ax.errorbar(x, job["error"], yerr=[job["error"] * (1 - 1 / spread), job["error"] * (spread - 1)],
+                        color=colours[job["model"].iloc[0]], alpha=0.35, linewidth=0.8, zorder=1)
+            continue
+        ax.fill_between(x, job["error"] / spread, job["error"] * spread, color=colours[job["model"].iloc[0]],
+                        alpha=0.15, linewidth=0, zorder=0)
+
+
 def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
     """Fig. 1 style: all points, trajectories, the fitted E(C) and E_inf."""
     frame = analysis.frame
@@ -122,14 +141,27 @@ def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
     figure = Figure(figsize=(7.4, 4.6), layout="constrained")  # legends and colour bar inside the canvas
     ax = figure.add_subplot()
     pflops = frame["compute"] / PFLOP
-    segments, segment_colours = [], []
+    pruned = (frame["state"] == "pruned").to_numpy() if "state" in frame else np.zeros(len(frame), bool)
+    segments, segment_colours, dashed = [], [], []
     for _, job in frame.sort_values("epochs").groupby("job_id"):
         if len(job) > 1:
             segments.append(np.column_stack([job["compute"] / PFLOP, job["error"]]))
             segment_colours.append(colours[job["model"].iloc[0]])
-    ax.add_collection(LineCollection(segments, colors=segment_colours, linewidths=0.7, alpha=0.45, zorder=1))
-    ax.scatter(pflops, frame["error"], s=_marker_sizes(frame["examples"], n_low, n_high),
-               c=[colours[m] for m in frame["model"]], edgecolors="white", linewidths=0.4, alpha=0.9, zorder=2)
+            dashed.append("state" in job and job["state"].iloc[0] == "pruned")
+    for style, chosen in (("solid", [not d for d in dashed]), ("dashed", dashed)):  # pruned trajectories dashed
+        if any(chosen):
+            ax.add_collection(LineCollection([g for g, c in zip(segments, chosen) if c], linestyles=style,
+                                             colors=[g for g, c in zip(segment_colours, chosen) if c],
+                                             linewidths=0.7, alpha=0.45, zorder=1))
+    _seed_band(ax, frame, colours)
+    sizes = _marker_sizes(frame["examples"], n_low, n_high)
+    point_colours = [colours[m] for m in frame["model"]]
+    kept = ~pruned
+    ax.scatter(pflops[kept], frame["error"][kept], s=sizes[kept], c=[c for c, k in zip(point_colours, kept) if k],
+               edgecolors="white", linewidths=0.4, alpha=0.9, zorder=2)
+    if pruned.any():  # an adaptive study's pruned trajectories: hollow markers
+        ax.scatter(pflops[pruned], frame["error"][pruned], s=sizes[pruned], facecolors="none",
+                   edgecolors=[c for c, p in zip(point_colours, pruned) if p], linewidths=0.9, alpha=0.9, zorder=2)
     on = frame[frame["envelope"]]
     ax.scatter(on["compute"] / PFLOP, on["error"], s=_marker_sizes(on["examples"], n_low, n_high) + 10,
                facecolors="none", edgecolors="black", linewidths=0.7, zorder=3)
@@ -167,12 +199,19 @@ def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
                            markersize=math.sqrt(_marker_sizes(pd.Series([n]), n_low, n_high)[0]), label=f"{n:,.0f}")
                     for n in sizes]
     alpha = law.params["alpha"]
-    law_handles = [
+    seeds = analysis.seeds
+    law_handles = [] if seeds is None or not seeds.cells_with_seeds else [
+        Patch(color="0.5", alpha=0.3, label=f"±1 seed std per cell\n(pooled {100 * math.expm1(seeds.log_std):.1f}%, "
+                                             f"{seeds.seeds_per_cell:.2g} seeds)")]
+    law_handles += [
         Line2D([], [], linestyle=":", color="black", linewidth=1.6,
                label=f"E(C) = a (b + C)^-\u03b1 + E\u221e\n\u03b1 = {_estimate(alpha)}"),
         Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="black",
                label="compute-optimal"),
     ]
+    if pruned.any():
+        law_handles.append(Line2D([], [], marker="o", linestyle="--", color="0.5", markerfacecolor="none",
+                                  label=f"pruned ({frame.loc[pruned, 'job_id'].nunique()} runs)"))
     if many:  # inside, top right: the runs fall with compute, so that corner is empty
         ax.legend(handles=law_handles + size_handles, title="fit; marker size = N", loc="upper right",
                   frameon=True, framealpha=0.85, edgecolor="0.8")
@@ -316,9 +355,39 @@ def isoflop_profiles(analysis: fits.Analysis, out: Path) -> list[Path]:
     return _save(figure, out, "fig_isoflop_profiles")
 
 
+BACKTEST_STYLE = {"compute": ("-", "o", "#1f4e9c", "E(C), Eq. 5"), "parametric": ("--", "s", "#d7263d", "E(P, D = N T)"),
+                  "data_constrained": (":", "^", "#222222", "E(P, D')")}
+
+
+def backtest(analysis: fits.Analysis, out: Path) -> list[Path]:
+    """Rolling-origin back-test: each law's error above a compute level when fitted only below it."""
+    if not analysis.backtest:
+        return []
+    table = pd.DataFrame([r.__dict__ for r in analysis.backtest])
+    figure = Figure(figsize=(6.4, 3.4))
+    ax = figure.add_subplot()
+    best = fits.best_law(analysis.backtest)
+    for law, rows in table.groupby("law"):
+        line, marker, colour, label = BACKTEST_STYLE.get(law, ("-", "o", "0.4", law))
+        rows = rows.sort_values("threshold_pflops")
+        ax.plot(rows["threshold_pflops"], 100 * rows["mean_abs_rel_error"], line, marker=marker, color=colour,
+                markersize=5, linewidth=1.3, label=label + (" (best)" if law == best else ""))
+    ax.set_xscale("log")
+    low, high = table["threshold_pflops"].min() / 1.2, table["threshold_pflops"].max() * 1.2
+    ax.set_xlim(low, high)
+    _plain_log_axis(ax.xaxis, low, high)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("fitted below this compute (PFLOPs)")
+    ax.set_ylabel("mean |relative error| above it (%)")
+    ax.set_title("rolling-origin back-test on the compute-optimal points")
+    ax.legend(loc="upper right", frameon=False)
+    figure.tight_layout()
+    return _save(figure, out, "fig_backtest")
+
+
 def write_figures(analysis: fits.Analysis, out: Path) -> list[Path]:
     """Every figure, as PNG (200 dpi) and PDF, into `out`."""
     out = Path(out)
     with matplotlib.rc_context(STYLE):
         return [*error_vs_compute(analysis, out), *bottlenecks(analysis, out), *allocation(analysis, out),
-                *residuals(analysis, out), *isoflop_profiles(analysis, out)]
+                *residuals(analysis, out), *backtest(analysis, out), *isoflop_profiles(analysis, out)]

@@ -53,6 +53,7 @@ class SplitSource:
     labels: np.ndarray  # int64 (N,)
     read: Callable[..., Chunk]  # (start, stop, resolution, pool, resize="squash")
     where: str  # the file or folder named in messages
+    files: Sequence[str] = ()  # image files, for a source decoded file by file
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -118,7 +119,7 @@ def _file_split(labels: np.ndarray, files: Sequence[str], channels: int, where: 
         skipped = [(p, d) for p, d in zip(paths, decoded) if isinstance(d, str)]
         return Chunk(images, keep, skipped, sizes)
 
-    return SplitSource(np.asarray(labels, np.int64), read, where)
+    return SplitSource(np.asarray(labels, np.int64), read, where, tuple(files))
 
 
 def _decode(path: str, mode: str, resolution: int) -> np.ndarray | str:
@@ -161,6 +162,51 @@ def _decode_keep_aspect(path: str, mode: str, resolution: int) -> tuple[np.ndarr
     h, w = array.shape[1:]
     canvas = np.pad(array, ((0, 0), (0, resolution - h), (0, resolution - w)), mode="edge")
     return np.ascontiguousarray(canvas), (h, w)
+
+
+def common_side(source: "Source") -> int:
+    """The side of a file-based source's images when all are readable squares of one size, else a
+    StudyError that names the unreadable files, or two that differ in size."""
+    sizes: dict[tuple[int, int], str] = {}
+    unreadable: list[tuple[str, str]] = []
+    for split in source.splits.values():
+        for path in split.files:
+            try:
+                with Image.open(path) as image:
+                    sizes.setdefault(image.size, path)
+            except Exception as error:  # noqa: BLE001 - any decoder failure means "unreadable"
+                unreadable.append((path, f"{type(error).__name__}: {error}".splitlines()[0]))
+    if unreadable:
+        shown = "; ".join(f"{p} ({why})" for p, why in unreadable[:3]) + ("; ..." if len(unreadable) > 3 else "")
+        sides = " or ".join(f"{w}x{h}" for w, h in list(sizes)[:2])
+        raise StudyError(f"{source.path}: {len(unreadable)} unreadable file(s): {shown}; the readable ones are "
+                         f"{sides}: give --resolution (unreadable files are then skipped and listed) or remove them")
+    if len(sizes) > 1:
+        (a, first), (b, second) = list(sizes.items())[:2]
+        raise StudyError(f"{source.path}: images of varying size ({a[0]}x{a[1]} in {first}, {b[0]}x{b[1]} in "
+                         f"{second}); give --resolution")
+    (width, height), path = next(iter(sizes.items()))
+    if width != height:
+        raise StudyError(f"{source.path}: images are {width}x{height}, not square; give --resolution")
+    return width
+
+
+MAX_CLASSES = 100_000  # far above ImageNet-21k's 21,841: a larger label is a broken file, not a class
+
+
+def class_count(path: Path, splits: dict[str, "SplitSource"], names: Sequence[str] = ("train", "test")) -> int:
+    """1 + the largest 0-based label of the named splits, checked against the labels present: a
+    label of 10^9 in a 50-image file must not make a billion class names."""
+    labels = [splits[name].labels for name in names if name in splits]
+    low = min((int(label.min()) for label in labels if label.size), default=0)
+    top = max((int(label.max()) for label in labels if label.size), default=-1)
+    if low < 0:
+        raise StudyError(f"{path}: negative label {low}; labels must be class indices from 0")
+    if top >= MAX_CLASSES:
+        present = len(np.unique(np.concatenate(labels)))
+        raise StudyError(f"{path}: label {top:,} would make {top + 1:,} classes, but {present:,} distinct labels are "
+                         f"present (at most {MAX_CLASSES:,} classes); fix the labels file")
+    return top + 1
 
 
 def _image_channels(paths: Sequence[str]) -> int:
@@ -222,7 +268,7 @@ def read_idx(path: Path, dataset: str = "") -> Source:
         side = images.shape[1]
         images = images[:, None]
         splits[split] = _array_split(labels, lambda a, b, images=images: images[a:b], str(image_file))
-    count = int(max(splits["train"].labels.max(initial=-1), splits["test"].labels.max(initial=-1))) + 1
+    count = class_count(path, splits)
     if not dataset:
         dataset = "fashion-mnist" if "fashion" in str(path.resolve()).lower() else "mnist"
     classes = FASHION_MNIST_CLASSES if dataset == "fashion-mnist" and count <= 10 else tuple(str(i) for i in range(count))
@@ -299,7 +345,7 @@ def read_cifar(path: Path, dataset: str = "") -> Source:
             labels.append(label)
         stacked = np.concatenate(images)
         splits[split] = _array_split(np.concatenate(labels), lambda a, b, s=stacked: s[a:b], str(batch_files[0]))
-    count = int(splits["train"].labels.max(initial=-1)) + 1
+    count = class_count(path, splits, ("train",))
     if meta_file.exists():
         classes = _names(_unpickle(meta_file).get(meta_key, []))
     else:
@@ -338,7 +384,7 @@ def read_npz(path: Path, dataset: str = "") -> Source:
             counts.append(len(label))
             labels.append(label - 1)
         splits[split] = _array_split(np.concatenate(labels), _NpzRows(files, counts, side), str(files[0]))
-    count = int(max(s.labels.max(initial=-1) for s in splits.values())) + 1
+    count = class_count(path, splits, tuple(splits))
     classes = tuple(str(i) for i in range(1, count + 1))
     if (path / "map_clsloc.txt").exists():  # the ImageNet devkit's "wnid index name" lines
         names = [line.split()[0] for line in (path / "map_clsloc.txt").read_text().splitlines() if line.strip()]
@@ -415,7 +461,7 @@ def read_stl10(path: Path, dataset: str = "") -> Source:
         images = np.memmap(x_file, np.uint8, mode="r", shape=(len(labels), 3, 96, 96))
         # Column-major: each channel is stored transposed, so swap H and W back.
         splits[split] = _array_split(labels - 1, lambda a, b, m=images: m[a:b].transpose(0, 1, 3, 2), str(x_file))
-    count = int(splits["train"].labels.max(initial=-1)) + 1
+    count = class_count(path, splits, ("train",))
     names_file = path / "class_names.txt"
     classes = tuple(n for n in names_file.read_text().splitlines() if n.strip()) if names_file.exists() else STL10_CLASSES
     if len(classes) < count:

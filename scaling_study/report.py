@@ -60,6 +60,13 @@ def _form(form: fits.FormChoice | None) -> dict | None:
             "method": form.method, "used_by": "allocation.parametric"}
 
 
+def _backtest(results: list) -> dict:
+    return {"best": fits.best_law(results), "quantiles": list(fits.backtest.QUANTILES),
+            "method": "each law refitted to the cells below a compute level (from its full fit, the points above at "
+                      "weight 0), scored on the compute-optimal points above it",
+            "levels": [r.__dict__ for r in results]}
+
+
 def _seeds(seeds: fits.SeedSpread | None) -> dict | None:
     if seeds is None:
         return None
@@ -78,9 +85,11 @@ def _versions() -> dict:
     return versions
 
 
-def as_dict(analysis: fits.Analysis, study: str, figures: list[Path]) -> dict:
-    """Every number of the analysis, JSON-ready (NaN as null)."""
+def as_dict(analysis: fits.Analysis, study: str, figures: list[Path], pruned: list[dict] | None = None) -> dict:
+    """Every number of the analysis, JSON-ready (NaN as null); an adaptive study's pruned trajectories too."""
     frame = analysis.frame
+    extra = {} if pruned is None else {
+        "pruned": pruned, "compute_saved_pflops": sum(p["saved_pflops"] for p in pruned)}
     return {
         "study": study,
         "metric": analysis.metric,
@@ -104,12 +113,15 @@ def as_dict(analysis: fits.Analysis, study: str, figures: list[Path]) -> dict:
             **({"data_constrained": _law(analysis.data_constrained)} if analysis.data_constrained is not None else {}),
         },
         "parametric_form": _form(analysis.form),
+        "backtest": _backtest(analysis.backtest),
+        "agreement": analysis.agreement or None,
         "seeds": _seeds(analysis.seeds),
         "allocation": {a.estimator if isinstance(a, fits.Allocation) else a.name: _allocation(a)
                        for a in analysis.allocations},
         "held_out": {h.name: _held_out(h) for h in analysis.held_out},
         "sweep": analysis.sweep,
         "identifiability": {"rule": identifiability.RULE, "flagged": identifiability.analysis_flags(analysis)},
+        **extra,
         "figures": [str(p) for p in figures],
         "provenance": {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **_versions()},
     }
@@ -135,6 +147,59 @@ def _law_section(title: str, law: fits.LawFit | fits.Skipped) -> list[str]:
     lines += [f"Bootstrap: {law.bootstrap}; {law.resamples} refits converged.", "",
               "| parameter | estimate [95% interval] |", "|---|---|"]
     lines += [f"| {name} | {_cell(e)} |" for name, e in law.params.items()]
+    return lines + [""]
+
+
+LAW_NAMES = {"compute": "E(C), Eq. 5", "parametric": "E(P, D = N T)", "data_constrained": "E(P, D')"}
+
+
+def _backtest_section(analysis: fits.Analysis) -> list[str]:
+    results = analysis.backtest
+    lines = ["", "## Rolling-origin back-test", ""]
+    if not results:
+        return lines + ["Not done: too few points below or above every compute level.", ""]
+    best = fits.best_law(results)
+    lines += [f"Each law refitted to the cells below a compute level (quantiles {', '.join(map(str, fits.backtest.QUANTILES))} "
+              "of compute), from its full fit with the points above at weight 0, and scored on the compute-optimal "
+              f"points above the level. Extrapolated best: **{LAW_NAMES.get(best, best)}** (lowest mean error over the levels).", "",
+              "| level | below (PFLOPs) | law | train points | envelope points above | mean abs rel. error | max abs rel. error |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.level} | {r.threshold_pflops:.3g} | {LAW_NAMES.get(r.law, r.law)} | {r.train_points} | {r.test_points} | "
+              f"{r.mean_abs_rel_error:.2%} | {r.max_abs_rel_error:.2%} |" for r in results]
+    return lines + [""]
+
+
+def _diagnosis_section(analysis: fits.Analysis) -> list[str]:
+    d = analysis.agreement
+    if not d:
+        return []
+    c = d["checks"]
+    verdict = {True: "agree: their 95% intervals of a and of b overlap", False: "disagree: their 95% intervals do not all overlap",
+               None: "cannot be compared by interval (fewer than two estimators, or no bootstrap)"}[d["agree"]]
+    lines = ["## Agreement diagnosis", "", f"The allocation estimators ({', '.join(c['estimators']) or 'none'}) {verdict}.", "",
+             "| check | value | flagged when |", "|---|---|---|"]
+    t = d["thresholds"]
+    share = c.get("isoflop_edge_share")
+    sizes = c.get("sizes_per_level")
+    residual = c.get("residual_by_epochs")
+    share_text = "–" if share is None else f"{share:.0%} of {c['isoflop_levels']}"
+    sizes_text = "–" if sizes is None else f"{sizes['median']:g}, {sizes['min']}"
+    residual_text = ("–" if residual is None
+                     else f"{residual['range']:.2%} ({residual['ratio'] or 0:.1f}x its spread)")
+    env = c["envelope_points"]
+    lines += [
+        f"| iso-FLOP levels with the minimum at an edge model | {share_text} | > {t['isoflop_edge_share']:.0%} |",
+        f"| models per compute level (median, min) | {sizes_text} | median < {t['sizes_per_level_median']} |",
+        f"| range of the parametric fit's mean log residual over T | {residual_text} | "
+        f"> {t['residual_range']:.0%} and > {t['residual_ratio']:g}x |",
+        f"| envelope points at T = {analysis.epochs} (all T) | {env['at_epochs']} ({env['all']}) | "
+        f"< {t['envelope_points_at_epochs']} |",
+        "",
+    ]
+    if d["causes"]:
+        lines += ["Likely causes:", ""] + [f"- {cause}." for cause in d["causes"]]
+    else:
+        lines += ["No check is past its threshold."]
     return lines + [""]
 
 
@@ -172,6 +237,23 @@ def _agreement(fitted: list[fits.Allocation]) -> list[str]:
     return lines + [""]
 
 
+def _pruned_section(pruned: list[dict]) -> list[str]:
+    lines = ["## Pruned trajectories (adaptive study)", ""]
+    if not pruned:
+        return lines + ["None: every trajectory ran to its end.", ""]
+    saved = sum(p["saved_pflops"] for p in pruned)
+    lines += [f"{len(pruned)} trajectories stopped because the law ruled out every remaining point: none could be "
+              f"compute-optimal at the chosen confidence. They saved {saved:.4g} PFLOPs (Eq. 4 of the epochs not run). "
+              "Fig. 1 draws them hollow, with dashed lines.", "",
+              "| job | model | N | epochs run | saved (PFLOPs) | closest remaining point: predicted [interval] vs envelope | decided |",
+              "|---|---|---|---|---|---|---|"]
+    for p in pruned:
+        lines.append(f"| {p['job_id']} | {p['model']} | {p['examples']:,} | {p['epochs_done']}/{p['epochs']} | "
+                     f"{p['saved_pflops']:.3g} | T = {p['epoch']}: {p['predicted']:.4f} [{p['low']:.4f}, {p['high']:.4f}] "
+                     f"vs {p['envelope']:.4f} ({p['confidence']:.0%}) | {p['decided_at']} by {p['decided_by']} |")
+    return lines + [""]
+
+
 def _sweep_lines(sweep: dict) -> list[str]:
     """The sweep's shape (iso-FLOP budgets or a grid) and the model sizes merged, for the Data section."""
     if not sweep:
@@ -187,7 +269,8 @@ def _sweep_lines(sweep: dict) -> list[str]:
     return lines
 
 
-def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path) -> str:
+def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path,
+             pruned: list[dict] | None = None) -> str:
     """The report: data and filters, every fit with intervals, estimator agreement, held-out check."""
     frame = analysis.frame
     f = analysis.filters
@@ -242,18 +325,22 @@ def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path
         else:
             lines.append(f"| {h.name} | {h.threshold_pflops:.3g} | {h.train_points} | {h.test_points} | "
                          f"{h.mean_abs_rel_error:.2%} | {h.max_abs_rel_error:.2%} |")
+    lines += _backtest_section(analysis) + _diagnosis_section(analysis)
+    if pruned is not None:
+        lines += ["", *_pruned_section(pruned)]
     lines += ["", "## Figures", ""]
     lines += [f"![{p.stem}]({p.relative_to(out) if p.is_relative_to(out) else p})" for p in figures if p.suffix == ".png"]
     return "\n".join(lines) + "\n"
 
 
-def write_report(analysis: fits.Analysis, study: str, figures: list[Path], out: Path) -> list[Path]:
-    """fit.json and report.md into `out`."""
+def write_report(analysis: fits.Analysis, study: str, figures: list[Path], out: Path,
+                 pruned: list[dict] | None = None) -> list[Path]:
+    """fit.json and report.md into `out` (with `pruned`, adaptive.pruned_summary, for an adaptive study)."""
     out = Path(out)
-    data = as_dict(analysis, study, figures)
+    data = as_dict(analysis, study, figures, pruned)
     text = json.dumps(_clean(data), indent=2, allow_nan=False)
     json_path = write_atomic(out / JSON_NAME, lambda temp: temp.write_text(text + "\n"))
-    md_path = write_atomic(out / MARKDOWN_NAME, lambda temp: temp.write_text(markdown(analysis, study, figures, out)))
+    md_path = write_atomic(out / MARKDOWN_NAME, lambda temp: temp.write_text(markdown(analysis, study, figures, out, pruned)))
     return [json_path, md_path]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import hashlib
 import json
 import os
 import platform
@@ -28,9 +27,9 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from . import __version__, db
-from .checks import folder_name
 from .curves import open_curves
 from .errors import BadInput, StudyError
+from .files import job_dir  # noqa: F401 - where it lives now; `runner.job_dir` as before
 from .plan import JobSpec
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -128,7 +127,7 @@ def resolve_device(device: str) -> str:
         raise BadInput(f"--device {device!r}: not a device; use auto, cpu, cuda, cuda:N or mps")
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise BadInput(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__}; use cpu")
+            raise StudyError(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__}; use cpu")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise BadInput(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) visible "
                            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
@@ -169,18 +168,6 @@ def provenance(device: str, worker: str) -> dict:
         "host": socket.gethostname(),
         "worker": worker,
     }
-
-
-def job_dir(runs_dir: Path, job: dict) -> Path:
-    """Where a job keeps its checkpoint and log: runs/<study>-<key>/job-<id>.
-
-    The key hashes the study's name and creation time, so the folder belongs to this database's
-    study and no other: a new results.db (or another URL) with a study of the same name gets
-    folders of its own, instead of resuming, or being refused by, checkpoints it never recorded.
-    """
-    created = job["study_created_at"]
-    key = hashlib.sha256(f"{job['study']}\0{created.isoformat()}".encode()).hexdigest()[:8]
-    return Path(runs_dir) / f"{folder_name(job['study'])}-{key}" / f"job-{job['id']}"  # never outside runs_dir
 
 
 class JobLog:

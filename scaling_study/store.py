@@ -33,7 +33,7 @@ import numpy as np
 
 from .errors import StudyError
 from .files import write_atomic
-from .readers import RESIZE_MODES, Source, open_source
+from .readers import RESIZE_MODES, Source, common_side, open_source
 
 FORMAT_VERSION = 1
 KEEP_ASPECT_VERSION = 2  # a keep-aspect store: its canvases must not be read as whole images
@@ -198,7 +198,7 @@ def prepare(
         require_ffcv()
     out = Path(out)
     source = open_source(source_path, fmt, dataset, channels)
-    resolution = resolution or source.native
+    resolution = resolution or source.native or (common_side(source) if source.file_based else 0)
     if resolution <= 0:
         raise StudyError(f"{source_path}: images of varying size; give --resolution")
     params = {
@@ -324,12 +324,20 @@ def _finish(out: Path, source: Source, state: dict) -> dict:
     params = state["params"]
     c, r = params["channels"], params["resolution"]
     splits = {}
+    for split in SPLITS:  # checked for every split before any is renamed: a failure leaves no store
+        record = state["splits"][split]
+        if record["rows_out"] == 0:
+            for leftover in [*out.glob("*.partial"), out / PROGRESS]:  # a resume would read the same files
+                leftover.unlink(missing_ok=True)
+            if not any(out.iterdir()):
+                out.rmdir()
+            first = record["skipped"][0] if record["skipped"] else None
+            raise StudyError(f"{source.splits[split].where}: no readable images in the {split} split "
+                             f"({len(record['skipped'])} unreadable" + (f", e.g. {first['path']}: {first['reason']}"
+                             if first else "") + f"); nothing kept in {out}")
     for split in SPLITS:
         record, count = state["splits"][split], params["counts"][split]
         rows = record["rows_out"]
-        if rows == 0:
-            raise StudyError(f"{source.splits[split].where}: no readable images in the {split} split "
-                             f"({len(record['skipped'])} unreadable)")
         arrays = [(images_file(split), (count, c, r, r), np.uint8), (labels_file(split), (count,), np.int64)]
         if params.get("resize") == "keep-aspect":
             arrays.append((sizes_file(split), (count, 2), np.int16))

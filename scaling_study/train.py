@@ -292,13 +292,14 @@ def train(spec: JobSpec, *, device: str = "cpu", checkpoint: Path | None = None,
     reads_every = loss_reads_every or default_loss_reads(dev)
     with _deterministic(dev):
         return _train(spec, dev, checkpoint, checkpoint_every_s, on_progress, on_epoch, should_stop, reads_every,
-                      curves)
+                      curves, stop_after_epoch)
 
 
 def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpoint_every_s: float,
            on_progress: Callable[[Progress], None] | None,
            on_epoch: Callable[[int, list[EvalPoint]], None] | None,
-           should_stop: Callable[[], bool], reads_every: int, curves=None) -> Result:
+           should_stop: Callable[[], bool], reads_every: int, curves=None,
+           stop_after_epoch: Callable[[], bool] | None = None) -> Result:
     tc = spec.train
     state = load_checkpoint(checkpoint, spec) if checkpoint is not None and checkpoint.exists() else None
 

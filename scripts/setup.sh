@@ -8,9 +8,13 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 EXTRAS="dev"
-# Debian packages: the built-in Fashion-MNIST data, a PostgreSQL server for the multi-worker tests
-# and a C++ compiler for torch.compile on the CPU (`compile = true`).
+# Debian packages: the built-in Fashion-MNIST data, a PostgreSQL server for the multi-worker tests,
+# a C++ compiler for torch.compile on the CPU (`compile = true`) and, for the tests, Chromium to
+# open the study's page headless.
 APT_PACKAGES="dataset-fashion-mnist postgresql g++"
+if [ "${1:-}" = "ffcv" ]; then  # scripts/test.sh (and so CI): the test packages too
+  APT_PACKAGES="$APT_PACKAGES chromium"
+fi
 if [ "${1:-}" = "ffcv" ]; then
   EXTRAS="dev,ffcv"
   APT_PACKAGES="$APT_PACKAGES libopencv-dev libturbojpeg0-dev pkg-config"

@@ -147,7 +147,7 @@ def test_fit_refuses_too_few_points_in_one_line(cli, db_url, tmp_path):
 
 
 def test_fit_option_errors_are_one_line(cli, db_url, tmp_path, grid):
-    assert "no studies yet" in cli("fit", "--db", db_url).output
+    assert "does not exist" in cli("fit", "--db", db_url).output  # fit never creates a database
     cli("import", write_csv(grid, tmp_path / "grid.csv"), "--db", db_url)
     cli("import", write_csv(grid, tmp_path / "other.csv"), "--db", db_url)
     assert "2 studies in the database; choose one with --study: grid, other" in cli("fit", "--db", db_url).output

@@ -263,6 +263,10 @@ def test_diverged_and_failed_jobs_are_rows_and_the_study_goes_on(tmp_path, cli):
     broken = tmp_path / "broken.toml"  # same study, one more job whose data is missing
     broken.write_text(grid_text(name="mixed", examples="[200]", epochs="[1]").replace(DATA, str(tmp_path / "nowhere"), 1))
     study("plan", broken, "--db", url, cwd=tmp_path)
+    refused = study("run", "--db", url, cwd=tmp_path, check=False)  # missing data: nothing claimed
+    assert refused.returncode == 2 and "nowhere" in refused.stderr and "nothing was claimed" in refused.stderr
+    assert states(url) == ["pending"] * 3
+    (tmp_path / "nowhere").mkdir()  # a folder without the data: the job fails at run time, with the reason
     result = study("run", "--db", url, cwd=tmp_path, check=False)
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error: 1 jobs failed"), result.stderr

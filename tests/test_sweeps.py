@@ -150,7 +150,7 @@ def test_fig1_keeps_its_legend_or_colour_bar_inside_the_figure(models, tmp_path,
         swept = fit.analyse(*fit.select(synthetic.isoflop_study(seed=0)), bootstrap=0)
         plots.bottlenecks(swept, tmp_path)
         profiles = plots.isoflop_profiles(swept, tmp_path)  # budgets mode only
-        assert [p.name for p in profiles] == ["fig_isoflop_profiles.png", "fig_isoflop_profiles.pdf"]
+        assert "fig_isoflop_profiles.png" in [p.name for p in profiles]
         assert plots.isoflop_profiles(analysis, tmp_path / "grid") == []
         stars = [line for line in drawn["fig_isoflop_profiles"].axes[0].lines if line.get_marker() == "*"]
         assert len(stars) == len(next(a for a in swept.allocations if a.estimator == "isoflop").points)

@@ -28,6 +28,8 @@ from .allocation import allocation_envelope, allocation_isoflop, allocation_para
 from .budgets import BUDGET_TOLERANCE, MERGE_TOLERANCE, describe, merge_sizes, sweep_shape
 from .cells import average_seeds
 from .data_constrained import DATA_CONSTRAINED_LAW, at_fixed_epochs, data_constrained_law, fit_data_constrained
+from .agreement import diagnose
+from .backtest import best_law, rolling_origin
 from .forms import choose_form, law_value
 from .bottleneck import SATURATING_LAW, fit_bottleneck_examples, fit_bottleneck_params, saturating_law
 from .envelope import COMPUTE_LAW, compute_law, envelope, envelope_mask, fit_compute_law
@@ -39,7 +41,7 @@ from .select import default_metric, select
 
 __all__ = [
     "BUDGET_TOLERANCE", "DATA_CONSTRAINED_LAW", "MERGE_TOLERANCE", "BackTest", "FormChoice", "SeedSpread",
-    "at_fixed_epochs", "average_seeds", "choose_form", "data_constrained_law", "fit_data_constrained", "law_value",
+    "at_fixed_epochs", "average_seeds", "best_law", "diagnose", "rolling_origin", "choose_form", "data_constrained_law", "fit_data_constrained", "law_value",
     "COMPUTE_LAW", "HELD_OUT_FRACTION", "HUBER_DELTA", "PARAMETRIC_LAW", "SATURATING_LAW", "Allocation", "Analysis",
     "Estimate", "HeldOut", "LawFit", "Skipped", "allocation_envelope", "allocation_isoflop", "allocation_parametric",
     "analyse", "compute_law", "default_metric", "envelope", "envelope_mask", "fit_bottleneck_examples",
@@ -109,5 +111,7 @@ def analyse(frame: pd.DataFrame, filters: dict | None = None, epochs: int | None
         parametric=parametric, allocations=allocations, held_out=held_out,
         flops_exponent=gamma, flops_scale=kappa, bootstrap=bootstrap, seed=seed,
         data_constrained=constrained, form=form, seeds=seeds,
+        backtest=rolling_origin(frame, compute, [parametric, constrained]),
+        agreement=diagnose(frame, epochs, allocations, parametric, chosen),
         sweep=describe(shape, merged, merge_tolerance),
     )

@@ -45,12 +45,14 @@ def _regression_allocation(estimator: str, points: pd.DataFrame, weights: np.nda
     resamples = 0
     if bootstrap:
         counts = multinomial(rng, bootstrap, len(points)) * weights
-        boot, _ = _weighted_slopes(logc, ys, counts)
+        boot, boot_intercepts = _weighted_slopes(logc, ys, counts)
         ok = np.isfinite(boot).all(0)
         resamples = int(ok.sum())
         a = Estimate(a.value, *interval(boot[0], ok))
         b = Estimate(b.value, *interval(boot[1], ok))
-    return Allocation(estimator, a, b, float(intercepts[0, 0]), float(intercepts[1, 0]), points, method, resamples)
+        samples = {"a": boot[0], "b": boot[1], "p0": boot_intercepts[0], "n0": boot_intercepts[1], "ok": ok}
+    return Allocation(estimator, a, b, float(intercepts[0, 0]), float(intercepts[1, 0]), points, method, resamples,
+                      samples=samples if bootstrap else None)
 
 
 def allocation_envelope(frame: pd.DataFrame, epochs: int, bootstrap: int, rng: np.random.Generator) -> Allocation | Skipped:
@@ -156,4 +158,11 @@ def allocation_parametric(fit: LawFit, epochs: int, kappa: float, gamma: float) 
     points = pd.DataFrame({"pflops": grid, "params": np.exp(p0 + fit.params["a"].value * np.log(grid)),
                            "examples": np.exp(n0 + fit.params["b"].value * np.log(grid))})
     method = f"the minimum of the fitted E(P, D) subject to C = 3 FLOP(f) N T; N* = D*/T at T = {epochs}"
-    return Allocation("parametric", fit.params["a"], fit.params["b"], p0, n0, points, method, fit.resamples)
+    samples = None
+    if fit.samples is not None:  # the same optimum for each bootstrap refit of the law
+        s = fit.samples
+        shrink = 1.0 if "R_star" not in s else (epochs / (1.0 - s["R_star"] * np.expm1(-(epochs - 1.0) / s["R_star"]))) ** s["beta"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            bp0 = (np.log(s["alpha"] * s["A"]) - np.log(gamma * s["beta"] * s["B"] * shrink) + s["beta"] * log_c_unit) / (s["alpha"] + gamma * s["beta"])
+        samples = {"a": s["a"], "b": s["b"], "p0": bp0, "n0": log_c_unit - gamma * bp0 - math.log(epochs), "ok": s["ok"]}
+    return Allocation("parametric", fit.params["a"], fit.params["b"], p0, n0, points, method, fit.resamples, samples=samples)

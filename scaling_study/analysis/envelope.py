@@ -110,6 +110,7 @@ def fit_compute_law(frame: pd.DataFrame, bootstrap: int = 1000, rng: np.random.G
         bootstrap="envelope points resampled with replacement (the envelope is not re-taken)"
                   + ("; the envelope takes the best point per compute budget" if "budget" in frame.columns else ""),
         bound_share=shares,
+        samples=None if samples is None else {**samples, "ok": ok},
     )
 
 

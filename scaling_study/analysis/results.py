@@ -58,6 +58,7 @@ class Allocation:
     resamples: int
     mode: str = ""  # iso-FLOP: "budgets" (an iso-FLOP sweep) or "levels" (interpolated compute levels)
     resampled: str = ""  # what the bootstrap resampled
+    samples: dict | None = field(default=None, repr=False)  # bootstrap draws of a, b, p0, n0 and "ok"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,274 @@
+"""Adaptive studies (issue #12): how much compute pruning saves, and what it does to the law.
+
+    python benchmarks/adaptive.py simulate            # (a) no training: seconds to a minute
+    python benchmarks/adaptive.py demo [--work DIR] [--arms default,unprotected]   # (b) trained, ~20-40 min
+
+(a) The shape of grids/cifar100.toml (6 models x 5 subset sizes, trajectories evaluated at
+T = 50..800) on synthetic points from a known E(P, D) law (scaling_study.synthetic, with its
+noise and outliers), run through the real decision function (`adaptive.decide`) the way one
+worker runs a study: jobs in the adaptive claim order, each evaluation point landing in turn,
+a refit and a pruning decision after each, a pruned trajectory stopping there. It reports the
+compute spent (Eq. 4 of what was run) and the exponents fitted on what was recorded, adaptive vs
+full, against the truth; once with the default guards and once with protect_spanning = false.
+
+(b) Runs `study plan` + `study run` + `study fit` on grids/demo.toml twice from scratch in one
+invocation, same seeds: once plain, then with `study run --adaptive` for each arm (the grid's
+[adaptive] defaults; and protect_spanning = false). It records the compute actually
+trained (Eq. 4 of each job's epochs_done), wall time, and every headline number of fit.json
+(E(C) alpha, alpha_P, alpha_N, allocation a/b by each estimator), and checks each adaptive
+value against the full run's 95% interval. The goal of the issue: at most 50% of the compute.
+Results: benchmarks/results/adaptive_simulation.json and adaptive_demo*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results_file import write  # noqa: E402
+
+from scaling_study import adaptive, budget, synthetic  # noqa: E402
+from scaling_study import analysis as fits  # noqa: E402
+from scaling_study.grid import AdaptiveConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---- (a) simulation on synthetic points with a known law ----
+
+def synthetic_jobs(frame: pd.DataFrame) -> list[dict]:
+    """Job rows (as db.job_rows gives them) for the trajectories of a synthetic frame, all pending."""
+    rows = []
+    for job_id, job in frame.groupby("job_id"):
+        first = job.iloc[0]
+        epochs = sorted(int(t) for t in job["epochs"])
+        rows.append({"id": int(job_id), "model": first["model"], "params": int(first["params"]),
+                     "flops_per_example": int(first["flops_per_example"]), "examples": int(first["examples"]),
+                     "epochs": epochs[-1], "epochs_done": 0, "state": "pending",
+                     "spec": json.dumps({"epochs": epochs, "train": {"drop_last": False}})})
+    return rows
+
+
+def simulate(frame: pd.DataFrame, config: AdaptiveConfig) -> tuple[pd.DataFrame, list[dict], int]:
+    """One worker, adaptive claim order, a decision after every evaluation point: (points recorded, rows, decisions)."""
+    rows = synthetic_jobs(frame)
+    by_id = {r["id"]: r for r in rows}
+    order = adaptive.claim_order(rows)
+    recorded: list[pd.Series] = []
+    decisions = 0
+    for job_id in sorted(order, key=order.get):
+        row = by_id[job_id]
+        if row["state"] != "pending":
+            continue
+        row["state"] = "running"
+        for _, point in frame[frame["job_id"] == job_id].sort_values("epochs").iterrows():
+            recorded.append(point)
+            row["epochs_done"] = int(point["epochs"])
+            if row["epochs_done"] == row["epochs"]:
+                row["state"] = "done"
+            made, _ = adaptive.decide(pd.DataFrame(recorded), rows, config)
+            decisions += 1
+            for d in made:
+                if d.prune:
+                    by_id[d.job_id]["state"] = "pruned"
+            if row["state"] == "pruned":
+                break
+        if row["state"] == "running":
+            row["state"] = "done"
+    return pd.DataFrame(recorded).reset_index(drop=True), rows, decisions
+
+
+def headline(frame: pd.DataFrame, resamples: int = 400) -> dict:
+    """The exponents `study fit` reports, fitted on `frame`: value and 95% interval."""
+    selected, filters = fits.select(frame)
+    result = fits.analyse(selected, filters, bootstrap=resamples, seed=0)
+    out = {}
+
+    def put(name: str, e: fits.Estimate) -> None:
+        out[name] = {"value": e.value, "low": e.low, "high": e.high}
+
+    put("E(C) alpha", result.compute.params["alpha"])
+    for law, name in ((result.bottleneck_params, "alpha_P"), (result.bottleneck_examples, "alpha_N")):
+        if isinstance(law, fits.LawFit):
+            put(name, law.params["alpha"])
+    if isinstance(result.parametric, fits.LawFit):
+        put("E(P,D) alpha", result.parametric.params["alpha"])
+        put("E(P,D) beta", result.parametric.params["beta"])
+    for allocation in result.allocations:
+        if isinstance(allocation, fits.Allocation):
+            put(f"a ({allocation.estimator})", allocation.a)
+            put(f"b ({allocation.estimator})", allocation.b)
+    return out
+
+
+def run_simulation() -> dict:
+    law = synthetic.ParametricLaw()
+    frame = synthetic.parametric_study(law=law, models=6, examples=5, params_range=(9.2e6, 1.25e8),
+                                       examples_range=(1.18e5, 1.18e7))
+    rows = synthetic_jobs(frame)
+    full_compute = sum(adaptive.planned_compute(r) for r in rows)
+    truth = {"E(P,D) alpha": law.alpha, "E(P,D) beta": law.beta, "a (parametric)": law.a, "b (parametric)": law.b}
+    full = headline(frame)
+    report = {"shape": "grids/cifar100.toml: 6 models (9.2M-125M parameters) x 5 subsets (1%-100% of 11.8M) x "
+                       "T = 50..800; FLOP(f) = P", "truth": truth, "trajectories": len(rows),
+              "points": len(frame), "full": {"compute_pflops": full_compute / budget.PFLOP, "headline": full}}
+    for label, config in (("adaptive", AdaptiveConfig(enabled=True)),
+                          ("adaptive_unprotected", AdaptiveConfig(enabled=True, protect_spanning=False))):
+        started = time.perf_counter()
+        recorded, final, decisions = simulate(frame, config)
+        spent = sum(adaptive.spent_compute(r) for r in final)
+        values = headline(recorded)
+        inside = {k: bool(full[k]["low"] <= v["value"] <= full[k]["high"]) for k, v in values.items() if k in full}
+        report[label] = {
+            "config": dataclasses.asdict(config), "seconds": time.perf_counter() - started, "decisions": decisions,
+            "compute_pflops": spent / budget.PFLOP, "compute_fraction": spent / full_compute,
+            "pruned": sum(r["state"] == "pruned" for r in final), "points": len(recorded), "headline": values,
+            "inside_full_95": inside,
+        }
+    for label in ("full", "adaptive", "adaptive_unprotected"):
+        values = report[label]["headline"]
+        report[label]["error_vs_truth"] = {k: values[k]["value"] - t for k, t in truth.items() if k in values}
+    return report
+
+
+def print_simulation(report: dict) -> None:
+    print(f"simulation, {report['shape']}: {report['trajectories']} trajectories, {report['points']} points")
+    keys = list(report["full"]["headline"])
+    print(f"{'':28} {'full':>22} {'adaptive':>22} {'adaptive, unprotected':>24}  truth")
+    for key in keys:
+        cells = []
+        for label in ("full", "adaptive", "adaptive_unprotected"):
+            e = report[label]["headline"].get(key)
+            cells.append("-" if e is None else f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]")
+        truth = report["truth"].get(key)
+        print(f"{key:28} {cells[0]:>22} {cells[1]:>22} {cells[2]:>24}  {'' if truth is None else f'{truth:.3f}'}")
+    for label in ("adaptive", "adaptive_unprotected"):
+        r = report[label]
+        print(f"{label}: compute {r['compute_fraction']:.1%} of the full grid ({r['pruned']} of "
+              f"{report['trajectories']} trajectories pruned, {r['points']} of {report['points']} points), "
+              f"{sum(r['inside_full_95'].values())}/{len(r['inside_full_95'])} headline values inside the full run's "
+              f"95% interval; {r['decisions']} decisions in {r['seconds']:.0f} s")
+
+
+# ---- (b) the demo trained in full and adaptively ----
+
+def study(*args: str, cwd: Path) -> str:
+    result = subprocess.run([sys.executable, "-m", "scaling_study", *args], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"study {' '.join(args)} exited {result.returncode}: {result.stderr.strip()[-2000:]}")
+    return result.stdout
+
+
+def demo_arm(folder: Path, adaptive_run: bool, protect: bool) -> dict:
+    """plan + run (+ --adaptive) + fit of grids/demo.toml in `folder`: compute trained, wall time, headline."""
+    from scaling_study import db
+
+    folder.mkdir(parents=True, exist_ok=True)
+    grid = (ROOT / "grids" / "demo.toml").read_text()
+    if adaptive_run and not protect:
+        grid += "\n[adaptive]\nprotect_spanning = false\n"
+    (folder / "demo.toml").write_text(grid)
+    url = f"sqlite:///{folder / 'results.db'}"
+    study("plan", "demo.toml", "--db", url, cwd=folder)
+    started = time.perf_counter()
+    study("run", "--db", url, *(["--adaptive"] if adaptive_run else []), cwd=folder)
+    wall = time.perf_counter() - started
+    study("fit", "--db", url, "--out", str(folder / "reports"), cwd=folder)
+    fit = json.loads((folder / "reports" / "fit.json").read_text())
+    engine = db.connect(url)
+    rows = db.job_rows(engine)
+    spent = sum(adaptive.spent_compute(r) for r in rows)
+    planned = sum(adaptive.planned_compute(r) for r in rows)
+    engine.dispose()
+    return {"wall_s": wall, "compute_pflops": spent / budget.PFLOP, "planned_pflops": planned / budget.PFLOP,
+            "pruned": sum(r["state"] == "pruned" for r in rows), "states": {s: sum(r["state"] == s for r in rows)
+                                                                          for s in db.JOB_STATES},
+            "headline": fit_headline(fit), "pruned_jobs": fit.get("pruned", [])}
+
+
+def fit_headline(fit: dict) -> dict:
+    out = {"E(C) alpha": fit["laws"]["compute"]["params"]["alpha"]}
+    for key, name in (("bottleneck_params", "alpha_P"), ("bottleneck_examples", "alpha_N")):
+        if "params" in fit["laws"][key]:
+            out[name] = fit["laws"][key]["params"]["alpha"]
+    for estimator, allocation in fit["allocation"].items():
+        if "a" in allocation:
+            out[f"a ({estimator})"] = allocation["a"]
+            out[f"b ({estimator})"] = allocation["b"]
+    return out
+
+
+def compare(full: dict, adapt: dict) -> dict:
+    inside = {}
+    for key, e in adapt["headline"].items():
+        reference = full["headline"].get(key)
+        if reference and reference["low"] is not None and e["value"] is not None:
+            inside[key] = bool(reference["low"] <= e["value"] <= reference["high"])
+    missing = [key for key in full["headline"] if key not in adapt["headline"]]
+    return {"compute_ratio": adapt["compute_pflops"] / full["compute_pflops"], "wall_ratio": adapt["wall_s"] / full["wall_s"],
+            "inside_full_95": inside, "not_fitted": missing,
+            "goal_met": bool(adapt["compute_pflops"] <= 0.5 * full["compute_pflops"] and all(inside.values()) and not missing)}
+
+
+def run_demo(work: Path, arms: list[str]) -> dict:
+    """The full demo, then each adaptive arm (default: the grid's guards; unprotected: protect_spanning = false)."""
+    report = {"grid": "grids/demo.toml", "full": demo_arm(work / "full", False, True)}
+    for arm in arms:
+        result = demo_arm(work / f"adaptive-{arm}", True, arm == "default")
+        report[f"adaptive_{arm}"] = {**result, **compare(report["full"], result)}
+        write("adaptive_demo", report)  # an arm that finishes is kept even if the next one is cut short
+    return report
+
+
+def print_demo(report: dict) -> None:
+    full = report["full"]
+    for label in [k for k in report if k.startswith("adaptive_")]:
+        adapt = report[label]
+        print(f"demo, {label}: compute {adapt['compute_pflops']:.4g} vs {full['compute_pflops']:.4g} PFLOPs "
+              f"({adapt['compute_ratio']:.1%}), wall {adapt['wall_s']:.0f} vs {full['wall_s']:.0f} s "
+              f"({adapt['wall_ratio']:.1%}), {adapt['pruned']} of 24 trajectories pruned")
+        for key, e in full["headline"].items():
+            a = adapt["headline"].get(key)
+
+            def cell(x) -> str:  # noqa: ANN001
+                if x is None or x["value"] is None:
+                    return "-"
+                return f"{x['value']:.3f}" + ("" if x["low"] is None else f" [{x['low']:.3f}, {x['high']:.3f}]")
+
+            print(f"  {key:18} full {cell(e):>24}  adaptive {cell(a):>24}  inside: {adapt['inside_full_95'].get(key)}")
+        print(f"  goal (<= 50% compute, every headline inside the full 95% interval): "
+              f"{'met' if adapt['goal_met'] else 'not met'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=("simulate", "demo"))
+    parser.add_argument("--work", type=Path, default=None, help="Folder for the demo's databases, runs and reports")
+    parser.add_argument("--arms", default="default,unprotected",
+                        help="demo: adaptive arms to run after the full one (default: the grid's guards; "
+                             "unprotected: protect_spanning = false)")
+    args = parser.parse_args()
+    if args.part == "simulate":
+        report = run_simulation()
+        print_simulation(report)
+        print(f"wrote {write('adaptive_simulation', report)}")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        report = run_demo(args.work or Path(tmp), [a for a in args.arms.split(",") if a])
+    print_demo(report)
+    print(f"wrote {write('adaptive_demo', report)}")
+
+
+if __name__ == "__main__":
+    main()
