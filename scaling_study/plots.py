@@ -185,6 +185,7 @@ def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
         sizes_p = models["params"].to_numpy(float)
         scale = ScalarMappable(norm=LogNorm(sizes_p.min(), max(sizes_p.max(), sizes_p.min() * 1.01)), cmap=SIZES)
         bar = figure.colorbar(scale, ax=ax, pad=0.02, fraction=0.045, aspect=30)
+        bar.solids.set_rasterized(False)  # vector, as the rest: an SVG without an embedded image
         bar.set_label(f"parameters P ({len(models)} models)")
         bar.ax.yaxis.set_major_formatter(ticker.FuncFormatter(_tick))
         bar.ax.yaxis.set_minor_formatter(ticker.NullFormatter())

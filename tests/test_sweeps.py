@@ -170,6 +170,8 @@ def test_fig1_keeps_its_legend_or_colour_bar_inside_the_figure(models, tmp_path,
     if models == 50:
         assert len(figure.axes) == 2 and "50 models" in figure.axes[1].get_ylabel()  # the colour bar
         assert len(legends) == 1 and len(legends[0].get_texts()) <= 6  # the fit legend only, no names
+        svg = tmp_path / "fig1_error_vs_compute.svg"  # the page inlines it: a vector colour bar, no image
+        assert svg.exists() and "<image" not in svg.read_text()
         bar = figure.axes[1].get_window_extent(renderer)
         assert not legends[0].get_window_extent(renderer).overlaps(bar)
     else:
