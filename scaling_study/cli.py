@@ -702,9 +702,10 @@ def fit_laws(
     selected, filters = fits.select(db.evaluations_frame(engine, name, None), metric, kind, exclude or ())
     analysis = fits.analyse(selected, filters, epochs, bootstrap, seed, merge_tolerance=merge_sizes,
                             budget_tolerance=budget_tolerance)
+    pruned = _pruned_of(engine, name)
     try:
         figures = write_figures(analysis, out)
-        written = write_report(analysis, name, figures, out, _pruned_of(engine, name))
+        written = write_report(analysis, name, figures, out, pruned)
     except OSError as error:
         raise BadInput(f"cannot write --out {out}: {error.strerror or error}; choose another folder") from None
 
@@ -745,7 +746,7 @@ def fit_laws(
     for group in sweep["merged_sizes"]["groups"]:
         console.print(f"merged into {group['model']}: " + ", ".join(m["model"] for m in group["merged"]),
                       markup=False, highlight=False, soft_wrap=True)
-    if pruned := _pruned_of(engine, name):
+    if pruned:
         saved = sum(p["saved_pflops"] for p in pruned)
         table = Table(title=f"pruned trajectories (adaptive): {len(pruned)}, saving {saved:.3g} PFLOPs")
         for column in ("job", "model", "N", "epochs run", "saved PFLOPs", "closest point vs envelope"):
