@@ -201,7 +201,10 @@ def _pflops(value: float) -> str:
 def _duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "–"
-    return str(dt.timedelta(seconds=round(seconds)))
+    minutes, hours = round(seconds / 60), seconds / 3600
+    if hours >= 24:
+        return f"{int(hours // 24)} d {round(hours % 24)} h"
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(1, minutes)} min"
 
 
 def _estimate(value: dict | None) -> str:
