@@ -700,6 +700,7 @@ def fit_laws(
     name = _one_study(engine, study)
     selected, analysis, figures, written = _fit_and_write(engine, name, metric, kind, epochs, exclude, bootstrap, out,
                                                           seed, merge_sizes, budget_tolerance)
+    pruned = _pruned_of(engine, name)
     if page:
         from .page import write_page
 
@@ -745,7 +746,7 @@ def fit_laws(
     for group in sweep["merged_sizes"]["groups"]:
         console.print(f"merged into {group['model']}: " + ", ".join(m["model"] for m in group["merged"]),
                       markup=False, highlight=False, soft_wrap=True)
-    if pruned := _pruned_of(engine, name):
+    if pruned:
         saved = sum(p["saved_pflops"] for p in pruned)
         table = Table(title=f"pruned trajectories (adaptive): {len(pruned)}, saving {saved:.3g} PFLOPs")
         for column in ("job", "model", "N", "epochs run", "saved PFLOPs", "closest point vs envelope"):
