@@ -53,7 +53,7 @@ __all__ = [
 def summary_lines(analysis: Analysis) -> list[str]:
     """#13's answers in a few lines for `study fit`: the form chosen, seeds, the back-test, agreement."""
     lines = []
-    if analysis.form is not None and analysis.form.scores:
+    if analysis.form is not None and len(analysis.form.scores) > 1:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in analysis.form.scores.items())
         lines.append(f"parametric form: {analysis.form.chosen} (held-out mean |log error|: {scores})")
     if analysis.seeds is not None and analysis.seeds.cells_with_seeds:
