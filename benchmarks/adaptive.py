@@ -2,6 +2,7 @@
 
     python benchmarks/adaptive.py simulate            # (a) no training: seconds to a minute
     python benchmarks/adaptive.py demo [--work DIR] [--arms default,unprotected]   # (b) trained, ~20-40 min
+    python benchmarks/adaptive.py replay --db sqlite:///DIR/full/results.db        # (b) arms replayed, ~2 min
 
 (a) The shape of grids/cifar100.toml (6 models x 5 subset sizes, trajectories evaluated at
 T = 50..800) on synthetic points from a known E(P, D) law (scaling_study.synthetic, with its
@@ -60,24 +61,27 @@ def synthetic_jobs(frame: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def simulate(frame: pd.DataFrame, config: AdaptiveConfig) -> tuple[pd.DataFrame, list[dict], int]:
-    """One worker, adaptive claim order, a decision after every evaluation point: (points recorded, rows, decisions)."""
-    rows = synthetic_jobs(frame)
+def simulate(frame: pd.DataFrame, config: AdaptiveConfig, rows: list[dict] | None = None
+             ) -> tuple[pd.DataFrame, list[dict], int]:
+    """One worker, adaptive claim order, a decision after every evaluation epoch (all its metrics land
+    at once): (points recorded, final rows, decisions). `rows` default to the frame's trajectories."""
+    rows = [dict(r, state="pending", epochs_done=0) for r in (rows or synthetic_jobs(frame))]
     by_id = {r["id"]: r for r in rows}
     order = adaptive.claim_order(rows)
-    recorded: list[pd.Series] = []
+    recorded: list[pd.DataFrame] = []
     decisions = 0
     for job_id in sorted(order, key=order.get):
         row = by_id[job_id]
         if row["state"] != "pending":
             continue
         row["state"] = "running"
-        for _, point in frame[frame["job_id"] == job_id].sort_values("epochs").iterrows():
-            recorded.append(point)
-            row["epochs_done"] = int(point["epochs"])
+        mine = frame[frame["job_id"] == job_id]
+        for epoch in sorted(mine["epochs"].unique()):
+            recorded.append(mine[mine["epochs"] == epoch])
+            row["epochs_done"] = int(epoch)
             if row["epochs_done"] == row["epochs"]:
                 row["state"] = "done"
-            made, _ = adaptive.decide(pd.DataFrame(recorded), rows, config)
+            made, _ = adaptive.decide(pd.concat(recorded), rows, config)
             decisions += 1
             for d in made:
                 if d.prune:
@@ -86,13 +90,17 @@ def simulate(frame: pd.DataFrame, config: AdaptiveConfig) -> tuple[pd.DataFrame,
                 break
         if row["state"] == "running":
             row["state"] = "done"
-    return pd.DataFrame(recorded).reset_index(drop=True), rows, decisions
+    return pd.concat(recorded).reset_index(drop=True), rows, decisions
 
 
 def headline(frame: pd.DataFrame, resamples: int = 400) -> dict:
     """The exponents `study fit` reports, fitted on `frame`: value and 95% interval."""
     selected, filters = fits.select(frame)
     result = fits.analyse(selected, filters, bootstrap=resamples, seed=0)
+    return headline_of(result)
+
+
+def headline_of(result) -> dict:  # noqa: ANN001 - an analysis.Analysis
     out = {}
 
     def put(name: str, e: fits.Estimate) -> None:
@@ -251,9 +259,61 @@ def print_demo(report: dict) -> None:
               f"{'met' if adapt['goal_met'] else 'not met'}")
 
 
+def run_replay(url: str) -> dict:
+    """(b) without training it again: the adaptive arms replayed on a finished full run's points.
+
+    Training is seeded and resumes bit-identically, so a trajectory's points are the same whether it
+    runs to its end or stops early: one adaptive worker would record exactly a prefix of each
+    trajectory of the full run. The replay lands those points in the adaptive claim order, decides
+    after each evaluation epoch with the real decision function, and stops what it prunes."""
+    from scaling_study import db
+
+    engine = db.connect(url)
+    frame = db.evaluations_frame(engine)
+    rows = db.job_rows(engine)
+    engine.dispose()
+    full_compute = sum(adaptive.planned_compute(r) for r in rows)
+    selected, filters = fits.select(frame)
+    full = headline_of(fits.analyse(selected, filters, bootstrap=1000, seed=0))
+    report = {"source": url, "trajectories": len(rows), "points": len(selected),
+              "full": {"compute_pflops": full_compute / budget.PFLOP, "headline": full}}
+    for label, config in (("adaptive_default", AdaptiveConfig(enabled=True)),
+                          ("adaptive_unprotected", AdaptiveConfig(enabled=True, protect_spanning=False))):
+        started = time.perf_counter()
+        recorded, final, decisions = simulate(frame, config, rows)
+        spent = sum(adaptive.spent_compute(r) for r in final)
+        chosen, chosen_filters = fits.select(recorded)
+        values = headline_of(fits.analyse(chosen, chosen_filters, bootstrap=1000, seed=0))
+        inside = {k: bool(full[k]["low"] <= v["value"] <= full[k]["high"]) for k, v in values.items() if k in full}
+        report[label] = {"config": dataclasses.asdict(config), "seconds": time.perf_counter() - started,
+                         "decisions": decisions, "compute_pflops": spent / budget.PFLOP,
+                         "compute_fraction": spent / full_compute, "pruned": sum(r["state"] == "pruned" for r in final),
+                         "pruned_jobs": [f"{r['model']} N={r['examples']} ({r['epochs_done']}/{r['epochs']} epochs)"
+                                         for r in final if r["state"] == "pruned"],
+                         "points": len(chosen), "headline": values, "inside_full_95": inside,
+                         "not_fitted": [k for k in full if k not in values]}
+    return report
+
+
+def print_replay(report: dict) -> None:
+    full = report["full"]["headline"]
+    print(f"replay on {report['source']}: {report['trajectories']} trajectories, {report['points']} points")
+    print(f"{'':18} {'full':>24} {'adaptive (default)':>24} {'adaptive (unprotected)':>24}")
+    for key, e in full.items():
+        cells = [e] + [report[label]["headline"].get(key) for label in ("adaptive_default", "adaptive_unprotected")]
+        text = ["-" if c is None else f"{c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}]" for c in cells]
+        print(f"{key:18} {text[0]:>24} {text[1]:>24} {text[2]:>24}")
+    for label in ("adaptive_default", "adaptive_unprotected"):
+        r = report[label]
+        print(f"{label}: compute {r['compute_fraction']:.1%} of the full run, {r['pruned']} pruned "
+              f"({'; '.join(r['pruned_jobs'])}), {sum(r['inside_full_95'].values())}/{len(full)} headline values inside "
+              f"the full run's 95% interval" + (f", not fitted: {', '.join(r['not_fitted'])}" if r["not_fitted"] else ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("simulate", "demo"))
+    parser.add_argument("part", choices=("simulate", "demo", "replay"))
+    parser.add_argument("--db", default=None, help="replay: the finished full demo's database URL")
     parser.add_argument("--work", type=Path, default=None, help="Folder for the demo's databases, runs and reports")
     parser.add_argument("--arms", default="default,unprotected",
                         help="demo: adaptive arms to run after the full one (default: the grid's guards; "
@@ -263,6 +323,11 @@ def main() -> None:
         report = run_simulation()
         print_simulation(report)
         print(f"wrote {write('adaptive_simulation', report)}")
+        return
+    if args.part == "replay":
+        report = run_replay(args.db)
+        print_replay(report)
+        print(f"wrote {write('adaptive_demo_replay', report)}")
         return
     with tempfile.TemporaryDirectory() as tmp:
         report = run_demo(args.work or Path(tmp), [a for a in args.arms.split(",") if a])

@@ -267,7 +267,7 @@ def prune(
     """Refit the law on what is recorded and prune the pending or running trajectories it rules out."""
     from . import adaptive
 
-    engine = db.connect(db_url, migrate=not dry_run)
+    engine = db.connect(db_url, migrate=not dry_run, create=False)
     name = _one_study(engine, study)
     config = adaptive.settings(engine, name, True)
     decisions, pruned, note = adaptive.prune_now(engine, name, config, "study prune", dry_run=dry_run)
@@ -700,6 +700,7 @@ def fit_laws(
     name = _one_study(engine, study)
     selected, analysis, figures, written = _fit_and_write(engine, name, metric, kind, epochs, exclude, bootstrap, out,
                                                           seed, merge_sizes, budget_tolerance)
+    pruned = _pruned_of(engine, name)
     if page:
         from .page import write_page
 
@@ -749,7 +750,7 @@ def fit_laws(
     for group in sweep["merged_sizes"]["groups"]:
         console.print(f"merged into {group['model']}: " + ", ".join(m["model"] for m in group["merged"]),
                       markup=False, highlight=False, soft_wrap=True)
-    if pruned := _pruned_of(engine, name):
+    if pruned:
         saved = sum(p["saved_pflops"] for p in pruned)
         table = Table(title=f"pruned trajectories (adaptive): {len(pruned)}, saving {saved:.3g} PFLOPs")
         for column in ("job", "model", "N", "epochs run", "saved PFLOPs", "closest point vs envelope"):

@@ -128,9 +128,10 @@ def _sqlite_file(engine: Engine) -> str | None:
     return None if not database or database == ":memory:" or database.startswith("file:") else database
 
 
-def _check_sqlite_file(url: str, path: str, create: bool, write: bool) -> None:
+def _check_sqlite_file(url: str, path: str, create: bool, write: bool) -> bool:
     """Refuse, before any work, a database file that is missing (for commands that only use existing
-    jobs), not a file, or read-only (with its folder: SQLite writes its log beside it)."""
+    jobs), not a file, or read-only (with its folder: SQLite writes its log beside it) for a command
+    that writes; True when it is read-only and the command only reads."""
     file = Path(path)
     if not file.exists():
         if not create:
@@ -147,6 +148,39 @@ def _check_sqlite_file(url: str, path: str, create: bool, write: bool) -> None:
         if not os.access(folder, os.W_OK):
             raise BadInput(f"database {url} is in a read-only folder ({folder}; SQLite writes its log beside the "
                            "file); make the folder writable or copy the database somewhere writable")
+    return file.exists() and not (os.access(file, os.W_OK) and os.access(folder, os.W_OK))
+
+
+def _read_only_engine(path: str) -> Engine:
+    """SQLite opened read-only and immutable: a file on read-only media can be read, never changed."""
+    import sqlite3
+    import urllib.parse
+
+    uri = f"file:{urllib.parse.quote(str(Path(path).resolve()))}?mode=ro&immutable=1"
+    engine = sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False),
+                              future=True)
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):  # noqa: ANN001
+        dbapi_connection.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn):  # noqa: ANN001
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def _check_current(engine: Engine, url: str) -> None:
+    """A read-only database must already hold every migration: it cannot be brought up to date."""
+    with engine.connect() as conn:
+        recorded = set(conn.execute(sa.select(migrations_table.c.name)).scalars())
+    if unknown := sorted(recorded - {name for name, _ in MIGRATIONS}):
+        raise BadInput(f"the database {url} was written by a newer scaling-study (migration {', '.join(unknown)}); "
+                       "upgrade scaling-study to use it")
+    if missing := [name for name, _ in MIGRATIONS if name not in recorded]:
+        raise BadInput(f"the database {url} is read-only and from an older scaling-study (without migration "
+                       f"{missing[0]}); copy it somewhere writable to upgrade it")
 
 
 def connect(url: str | None = None, migrate: bool = True, create: bool = True, write: bool = True) -> Engine:
@@ -159,12 +193,18 @@ def connect(url: str | None = None, migrate: bool = True, create: bool = True, w
         engine = sa.create_engine(url, future=True)
     except (sa.exc.ArgumentError, ImportError, ModuleNotFoundError) as error:
         raise StudyError(f"cannot use database URL {url!r}: {error}") from None
+    read_only = False
     if engine.dialect.name == "sqlite":
         if path := _sqlite_file(engine):
-            _check_sqlite_file(url, path, create, write)
-        _sqlite_setup(engine)
+            read_only = _check_sqlite_file(url, path, create, write)
+        if read_only:
+            engine = _read_only_engine(path)
+        else:
+            _sqlite_setup(engine)
     try:
-        if migrate:
+        if read_only:
+            _check_current(engine, url)
+        elif migrate:
             apply_migrations(engine)
     except sa.exc.OperationalError as error:
         raise StudyError(f"cannot open database {url!r}: {error.orig}") from None

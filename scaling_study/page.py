@@ -343,9 +343,9 @@ def _jobs_section(rows: list[dict], curves: dict) -> str:
         axis, points = curves.get(r["id"], ("no curve recorded", []))
         colour = STATE_COLOURS.get(r["state"], "#555")
         cards.append(f'<div class="job" id="job-{r["id"]}"><p><b>#{r["id"]}</b> {_e(r["model"])} N={r["examples"]:,} '
-                     f'seed {r["seed"]} <span class="state" style="color:{colour}">{_e(r["state"])}</span> '
-                     f'{r["epochs_done"]}/{r["epochs"]} ep</p>{curve_svg(points, colour)}'
-                     f'<p class="note">{_e(axis)}</p></div>')
+                     f'seed {r["seed"]}</p>{curve_svg(points, colour)}<p class="note"><span class="state" '
+                     f'style="color:{colour}">{_e(r["state"])}</span> {r["epochs_done"]}/{r["epochs"]} epochs '
+                     f'&middot; {_e(axis)}</p></div>')
     return f'<section id="curves"><h2>Loss curves ({len(rows)} jobs)</h2><div class="jobs">{"".join(cards)}</div></section>'
 
 

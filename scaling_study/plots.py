@@ -7,6 +7,7 @@
 - fig6_bottlenecks: error vs parameters at the largest N, error vs examples for the largest model;
 - fig7_allocation: P*(C) and N*(C) by the envelope, iso-FLOP and parametric estimators;
 - residuals_compute: log residuals of the E(C) fit on the envelope points;
+- fig_isoflop_profiles (iso-FLOP sweeps only): each budget's points over P, its parabola, its minimum.
 - fig_backtest: the rolling-origin back-test, each law's error above a compute level when fitted below it.
 """
 
@@ -31,6 +32,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from . import analysis as fits  # noqa: E402
+from .analysis import isoflop  # noqa: E402
 from .budget import PFLOP  # noqa: E402
 from .files import write_atomic  # noqa: E402
 
@@ -186,6 +188,7 @@ def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
         sizes_p = models["params"].to_numpy(float)
         scale = ScalarMappable(norm=LogNorm(sizes_p.min(), max(sizes_p.max(), sizes_p.min() * 1.01)), cmap=SIZES)
         bar = figure.colorbar(scale, ax=ax, pad=0.02, fraction=0.045, aspect=30)
+        bar.solids.set_rasterized(False)  # vector, as the rest: an SVG without an embedded image
         bar.set_label(f"parameters P ({len(models)} models)")
         bar.ax.yaxis.set_major_formatter(ticker.FuncFormatter(_tick))
         bar.ax.yaxis.set_minor_formatter(ticker.NullFormatter())
@@ -322,6 +325,40 @@ def residuals(analysis: fits.Analysis, out: Path) -> list[Path]:
     return _save(figure, out, "residuals_compute")
 
 
+def isoflop_profiles(analysis: fits.Analysis, out: Path) -> list[Path]:
+    """On an iso-FLOP sweep: each budget's error over P, its parabola in log-log and its minimum
+    (filled: interior, used; open: on an edge, left out), as Hoffmann et al.'s Fig. 3."""
+    profiles = isoflop.budget_profiles(analysis.frame, analysis.epochs)
+    if not profiles:
+        return []
+    figure = Figure(figsize=(7.4, 4.4), layout="constrained")
+    ax = figure.add_subplot()
+    logc = np.log([p["pflops"] for p in profiles])
+    norm = Normalize(logc.min(), logc.max() if np.ptp(logc) else logc.min() + 1)
+    for profile, lc in zip(profiles, logc):
+        colour = SIZES(norm(lc))
+        ax.scatter(profile["params"], profile["error"], s=22, color=colour, edgecolors="white", linewidths=0.4, zorder=3)
+        grid = np.geomspace(profile["params"].min(), profile["params"].max(), 100)
+        ax.plot(grid, np.exp(np.polyval(profile["coef"], np.log(grid))), "-", color=colour, linewidth=1.0, alpha=0.8)
+        if profile["vertex"] is not None and profile["interior"]:
+            best = np.exp(np.polyval(profile["coef"], math.log(profile["vertex"])))
+            ax.plot(profile["vertex"], best, "*", color=colour, markersize=11, markeredgecolor="black",
+                    markeredgewidth=0.5, zorder=4)
+        ax.annotate(f"{profile['pflops']:.3g}",
+                    (profile["params"].max(), profile["error"][np.argmax(profile["params"])]),
+                    xytext=(4, 0), textcoords="offset points", fontsize=7, color=colour, va="center")
+    _log_axes(ax)
+    low, high = min(p["error"].min() for p in profiles), max(p["error"].max() for p in profiles)
+    ax.set_ylim(low * 0.97, high * 1.03)
+    _plain_log_axis(ax.yaxis, low * 0.97, high * 1.03)
+    ax.set_xlabel("parameters P")
+    ax.set_ylabel(f"{analysis.metric} {_value_name(analysis)}")
+    used = sum(p["interior"] for p in profiles)
+    ax.set_title(f"iso-FLOP profiles at T = {analysis.epochs}: {len(profiles)} budgets (PFLOPs at the right), "
+                 f"{used} interior minima (stars)")
+    return _save(figure, out, "fig_isoflop_profiles")
+
+
 BACKTEST_STYLE = {"compute": ("-", "o", "#1f4e9c", "E(C), Eq. 5"), "parametric": ("--", "s", "#d7263d", "E(P, D = N T)"),
                   "data_constrained": (":", "^", "#222222", "E(P, D')")}
 
@@ -357,4 +394,4 @@ def write_figures(analysis: fits.Analysis, out: Path) -> list[Path]:
     out = Path(out)
     with matplotlib.rc_context(STYLE):
         return [*error_vs_compute(analysis, out), *bottlenecks(analysis, out), *allocation(analysis, out),
-                *residuals(analysis, out), *backtest(analysis, out)]
+                *residuals(analysis, out), *backtest(analysis, out), *isoflop_profiles(analysis, out)]

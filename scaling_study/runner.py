@@ -225,7 +225,7 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
             order = _claim_order(engine, adaptive_studies) if adaptive_studies else None
             job = db.claim_job(engine, worker, options.lease_s, options.study, options.resume, provenance(device, worker),
                                order=order)
-        except sa.exc.SQLAlchemyError as error:  # the claim rolled back: every job is as it was
+        except Exception as error:  # noqa: BLE001 - the claim rolled back: every job is as it was
             words = str(getattr(error, "orig", None) or error).strip().splitlines()
             summary.fatal = (f"could not claim a job ({type(error).__name__}: {words[0] if words else ''}); "
                              "nothing was changed: check the database, then `study run --resume`")

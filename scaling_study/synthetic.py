@@ -210,8 +210,9 @@ def isoflop_study(
     for c, best in zip(macs, optimum):
         count = int(rng.integers(sizes[0], sizes[1] + 1))
         rung = np.round(np.log10(best) * ladder)
-        offsets = np.arange(count) - (count - 1) / 2 + rng.integers(-1, 2) * 0.5 * (count % 2 == 0)
-        for r in np.round(rung + offsets):
+        # consecutive rungs around the optimum's; an even count leans one rung left or right at random
+        offsets = np.arange(count) - (count - 1) // 2 - (rng.integers(0, 2) if count % 2 == 0 else 0)
+        for r in rung + offsets:
             rows.append((c, int(round(10 ** (r / ladder)))))
     c, p = (np.array(v) for v in zip(*rows))
     names = {int(v): f"P-{v / 1e6:.4g}M" for v in np.unique(p)}

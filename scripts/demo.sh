@@ -13,4 +13,4 @@ STUDY=$(python3 -c "import sys, tomllib; print(tomllib.load(open(sys.argv[1], 'r
 study plan "$GRID"
 study run --resume --study "$STUDY"
 study fit --study "$STUDY" --out reports
-echo "plots and report: $(pwd)/reports (report.md, fit.json, fig1_error_vs_compute.png, ...)"
+echo "plots, report and page: $(pwd)/reports (index.html, report.md, fit.json, fig1_error_vs_compute.png, ...)"

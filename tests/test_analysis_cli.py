@@ -173,11 +173,11 @@ def test_fit_of_an_isoflop_sweep_says_its_mode_budgets_and_merges(cli, db_url, t
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "sweep: budgets (100% of the points fall into 6 compute budgets" in text
-    assert "merged into P-1.778M: P-1.779763M" in text
+    assert "merged into P-1M: P-1.000589M" in text
     assert "not identified: compute b: its 95% interval" in text
     data = json.loads((out / "fit.json").read_text())
     assert data["sweep"]["mode"] == "budgets" and len(data["sweep"]["budgets"]) == 6
-    assert data["sweep"]["merged_sizes"]["tolerance"] == 0.01 and len(data["sweep"]["merged_sizes"]["groups"]) == 3
+    assert data["sweep"]["merged_sizes"]["tolerance"] == 0.01 and len(data["sweep"]["merged_sizes"]["groups"]) == 4
     iso = data["allocation"]["isoflop"]
     assert iso["mode"] == "budgets" and iso["bootstrap"].startswith("runs resampled with replacement within each budget")
     assert abs(iso["a"]["value"] - 0.35) < 0.03

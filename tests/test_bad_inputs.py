@@ -302,6 +302,18 @@ def test_a_read_only_database_is_found_before_any_work(here, tmp_path, command):
 
 
 @needs_root
+def test_a_read_only_database_can_still_be_read(here, tmp_path):
+    with mounted(tmp_path / "ro", "2m") as ro:
+        shutil.copy(here / "results.db", ro / "results.db")
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        result = invoke("status", "--jobs", "--db", f"sqlite:///{ro / 'results.db'}", cwd=here)
+        assert result.exit_code == 0 and "corpus" in result.stdout and "points" in result.stdout, result.stderr
+        out = here / "out.csv"
+        assert invoke("export", "--out", out, "--db", f"sqlite:///{ro / 'results.db'}", cwd=here).exit_code == 0
+        assert len(out.read_text().splitlines()) == 7
+
+
+@needs_root
 def test_a_full_disk_while_planning_leaves_the_database_as_it_was(here, tmp_path):
     (here / "big.toml").write_text(grid_text(here / "data", seeds=str(list(range(500)))))  # 1000 jobs
     with mounted(tmp_path / "small", "200k") as small:
@@ -318,6 +330,14 @@ def test_a_full_disk_while_planning_leaves_the_database_as_it_was(here, tmp_path
 
 def test_a_bad_device_is_a_usage_error_before_any_claim(here):
     refused(unchanged(here, lambda: invoke("run", *DB, "--device", "bogus", cwd=here)), 2, "'bogus'", "cpu")
+
+
+def test_a_claim_the_database_refuses_is_one_line_and_changes_nothing(here):
+    with contextlib.closing(sqlite3.connect(here / "results.db")) as conn:  # a real refusal, inside the claim
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON job_attempts BEGIN SELECT RAISE(ABORT, 'no'); END")
+        conn.commit()
+    result = unchanged(here, lambda: invoke("run", *DB, "--device", "cpu", cwd=here))
+    refused(result, 1, "could not claim a job", "nothing was changed")
 
 
 def test_missing_data_is_said_at_plan_and_refused_at_run(here):

@@ -394,8 +394,8 @@ def test_kill_9_then_resume_logs_every_step_of_the_curves_once(tmp_path):
     while size() == flushed and worker.poll() is None:  # epoch 2's first steps reach the disk
         time.sleep(0.01)
     worker.send_signal(signal.SIGKILL)
-    worker.communicate(timeout=60)
-    assert worker.returncode == -signal.SIGKILL
+    out, err = worker.communicate(timeout=60)
+    assert worker.returncode == -signal.SIGKILL, out + err
     before = read_events(run)
     assert max(step for step, _ in before["step/loss"]) > 200, "nothing past the checkpoint: the test tests nothing"
     study("run", "--resume", "--db", url, cwd=tmp_path)

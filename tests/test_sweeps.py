@@ -86,8 +86,8 @@ def test_envelope_takes_the_best_point_per_budget(sweep):
 
 def test_near_equal_sizes_are_merged_into_one_model(sweep):
     merged, groups = budgets.merge_sizes(sweep, 0.01)
-    assert len(groups) == 3 and all(g["merged"] for g in groups)
-    assert merged["params"].nunique() == sweep["params"].nunique() - 3
+    assert len(groups) == 4 and all(len(g["merged"]) == 1 for g in groups)  # the 4 digitised sizes
+    assert merged["params"].nunique() == sweep["params"].nunique() - 4
     for g in groups:
         for m in g["merged"]:
             assert abs(m["params"] / g["params"] - 1) < 0.01
@@ -147,7 +147,13 @@ def test_fig1_keeps_its_legend_or_colour_bar_inside_the_figure(models, tmp_path,
     with plots.matplotlib.rc_context(plots.STYLE):
         paths = plots.error_vs_compute(analysis, tmp_path)
         # Fig. 6 of a sweep: neither bottleneck law can be fitted (one model at the largest N)
-        plots.bottlenecks(fit.analyse(*fit.select(synthetic.isoflop_study(seed=0)), bootstrap=0), tmp_path)
+        swept = fit.analyse(*fit.select(synthetic.isoflop_study(seed=0)), bootstrap=0)
+        plots.bottlenecks(swept, tmp_path)
+        profiles = plots.isoflop_profiles(swept, tmp_path)  # budgets mode only
+        assert "fig_isoflop_profiles.png" in [p.name for p in profiles]
+        assert plots.isoflop_profiles(analysis, tmp_path / "grid") == []
+        stars = [line for line in drawn["fig_isoflop_profiles"].axes[0].lines if line.get_marker() == "*"]
+        assert len(stars) == len(next(a for a in swept.allocations if a.estimator == "isoflop").points)
 
     def rendered(figure):
         renderer = FigureCanvasAgg(figure).get_renderer()
@@ -164,6 +170,8 @@ def test_fig1_keeps_its_legend_or_colour_bar_inside_the_figure(models, tmp_path,
     if models == 50:
         assert len(figure.axes) == 2 and "50 models" in figure.axes[1].get_ylabel()  # the colour bar
         assert len(legends) == 1 and len(legends[0].get_texts()) <= 6  # the fit legend only, no names
+        svg = tmp_path / "fig1_error_vs_compute.svg"  # the page inlines it: a vector colour bar, no image
+        assert svg.exists() and "<image" not in svg.read_text()
         bar = figure.axes[1].get_window_extent(renderer)
         assert not legends[0].get_window_extent(renderer).overlaps(bar)
     else:

@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy.interpolate import Akima1DInterpolator
 
 from ..budget import PFLOP
 from .bootstrap import interval
@@ -53,17 +54,18 @@ def parabola_minima(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> tuple[n
     return vertex, interior
 
 
-def _slopes(x: np.ndarray, y: np.ndarray, use: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: OLS slope and intercept of y on x over the entries `use` (NaN with fewer than 2)."""
-    w = use.astype(float)
+def _slopes(x: np.ndarray, y: np.ndarray, use: np.ndarray, weights: np.ndarray | None = None):
+    """Per row: (weighted) least-squares slope and intercept of y on x over the entries `use`
+    (NaN with fewer than 2)."""
+    w = use * (1.0 if weights is None else weights)
     n = w.sum(1)
     xx = np.where(use, x, 0.0)
     yy = np.where(use, y, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mx, my = xx.sum(1) / n, yy.sum(1) / n
+        mx, my = (w * xx).sum(1) / n, (w * yy).sum(1) / n
         sxx = (w * (xx - mx[:, None]) ** 2).sum(1)
         sxy = (w * (xx - mx[:, None]) * (yy - my[:, None])).sum(1)
-        slope = np.where((n >= 2) & (sxx > 1e-12), sxy / np.where(sxx > 1e-12, sxx, 1.0), np.nan)
+        slope = np.where((use.sum(1) >= 2) & (sxx > 1e-12), sxy / np.where(sxx > 1e-12, sxx, 1.0), np.nan)
     return slope, my - slope * mx
 
 
@@ -119,45 +121,96 @@ def allocation_budgets(frame: pd.DataFrame, epochs: int, shape: SweepShape, boot
                       resampled=BUDGET_RESAMPLING if bootstrap else "")
 
 
-def level_bootstrap(frame: pd.DataFrame, epochs: int, bootstrap: int, rng: np.random.Generator) -> tuple[tuple[float, float], tuple[float, float], int]:
+def level_bootstrap(frame: pd.DataFrame, epochs: int, bootstrap: int,
+                    rng: np.random.Generator) -> tuple[tuple[float, float], tuple[float, float], int]:
     """Intervals of a and b for the interpolated-levels estimator, resampling runs within each model
-    and re-taking the minima at the compute levels of the full fit: (a interval, b interval, resamples)."""
-    from .allocation import level_minima  # allocation imports this module
+    and re-taking the minima at the compute levels of the full fit: (a interval, b interval, resamples).
 
+    Vectorised over the resamples: at each level, the resamples whose models reach it alike share one
+    Akima spline (a column each)."""
     at_t = frame[frame["epochs"] == epochs]
     pairs = at_t.groupby(["params", "examples"]).ngroup().to_numpy()
     logc_points = np.log(at_t["compute"].to_numpy(float) / PFLOP)
     loge_points = np.log(at_t["error"].to_numpy(float))
     sizes = np.sort(at_t["params"].unique())
     point_model = np.searchsorted(sizes, at_t["params"].to_numpy())
-    pair_model = np.zeros(pairs.max() + 1, int)
-    pair_model[pairs] = point_model
     logf = np.log(at_t.drop_duplicates("params").sort_values("params")["flops_per_example"].to_numpy(float))
     logp = np.log(sizes)
-    # the levels of the full fit (every level, also those whose minimum was on an edge)
-    full_curves = np.bincount(pairs, logc_points) / np.bincount(pairs)
-    low, high = full_curves.min(), full_curves.max()
-    count = int(np.clip(round(4 * (high - low) / math.log(10)), 5, 30))
-    grid = np.linspace(low, high, count + 2)[1:-1]
-    members = [np.flatnonzero(point_model == j) for j in range(sizes.size)]
-    a_samples, b_samples = np.full(bootstrap, np.nan), np.full(bootstrap, np.nan)
-    for i in range(bootstrap):
-        counts = np.zeros(len(at_t))
-        for rows in members:
-            counts[rows] = rng.multinomial(rows.size, np.full(rows.size, 1.0 / rows.size))
-        weight = np.bincount(pairs, counts, minlength=pair_model.size)
-        present = weight > 0
+    # the levels of the full fit (as isoflop_minima places them)
+    full = np.bincount(pairs, logc_points) / np.bincount(pairs)
+    count = int(np.clip(round(4 * (full.max() - full.min()) / math.log(10)), 5, 30))
+    grid = np.linspace(full.min(), full.max(), count + 2)[1:-1]
+    counts = np.zeros((bootstrap, len(at_t)))
+    for j in range(sizes.size):
+        rows = np.flatnonzero(point_model == j)
+        counts[:, rows] = rng.multinomial(rows.size, np.full(rows.size, 1.0 / rows.size), size=bootstrap)
+    onehot = np.zeros((len(at_t), pairs.max() + 1))
+    onehot[np.arange(len(at_t)), pairs] = 1.0
+    weight = counts @ onehot
+    with np.errstate(invalid="ignore", divide="ignore"):
+        logc = (counts * logc_points) @ onehot / weight
+        loge = (counts * loge_points) @ onehot / weight
+    pair_model = np.zeros(onehot.shape[1], int)
+    pair_model[pairs] = point_model
+    table = np.full((bootstrap, grid.size, sizes.size), np.nan)
+    for j in range(sizes.size):  # linear interpolation in log C between the nearest runs drawn
+        mine = np.flatnonzero(pair_model == j)
+        mine = mine[np.argsort(full[mine], kind="stable")]
+        c = full[mine]  # a pair's compute does not depend on the draw
+        drawn = weight[:, mine] > 0
+        index = np.arange(mine.size)
+        below = np.maximum.accumulate(np.where(drawn, index, -1), axis=1)  # last drawn at or before k
+        above = np.minimum.accumulate(np.where(drawn, index, mine.size)[:, ::-1], axis=1)[:, ::-1]
+        k = np.clip(np.searchsorted(c, grid, side="right") - 1, 0, mine.size - 1)  # c[k] <= level
+        lo, hi = below[:, k], above[:, np.clip(np.searchsorted(c, grid, side="left"), 0, mine.size - 1)]
+        valid = (lo >= 0) & (hi < mine.size) & (grid[None] >= c[0]) & (grid[None] <= c[-1])
+        lo_c, hi_c = np.where(valid, lo, 0), np.where(valid, hi, 0)
+        e = loge[:, mine]
+        x0, x1 = c[lo_c], c[hi_c]
+        y0, y1 = np.take_along_axis(e, lo_c, 1), np.take_along_axis(e, hi_c, 1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            logc = np.bincount(pairs, counts * logc_points, minlength=pair_model.size) / weight
-            loge = np.bincount(pairs, counts * loge_points, minlength=pair_model.size) / weight
-        rows = level_minima(grid, logp, logf, pair_model[present], logc[present], loge[present], epochs)
-        if len(rows) < 2:
+            t = np.where(x1 > x0, (grid[None] - x0) / np.where(x1 > x0, x1 - x0, 1.0), 0.0)
+        table[:, :, j] = np.where(valid, y0 + t * (y1 - y0), np.nan)
+    best = np.full((bootstrap, grid.size), np.nan)
+    models = np.zeros((bootstrap, grid.size))
+    for level in range(grid.size):
+        have = np.isfinite(table[:, level, :])
+        codes = have @ (2.0 ** np.arange(sizes.size))  # each set of models reaching the level as a number
+        for code in np.unique(codes):
+            which = np.flatnonzero(codes == code)
+            mask = have[which[0]]
+            if mask.sum() < 3:
+                continue
+            xs = logp[mask]
+            fine = np.linspace(xs[0], xs[-1], 400)
+            curve = Akima1DInterpolator(xs, table[which, level][:, mask].T, axis=0)(fine)
+            arg = np.argmin(np.where(np.isnan(curve), np.inf, curve), axis=0)
+            interior = (arg > 0) & (arg < fine.size - 1)
+            best[which[interior], level] = fine[arg[interior]]
+            models[which[interior], level] = mask.sum()
+    use = np.isfinite(best)
+    logn = grid[None] + math.log(PFLOP / (3.0 * epochs)) - np.interp(np.nan_to_num(best), logp, logf)
+    x = np.broadcast_to(grid, best.shape)
+    a, _ = _slopes(x, best, use, models)
+    b, _ = _slopes(x, logn, use, models)
+    ok = np.isfinite(a) & np.isfinite(b)
+    return interval(a, ok), interval(b, ok), int(ok.sum())
+
+
+def budget_profiles(frame: pd.DataFrame, epochs: int) -> list[dict]:
+    """Per budget of a frame with a `budget` column, at T: its points (params, error), the parabola's
+    coefficients of log E over log P (highest power first), its vertex P* and whether that is interior."""
+    if "budget" not in frame.columns:
+        return []
+    at_t = frame[(frame["epochs"] == epochs) & (frame["budget"] >= 0)]
+    profiles = []
+    for budget, points in at_t.groupby("budget"):
+        x, y = np.log(points["params"].to_numpy(float)), np.log(points["error"].to_numpy(float))
+        if np.unique(x).size < MIN_SIZES:
             continue
-        x = np.log([r["pflops"] for r in rows])
-        if np.ptp(x) <= 1e-12:
-            continue
-        w = np.sqrt([r["models"] for r in rows])
-        a_samples[i] = np.polyfit(x, np.log([r["params"] for r in rows]), 1, w=w)[0]
-        b_samples[i] = np.polyfit(x, np.log([r["examples"] for r in rows]), 1, w=w)[0]
-    ok = np.isfinite(a_samples) & np.isfinite(b_samples)
-    return interval(a_samples, ok), interval(b_samples, ok), int(ok.sum())
+        vertex, interior = parabola_minima(x, y, np.ones((1, x.size)))
+        profiles.append({"budget": int(budget), "pflops": float(np.exp(np.log(points["compute"] / PFLOP).mean())),
+                         "params": points["params"].to_numpy(float), "error": points["error"].to_numpy(float),
+                         "coef": np.polyfit(x, y, 2), "vertex": float(np.exp(vertex[0])) if np.isfinite(vertex[0]) else None,
+                         "interior": bool(interior[0])})
+    return profiles
