@@ -23,6 +23,7 @@ from scaling_study.cli import app
 IMPORT_COLUMNS = ["model", "params", "flops_per_example", "examples", "epochs", "error", "metric", "seed"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WINDOW = (1400, 4200)
+JOBS = 36  # 6 models x 6 subset sizes, 5 epoch counts each: a fit of every law in seconds
 
 
 def study(*args) -> str:
@@ -38,12 +39,12 @@ def import_points(frame: pd.DataFrame, path: Path, url: str) -> None:
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory) -> tuple[str, Path]:
-    """A study of 130 imported trajectories, fitted by `study fit`: its database URL and reports folder."""
+    """A study of 36 imported trajectories, fitted by `study fit`: its database URL and reports folder."""
     folder = tmp_path_factory.mktemp("page")
     url = f"sqlite:///{folder / 'results.db'}"
-    import_points(synthetic.parametric_study(seed=0), folder / "grid.csv", url)
+    import_points(synthetic.parametric_study(seed=0, models=6, examples=6), folder / "grid.csv", url)
     out = folder / "reports"
-    output = study("fit", "--db", url, "--bootstrap", 20, "--out", out, "--runs-dir", folder / "runs")
+    output = study("fit", "--db", url, "--bootstrap", 10, "--out", out, "--runs-dir", folder / "runs")
     assert str(out / "index.html") in " ".join(output.split())
     return url, out
 
@@ -55,15 +56,15 @@ def test_fit_writes_one_self_contained_page(fitted):
     assert not re.search(r"https?:|//[a-z]", text, re.I), "the page names a URL"
     # only references within the page: #ids, and images carried in it (a colour bar's data: URI)
     assert not re.search(r"\b(src|href)\s*=\s*\"(?!#|data:image/)", text), "the page refers to another file"
-    assert text.count("<svg") >= 4 + 130  # the four figures and a loss curve per job
-    for heading in ("State", "Fits: synthetic/linear", "Laws", "Compute-optimal allocation", "Figures", "Loss curves (130 jobs)"):
+    assert text.count("<svg") >= 4 + JOBS  # the four figures and a loss curve per job
+    for heading in ("State", "Fits: synthetic/linear", "Laws", "Compute-optimal allocation", "Figures", f"Loss curves ({JOBS} jobs)"):
         assert heading in text, heading
     fit = json.loads((out / "fit.json").read_text())
     alpha = fit["laws"]["compute"]["params"]["alpha"]
     assert f"alpha = {alpha['value']:.4g} [{alpha['low']:.4g}, {alpha['high']:.4g}]" in text
     for estimator in ("envelope", "isoflop", "parametric"):
         assert f"<td>{estimator}</td>" in text
-    assert "done 130" in text and "nothing left to run" in text
+    assert f"done {JOBS}" in text and "nothing left to run" in text
 
 
 def test_page_shows_any_state_and_the_runs_stopped_early(fitted):
@@ -73,7 +74,7 @@ def test_page_shows_any_state_and_the_runs_stopped_early(fitted):
     state = page.study_state(engine, "grid")
     state["jobs"][3].update(state="pruned", error="above the envelope at T = 10")
     state["jobs"][4].update(state="someday", error="a state from the future")
-    state["counts"] = {"done": 128, "pruned": 1, "someday": 1}
+    state["counts"] = {"done": JOBS - 2, "pruned": 1, "someday": 1}
     text = page.render(state, page.load_fit(out, "grid"), [], {})
     assert "Runs stopped early (1 pruned)" in text and "above the envelope at T = 10" in text
     assert "a state from the future" in text and "someday 1" in text
@@ -116,13 +117,13 @@ def test_report_watch_rewrites_the_page_when_a_result_lands(fitted, tmp_path):
         while not index.exists() and watcher.poll() is None:
             time.sleep(0.05)
         first = index.read_text()
-        assert "130 jobs" in first and 'http-equiv="refresh"' in first
+        assert f"{JOBS} jobs" in first and 'http-equiv="refresh"' in first
         late = pd.DataFrame([dict(model="B-9/Wi-9999", params=7e7, flops_per_example=7e7, examples=4096, epochs=e,
                                   error=0.5 / e, metric="synthetic/linear", seed=0) for e in (1, 2)])
         import_points(late, tmp_path / "late.csv", url)
         while "B-9/Wi-9999" not in index.read_text() and watcher.poll() is None:
             time.sleep(0.05)
-        assert "131 jobs" in index.read_text()
+        assert f"{JOBS + 1} jobs" in index.read_text()
         assert not list(mine.glob(".index.html.*"))  # written atomically: no temporary file left behind
     finally:
         watcher.send_signal(signal.SIGINT)
