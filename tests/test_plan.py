@@ -117,6 +117,8 @@ BAD_GRIDS = {
     "unknown dataset": ('dataset = "fashion-mnist"\npath', 'dataset = "mystery"\npath', "is not built in"),
     "fraction above 1": ("500, 1000", "500, 1.5", "expected positive integers or fractions"),
     "negative rate": ("lr = 3e-4", "lr = -3e-4", "[train].lr: must be a finite non-negative number"),
+    "logging not a boolean": ("[evaluation]", '[logging]\ntensorboard = "yes"\n\n[evaluation]', "[logging].tensorboard: expected true or false"),
+    "unknown logging key": ("[evaluation]", "[logging]\nwandb = true\n\n[evaluation]", "unknown key 'wandb'; valid keys: tensorboard"),
     "negative probe subset": ('probe = "fast"', 'probe = "fast"\nprobe_examples = -5', "[evaluation].probe_examples: must not be negative, got -5"),
 }
 

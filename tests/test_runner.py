@@ -413,3 +413,25 @@ def test_kill_9_then_resume_logs_every_step_of_the_curves_once(tmp_path):
     rows = (folder / CSV_NAME).read_text().splitlines()
     assert rows[0] == "step,loss,lr,images_per_s"
     assert [int(row.split(",")[0]) for row in rows[1:]] == list(range(1, 601))
+
+
+def test_the_grid_turns_tensorboard_curves_on_or_off(tmp_path, cli):
+    """[logging] tensorboard is read from the study's grid in the database; false leaves curve.csv alone."""
+    import json
+
+    from scaling_study.curves import CsvCurve, TensorBoardCurve, open_curves
+    from scaling_study.plan import JobSpec
+    from scaling_study.runner import logging_setting
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    for name, extra, expected in (("off", "\n[logging]\ntensorboard = false\n", False), ("auto", "", None)):
+        (tmp_path / "grid.toml").write_text(grid_text(name=name, examples="[100]", epochs="[1]") + extra)
+        assert cli("plan", tmp_path / "grid.toml", "--db", url).exit_code == 0
+        engine = db.connect(url)
+        assert logging_setting(engine, name) is expected
+        spec = JobSpec.from_dict(json.loads(db.job_rows(engine, name)[0]["spec"]))
+        curves = open_curves(tmp_path / name, spec, expected)
+        kinds = [type(sink) for sink in curves.sinks]
+        curves.close()
+        assert kinds == ([CsvCurve] if expected is False else [CsvCurve, TensorBoardCurve])  # tensorboard is installed
+        assert (tmp_path / name / "tensorboard").exists() is (expected is None)
