@@ -717,6 +717,8 @@ def fit_laws(
         laws.add_column(column, justify="left" if column in ("law", "status") else "right")
     named = (("E(C) envelope", analysis.compute), ("E vs params", analysis.bottleneck_params),
              ("E vs examples", analysis.bottleneck_examples), ("E(P, D)", analysis.parametric))
+    if analysis.data_constrained is not None:
+        named += (("E(P, D')", analysis.data_constrained),)
     for label, law in named:
         if isinstance(law, fits.Skipped):
             laws.add_row(label, "", "", "", f"not fitted: {law.reason}")
@@ -737,6 +739,8 @@ def fit_laws(
             allocation.add_row(estimate.estimator, cell(estimate.a), cell(estimate.b),
                                identifiability.status_text(estimate.mode, identifiability.allocation_flags(estimate)))
     console.print(allocation)
+    for line in fits.summary_lines(analysis):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     sweep = analysis.sweep
     console.print(f"sweep: {sweep['mode']} ({sweep['reason']})", markup=False, highlight=False, soft_wrap=True)
     for name, flags in identifiability.analysis_flags(analysis).items():

@@ -691,7 +691,6 @@ def _metric_kinds_table(conn: Connection) -> None:
         metric_kinds.create(conn)
 
 
-MIGRATIONS.append(("0005_metric_kinds", _metric_kinds_table))
 
 
 def _model_kind(model: str, spec: str) -> str:
@@ -929,3 +928,6 @@ def study_grid_text(engine: Engine, study: str) -> str:
     if text is None:
         raise StudyError(f"no study {study!r}")
     return text
+
+
+MIGRATIONS.append(("0005_metric_kinds", _metric_kinds_table))  # after 0004_pruning: the list is in name order

@@ -176,7 +176,7 @@ th{background:#f0f3f6;font-weight:600}td:first-child,th:first-child{text-align:l
 figcaption{font-size:12px;color:#5a6b7b}.note{color:#5a6b7b}.warn{color:#b23a00}
 .jobs{display:grid;grid-template-columns:repeat(auto-fill,minmax(240px,1fr));gap:8px}
 .job{border:1px solid #e6eaef;border-radius:4px;padding:4px 6px 2px}.job p{margin:0;font-size:12px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-.job svg{display:block}.state{font-weight:600}pre{background:#f0f3f6;padding:8px;overflow:auto;max-height:400px;font-size:12px}
+.nw{white-space:nowrap}.job svg{display:block}.state{font-weight:600}pre{background:#f0f3f6;padding:8px;overflow:auto;max-height:400px;font-size:12px}
 """
 
 ERROR_SCRIPT = """(function(){var seen=[];function note(m){seen.push(String(m));
@@ -201,7 +201,10 @@ def _pflops(value: float) -> str:
 def _duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "–"
-    return str(dt.timedelta(seconds=round(seconds)))
+    minutes, hours = round(seconds / 60), seconds / 3600
+    if hours >= 24:
+        return f"{int(hours // 24)} d {round(hours % 24)} h"
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(1, minutes)} min"
 
 
 def _estimate(value: dict | None) -> str:
@@ -263,7 +266,8 @@ def _fit_section(fit: dict | None, note: str) -> str:
         if not isinstance(law, dict) or "skipped" in law:
             rows.append([title, "", "", f"not fitted: {_e((law or {}).get('skipped', ''))}"])
             continue
-        params = "<br>".join(f"{_e(name)} = {_e(_estimate(value))}" for name, value in (law.get("params") or {}).items())
+        params = "<br>".join(f'<span class="nw">{_e(name)} = {_e(_estimate(value))}</span>'
+                             for name, value in (law.get("params") or {}).items())
         rows.append([f"{title}<br><small>{_e(law.get('formula', ''))}</small>", _e(law.get("points", "")), params,
                      _e(law.get("status", ""))])
     parts.append("<h3>Laws</h3>" + _table(["law", "points", "parameters [95% interval]", "status"], rows))

@@ -179,7 +179,10 @@ def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
     _plain_log_axis(ax.yaxis, low * 0.93, frame["error"].max() * 1.07)
     ax.set_xlabel(COMPUTE_LABEL)
     ax.set_ylabel(f"{analysis.metric} {_value_name(analysis)}")
-    ax.set_title(f"{analysis.metric}: {_value_name(analysis)} vs compute ({len(frame)} points, {frame['job_id'].nunique()} runs)")
+    counted = f"{len(frame)} points"
+    if analysis.seeds is not None and analysis.seeds.cells_with_seeds:
+        counted = f"{len(frame)} cells of {analysis.seeds.points} points"
+    ax.set_title(f"{analysis.metric}: {_value_name(analysis)} vs compute ({counted}, {frame['job_id'].nunique()} runs)")
     many = len(models) > LEGEND_MODELS
     if many:  # a colour bar of log P: a legend of dozens of names runs off the figure
         sizes_p = models["params"].to_numpy(float)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import StudyError
+from .errors import BadInput, StudyError
 
 FORMATS = ("idx", "cifar", "npz", "stl10", "tiny-imagenet", "folders")
 RESIZE_MODES = ("squash", "keep-aspect")  # the whole image to R x R, or its longest side to R
@@ -179,15 +179,15 @@ def common_side(source: "Source") -> int:
     if unreadable:
         shown = "; ".join(f"{p} ({why})" for p, why in unreadable[:3]) + ("; ..." if len(unreadable) > 3 else "")
         sides = " or ".join(f"{w}x{h}" for w, h in list(sizes)[:2])
-        raise StudyError(f"{source.path}: {len(unreadable)} unreadable file(s): {shown}; the readable ones are "
+        raise BadInput(f"{source.path}: {len(unreadable)} unreadable file(s): {shown}; the readable ones are "
                          f"{sides}: give --resolution (unreadable files are then skipped and listed) or remove them")
     if len(sizes) > 1:
         (a, first), (b, second) = list(sizes.items())[:2]
-        raise StudyError(f"{source.path}: images of varying size ({a[0]}x{a[1]} in {first}, {b[0]}x{b[1]} in "
+        raise BadInput(f"{source.path}: images of varying size ({a[0]}x{a[1]} in {first}, {b[0]}x{b[1]} in "
                          f"{second}); give --resolution")
     (width, height), path = next(iter(sizes.items()))
     if width != height:
-        raise StudyError(f"{source.path}: images are {width}x{height}, not square; give --resolution")
+        raise BadInput(f"{source.path}: images are {width}x{height}, not square; give --resolution")
     return width
 
 
@@ -201,10 +201,10 @@ def class_count(path: Path, splits: dict[str, "SplitSource"], names: Sequence[st
     low = min((int(label.min()) for label in labels if label.size), default=0)
     top = max((int(label.max()) for label in labels if label.size), default=-1)
     if low < 0:
-        raise StudyError(f"{path}: negative label {low}; labels must be class indices from 0")
+        raise BadInput(f"{path}: negative label {low}; labels must be class indices from 0")
     if top >= MAX_CLASSES:
         present = len(np.unique(np.concatenate(labels)))
-        raise StudyError(f"{path}: label {top:,} would make {top + 1:,} classes, but {present:,} distinct labels are "
+        raise BadInput(f"{path}: label {top:,} would make {top + 1:,} classes, but {present:,} distinct labels are "
                          f"present (at most {MAX_CLASSES:,} classes); fix the labels file")
     return top + 1
 

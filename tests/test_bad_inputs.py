@@ -156,7 +156,7 @@ def test_device_text_is_printed_without_emoji(here):
 
 
 @pytest.mark.parametrize("command", [["status"], ["status", "--jobs"], ["retry", "1"], ["cancel", "1"], ["logs", "1"],
-                                     ["export"], ["fit"]])
+                                     ["export"], ["fit"], ["report"]])
 def test_commands_on_existing_jobs_do_not_create_a_database(tmp_path, command):
     result = invoke(*command, "--db", "sqlite:///typo.db", cwd=tmp_path)
     refused(result, 2, "typo.db does not exist")
@@ -177,7 +177,7 @@ def test_corrupt_files_among_same_size_images_are_named(tmp_path):
     broken = sorted((tmp_path / "raw" / "train").rglob("*.png"))[0]
     broken.write_bytes(b"\x89PNG broken")
     result = invoke("data", "prepare", "raw", "--out", "store", cwd=tmp_path)
-    refused(result, 1, "1 unreadable file(s)", str(broken.name), "--resolution")
+    refused(result, 2, "1 unreadable file(s)", str(broken.name), "--resolution")
     assert not (tmp_path / "store").exists()
     # with the side given the store is made, the broken file skipped and listed
     ok = invoke("data", "prepare", "raw", "--out", "store", "--resolution", "8", cwd=tmp_path)
@@ -240,7 +240,7 @@ def test_an_absurd_label_is_refused_without_building_classes(tmp_path):
     np.savez(raw / "train_data_batch_1.npz", data=rng.integers(0, 255, (50, 3 * 8 * 8), dtype=np.uint8), labels=labels)
     np.savez(raw / "val_data.npz", data=rng.integers(0, 255, (10, 3 * 8 * 8), dtype=np.uint8), labels=labels[:10] % 5 + 1)
     result = invoke("data", "prepare", "raw", "--out", "store", "--format", "npz", cwd=tmp_path)
-    refused(result, 1, "999,999,999", "6 distinct labels", "at most 100,000 classes")
+    refused(result, 2, "999,999,999", "6 distinct labels", "at most 100,000 classes")
     assert not (tmp_path / "store").exists()
 
 

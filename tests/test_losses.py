@@ -37,10 +37,13 @@ def test_losses_import_under_loss_and_fit_with_their_kind(cli, db_url, tmp_path,
     frame = db.evaluations_frame(db.connect(db_url))
     assert set(frame["metric_kind"]) == {"loss"} and frame["error"].max() > 4
     out = tmp_path / "reports"
-    result = cli("fit", "--db", db_url, "--bootstrap", "50", "--out", out)
+    result = cli("fit", "--db", db_url, "--bootstrap", "20", "--out", out)
     assert result.exit_code == 0, result.output
+    assert "parametric form: parametric" not in result.output  # one T: E(P, D') is not fitted
+    assert "allocation estimators" in result.output and "back-test:" in result.output
     numbers = json.loads((out / "fit.json").read_text())
     assert numbers["filters"]["metric_kind"] == "loss"
+    assert "data_constrained" in numbers["laws"] and "skipped" in numbers["laws"]["data_constrained"]
     assert numbers["laws"]["parametric"]["params"]["alpha"]["value"] == pytest.approx(0.348, abs=0.02)
     for law in ("compute", "parametric"):
         assert 0 <= numbers["laws"][law]["params"]["E_inf"]["value"] < losses["error"].min()

@@ -357,7 +357,7 @@ def test_a_new_database_does_not_take_over_another_databases_checkpoints(tmp_pat
     study("plan", "grid.toml", "--db", first, cwd=tmp_path)
     study("run", "--db", first, cwd=tmp_path)
     old = folder_of(first, tmp_path / "runs", 1)
-    old_files = {p.name: p.read_bytes() for p in old.iterdir()}
+    old_files = {str(p.relative_to(old)): p.read_bytes() for p in old.rglob("*") if p.is_file()}  # curves included
     assert "checkpoint.pt" in old_files
 
     for name, text in (("same.db", grid_text(examples="[100]", epochs="[1]")),
@@ -372,7 +372,7 @@ def test_a_new_database_does_not_take_over_another_databases_checkpoints(tmp_pat
         assert "resuming from" not in (new / "log.txt").read_text()
         logs = study("logs", 1, "--db", url, cwd=tmp_path).stdout  # finds the new folder
         assert "attempt 1:" in logs and "done after 1 epochs" in logs and "resuming" not in logs
-    assert {p.name: p.read_bytes() for p in old.iterdir()} == old_files
+    assert {str(p.relative_to(old)): p.read_bytes() for p in old.rglob("*") if p.is_file()} == old_files
 
 
 def test_kill_9_then_resume_logs_every_step_of_the_curves_once(tmp_path):

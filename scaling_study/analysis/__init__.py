@@ -41,13 +41,33 @@ from .select import default_metric, select
 
 __all__ = [
     "BUDGET_TOLERANCE", "DATA_CONSTRAINED_LAW", "MERGE_TOLERANCE", "BackTest", "FormChoice", "SeedSpread",
-    "at_fixed_epochs", "average_seeds", "best_law", "diagnose", "rolling_origin", "choose_form", "data_constrained_law", "fit_data_constrained", "law_value",
+    "summary_lines", "at_fixed_epochs", "average_seeds", "best_law", "diagnose", "rolling_origin", "choose_form", "data_constrained_law", "fit_data_constrained", "law_value",
     "COMPUTE_LAW", "HELD_OUT_FRACTION", "HUBER_DELTA", "PARAMETRIC_LAW", "SATURATING_LAW", "Allocation", "Analysis",
     "Estimate", "HeldOut", "LawFit", "Skipped", "allocation_envelope", "allocation_isoflop", "allocation_parametric",
     "analyse", "compute_law", "default_metric", "envelope", "envelope_mask", "fit_bottleneck_examples",
     "fit_bottleneck_params", "fit_compute_law", "fit_parametric", "flops_scaling", "isoflop_minima", "parametric_law",
     "saturating_law", "select",
 ]
+
+
+def summary_lines(analysis: Analysis) -> list[str]:
+    """#13's answers in a few lines for `study fit`: the form chosen, seeds, the back-test, agreement."""
+    lines = []
+    if analysis.form is not None and len(analysis.form.scores) > 1:
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in analysis.form.scores.items())
+        lines.append(f"parametric form: {analysis.form.chosen} (held-out mean |log error|: {scores})")
+    if analysis.seeds is not None and analysis.seeds.cells_with_seeds:
+        s = analysis.seeds
+        lines.append(f"seeds: {s.points} points in {s.cells} cells, {s.seeds_per_cell:.2g} per cell, "
+                     f"seed spread {100 * np.expm1(s.log_std):.2f}%")
+    best = best_law(analysis.backtest)
+    if best:
+        lines.append(f"back-test: {best} extrapolated best over {len({r.level for r in analysis.backtest})} compute levels")
+    d = analysis.agreement
+    if d:
+        verdict = {True: "agree", False: "disagree", None: "not compared by interval"}[d["agree"]]
+        lines.append(f"allocation estimators {verdict}" + (f"; flags: {', '.join(d['flags'])}" if d["flags"] else ""))
+    return lines
 
 
 @one_blas_thread
