@@ -272,10 +272,13 @@ def run_replay(url: str) -> dict:
     frame = db.evaluations_frame(engine)
     rows = db.job_rows(engine)
     engine.dispose()
+    unfinished = sorted({f"{r['model']} N={r['examples']}" for r in rows if r["state"] != "done"})
+    rows = [r for r in rows if r["state"] == "done"]  # a full run cut short: its finished trajectories
+    frame = frame[frame["job_id"].isin({r["id"] for r in rows})]
     full_compute = sum(adaptive.planned_compute(r) for r in rows)
     selected, filters = fits.select(frame)
     full = headline_of(fits.analyse(selected, filters, bootstrap=1000, seed=0))
-    report = {"source": url, "trajectories": len(rows), "points": len(selected),
+    report = {"source": url, "trajectories": len(rows), "points": len(selected), "left_out_unfinished": unfinished,
               "full": {"compute_pflops": full_compute / budget.PFLOP, "headline": full}}
     for label, config in (("adaptive_default", AdaptiveConfig(enabled=True)),
                           ("adaptive_unprotected", AdaptiveConfig(enabled=True, protect_spanning=False))):
@@ -297,7 +300,8 @@ def run_replay(url: str) -> dict:
 
 def print_replay(report: dict) -> None:
     full = report["full"]["headline"]
-    print(f"replay on {report['source']}: {report['trajectories']} trajectories, {report['points']} points")
+    print(f"replay on {report['source']}: {report['trajectories']} finished trajectories, {report['points']} points"
+          + (f" (left out, unfinished: {', '.join(report['left_out_unfinished'])})" if report["left_out_unfinished"] else ""))
     print(f"{'':18} {'full':>24} {'adaptive (default)':>24} {'adaptive (unprotected)':>24}")
     for key, e in full.items():
         cells = [e] + [report[label]["headline"].get(key) for label in ("adaptive_default", "adaptive_unprotected")]

@@ -748,8 +748,13 @@ def fit_laws(
             console.print(f"not identified: {name} {flag['param']}: {flag['reason']}", markup=False, highlight=False,
                           soft_wrap=True)
     for group in sweep["merged_sizes"]["groups"]:
-        console.print(f"merged into {group['model']}: " + ", ".join(m["model"] for m in group["merged"]),
-                      markup=False, highlight=False, soft_wrap=True)
+        if group["merged"]:
+            console.print(f"merged into {group['model']}: " + ", ".join(m["model"] for m in group["merged"]),
+                          markup=False, highlight=False, soft_wrap=True)
+        if group.get("kept_apart"):
+            console.print(f"kept apart from {group['model']} (near-equal size, but both ran the same N, T and seed): "
+                          + ", ".join(m["model"] for m in group["kept_apart"]), markup=False, highlight=False,
+                          soft_wrap=True)
     if pruned:
         saved = sum(p["saved_pflops"] for p in pruned)
         table = Table(title=f"pruned trajectories (adaptive): {len(pruned)}, saving {saved:.3g} PFLOPs")

@@ -263,9 +263,14 @@ def _sweep_lines(sweep: dict) -> list[str]:
         lines.append("- Budgets (PFLOPs): " + ", ".join(f"{b['pflops']:.3g} ({b['sizes']} sizes)" for b in sweep["budgets"])
                      + "; the envelope takes the best point per budget.")
     merged = sweep["merged_sizes"]
-    if merged["groups"]:
-        names = "; ".join(f"{g['model']} <- " + ", ".join(m["model"] for m in g["merged"]) for g in merged["groups"])
+    joined = [g for g in merged["groups"] if g["merged"]]
+    if joined:
+        names = "; ".join(f"{g['model']} <- " + ", ".join(m["model"] for m in g["merged"]) for g in joined)
         lines.append(f"- Model sizes within {merged['tolerance']:.2%} merged: {names}.")
+    apart = [g for g in merged["groups"] if g.get("kept_apart")]
+    if apart:
+        names = "; ".join(f"{g['model']} / " + ", ".join(m["model"] for m in g["kept_apart"]) for g in apart)
+        lines.append(f"- Near-equal sizes kept apart (both ran the same N, T and seed): {names}.")
     return lines
 
 

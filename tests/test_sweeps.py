@@ -86,7 +86,7 @@ def test_envelope_takes_the_best_point_per_budget(sweep):
 
 def test_near_equal_sizes_are_merged_into_one_model(sweep):
     merged, groups = budgets.merge_sizes(sweep, 0.01)
-    assert len(groups) == 4 and all(len(g["merged"]) == 1 for g in groups)  # the 4 digitised sizes
+    assert len(groups) == 4 and all(len(g["merged"]) == 1 and not g["kept_apart"] for g in groups)  # 4 digitised
     assert merged["params"].nunique() == sweep["params"].nunique() - 4
     for g in groups:
         for m in g["merged"]:
@@ -95,10 +95,20 @@ def test_near_equal_sizes_are_merged_into_one_model(sweep):
     assert budgets.merge_sizes(sweep, 0.0) == (sweep, [])
     # different kinds are never merged, and sizes 2% apart stay apart at 1%
     two = pd.DataFrame({"kind": ["bottleneck", "standard", "bottleneck"], "model": ["a", "b", "c"],
-                        "params": [1000, 1001, 1020], "flops_per_example": [1, 2, 3], "error": [0.5, 0.5, 0.5]})
+                        "params": [1000, 1001, 1020], "flops_per_example": [1, 2, 3], "error": [0.5, 0.5, 0.5],
+                        "examples": [10, 10, 20], "epochs": 1, "seed": 0})
     assert budgets.merge_sizes(two, 0.01)[1] == []
     assert budgets.merge_sizes(two, 0.05)[1] == [{"kind": "bottleneck", "model": "a", "params": 1000,
-                                                  "merged": [{"model": "c", "params": 1020}]}]
+                                                  "merged": [{"model": "c", "params": 1020}], "kept_apart": []}]
+    # two architectures of near-equal size that both ran N = 10: different models, kept apart
+    clash = two.assign(examples=10)
+    kept, apart = budgets.merge_sizes(clash, 0.05)
+    assert kept is clash and apart == [{"kind": "bottleneck", "model": "a", "params": 1000, "merged": [],
+                                          "kept_apart": [{"model": "c", "params": 1020}]}]
+    from scaling_study.report import _sweep_lines
+
+    lines = _sweep_lines({"mode": "levels", "reason": "r", "merged_sizes": {"tolerance": 0.05, "groups": apart}})
+    assert lines[1:] == ["- Near-equal sizes kept apart (both ran the same N, T and seed): a / c."]
     analysis = fit.analyse(*fit.select(sweep), bootstrap=0)
     assert analysis.sweep["merged_sizes"]["groups"] == groups and analysis.sweep["mode"] == "budgets"
 

@@ -93,8 +93,10 @@ def merge_sizes(frame: pd.DataFrame, tolerance: float = MERGE_TOLERANCE) -> tupl
     """Merge models of one kind whose parameter counts differ by less than `tolerance` (relative to the
     group's smallest) into the group's most-evaluated model: its name, params and FLOP(f).
 
-    Compute stays as recorded. Returns the frame (with `model_as_recorded` when anything merged) and
-    the groups merged, each naming the model kept and those merged into it.
+    Two models that both ran the same (N, T, seed) are different models of near-equal size, not one
+    model counted twice: they stay apart (`kept_apart` in the group). Compute stays as recorded.
+    Returns the frame (with `model_as_recorded` when anything merged) and the groups, each naming
+    the model kept, those merged into it and those kept apart.
     """
     if tolerance < 0:
         raise ValueError(f"merge tolerance must be >= 0, not {tolerance}")
@@ -103,26 +105,36 @@ def merge_sizes(frame: pd.DataFrame, tolerance: float = MERGE_TOLERANCE) -> tupl
     models = (frame.groupby(["kind", "model"], as_index=False)
               .agg(params=("params", "first"), flops=("flops_per_example", "first"), points=("error", "size"))
               .sort_values(["kind", "params", "model"]))
+    runs = {key: set(zip(part["examples"], part["epochs"], part["seed"]))
+            for key, part in frame.groupby(["kind", "model"])}
     renames: dict[tuple[str, str], pd.Series] = {}
     groups = []
     for kind, of_kind in models.groupby("kind", sort=False):
         start = None
         members: list[pd.Series] = []
+        apart: list[pd.Series] = []
+        taken: set = set()
         for _, row in list(of_kind.iterrows()) + [(None, None)]:
             if row is not None and start is not None and row["params"] < start * (1 + tolerance):
-                members.append(row)
+                if runs[(kind, row["model"])] & taken:
+                    apart.append(row)  # ran what a member ran: another model, not another count of it
+                else:
+                    members.append(row)
+                    taken |= runs[(kind, row["model"])]
                 continue
-            if len(members) > 1:
+            if len(members) > 1 or apart:
                 keep = max(members, key=lambda m: (m["points"], -m["params"]))
                 for m in members:
                     renames[(kind, m["model"])] = keep
                 groups.append({"kind": kind, "model": keep["model"], "params": int(keep["params"]),
                                "merged": [{"model": m["model"], "params": int(m["params"])}
-                                          for m in members if m["model"] != keep["model"]]})
+                                          for m in members if m["model"] != keep["model"]],
+                               "kept_apart": [{"model": m["model"], "params": int(m["params"])} for m in apart]})
             if row is not None:
-                start, members = row["params"], [row]
-    if not renames:
-        return frame, []
+                start, members, apart = row["params"], [row], []
+                taken = set(runs[(kind, row["model"])])
+    if not any(group["merged"] for group in groups):
+        return frame, groups
     keys = list(zip(frame["kind"], frame["model"]))
     kept = [renames.get(k) for k in keys]
     merged = frame.assign(
