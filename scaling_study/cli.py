@@ -236,12 +236,21 @@ def status(
 
 
 def _law_so_far(engine, names) -> None:  # noqa: ANN001
-    """For each adaptive study (or one with pruned jobs): E(C) alpha so far, points, compute spent vs planned."""
-    from . import adaptive
+    """For each adaptive study (or one with pruned jobs): E(C) alpha so far, points, compute spent vs planned.
+    A plain study costs one look at its grid's text: status imports the analysis (and torch) only for these."""
+    import tomllib
+
+    def adaptive_grid(name: str) -> bool:
+        try:
+            table = tomllib.loads(db.study_grid_text(engine, name)).get("adaptive", {})
+        except (tomllib.TOMLDecodeError, StudyError):
+            return False
+        return isinstance(table, dict) and table.get("enabled") is True
 
     for name in names:
-        if adaptive.settings(engine, name) is None and not db.pruning_rows(engine, name):
+        if not adaptive_grid(name) and not db.pruning_rows(engine, name):
             continue
+        from . import adaptive
         now = adaptive.progress(engine, name)
         spent = (f"compute spent {_pflops(now.spent)} of {_pflops(now.planned)} PFLOPs planned "
                  f"({now.spent / now.planned:.0%})" if now.planned else "no compute planned")
@@ -267,7 +276,7 @@ def prune(
     """Refit the law on what is recorded and prune the pending or running trajectories it rules out."""
     from . import adaptive
 
-    engine = db.connect(db_url, migrate=not dry_run, create=False)
+    engine = db.connect(db_url, migrate=not dry_run, create=False, write=not dry_run)
     name = _one_study(engine, study)
     config = adaptive.settings(engine, name, True)
     decisions, pruned, note = adaptive.prune_now(engine, name, config, "study prune", dry_run=dry_run)
