@@ -16,7 +16,7 @@ import pandas as pd
 
 from .bootstrap import estimates, multinomial, refit_resamples
 from .optimize import bound_status, multistart, one_blas_thread, status_of
-from .parametric import fit_parametric
+from .parametric import fit_parametric, log_sum_exp3
 from .results import Estimate, LawFit, Skipped
 
 DATA_CONSTRAINED_LAW = "E(P, N, T) = E_inf + A / P^alpha + B / D'^beta, D' = N (1 + R* (1 - exp(-(T - 1) / R*)))"
@@ -36,16 +36,9 @@ def log_data_constrained_law(theta: np.ndarray, x: tuple[np.ndarray, np.ndarray,
     decay = np.exp(-repeats / r)
     g = 1.0 - r * np.expm1(-repeats / r)
     ld = ln + np.log(g)
-    u0 = np.broadcast_to(e, ld.shape)
-    u1 = np.broadcast_to(la - alpha * lp, ld.shape)
-    u2 = lb - beta * ld
-    top = np.maximum(np.maximum(u0, u1), u2)
-    w0, w1, w2 = np.exp(u0 - top), np.exp(u1 - top), np.exp(u2 - top)
-    total = w0 + w1 + w2
-    loge = top + np.log(total)
+    loge, (s0, s1, s2) = log_sum_exp3(e, la - alpha * lp, lb - beta * ld)
     if not jac:
         return loge, None
-    s0, s1, s2 = w0 / total, w1 / total, w2 / total
     dg = r * (-np.expm1(-repeats / r) - (repeats / r) * decay)  # R dg/dR
     return loge, np.stack([s0, s1, s2, -lp * s1, -ld * s2, -beta * s2 * dg / g], axis=-1)
 

@@ -19,17 +19,20 @@ def log_parametric_law(theta: np.ndarray, x: tuple[np.ndarray, np.ndarray], jac:
     """theta = (log E_inf, log A', log B', alpha, beta); log E = LSE(e, a - alpha lp, b - beta ld) (Hoffmann et al.)."""
     lp, ld = x
     e, la, lb, alpha, beta = (theta[:, i, None] for i in range(5))
-    u0 = np.broadcast_to(e, (theta.shape[0], lp.size))
-    u1 = la - alpha * lp
-    u2 = lb - beta * ld
+    loge, (s0, s1, s2) = log_sum_exp3(e, la - alpha * lp, lb - beta * ld)
+    if not jac:
+        return loge, None
+    return loge, np.stack([s0, s1, s2, -lp * s1, -ld * s2], axis=-1)
+
+
+def log_sum_exp3(u0: np.ndarray, u1: np.ndarray, u2: np.ndarray):
+    """log(e^u0 + e^u1 + e^u2) without overflow, and each term's share (the gradient wrt u0, u1, u2)."""
+    shape = np.broadcast_shapes(np.shape(u0), np.shape(u1), np.shape(u2))
+    u0, u1, u2 = (np.broadcast_to(u, shape) for u in (u0, u1, u2))
     top = np.maximum(np.maximum(u0, u1), u2)
     w0, w1, w2 = np.exp(u0 - top), np.exp(u1 - top), np.exp(u2 - top)
     total = w0 + w1 + w2
-    loge = top + np.log(total)
-    if not jac:
-        return loge, None
-    s0, s1, s2 = w0 / total, w1 / total, w2 / total
-    return loge, np.stack([s0, s1, s2, -lp * s1, -ld * s2], axis=-1)
+    return top + np.log(total), (w0 / total, w1 / total, w2 / total)
 
 
 
