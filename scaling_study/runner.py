@@ -302,6 +302,8 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
         db.finish_job(engine, job, worker, "pending", job["epochs_done"], [], message, outcome="released")
         job["error_message"] = message
         return "unusable"
+    except Exception as error:  # noqa: BLE001 - e.g. an OSError making tensorboard/: failed with the reason
+        return _failed(engine, job, worker, log, events, error, "set-up failed: ")
     events.job_started(job, spec)
     beat = Heartbeat(engine, job["id"], worker, options.lease_s)
     beat.start()

@@ -136,3 +136,21 @@ def test_cancel_of_a_running_job_records_its_attempt_and_retry_numbers_the_next(
         assert "Traceback" not in err, err
         assert attempts(url)[1] == [(n, "cancelled") for n in range(1, attempt + 1)]
         assert "cancelled -> pending" in study("retry", 1, "--db", url, cwd=tmp_path).stdout
+
+
+def test_a_job_whose_curves_cannot_be_opened_fails_with_the_reason_and_the_study_goes_on(tmp_path):
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    data = small_fashion(tmp_path / "data")
+    (tmp_path / "grid.toml").write_text(grid(data, name="curves") + "\n[logging]\ntensorboard = true\n")
+    study("plan", "grid.toml", "--db", url, cwd=tmp_path)
+    folder = job_folder(url, tmp_path / "runs", 1)
+    folder.mkdir(parents=True)
+    (folder / "tensorboard").write_text("a file where the events' folder goes")
+    result = study("run", "--db", url, "--device", "cpu", cwd=tmp_path, check=False)
+    assert "Traceback" not in result.stderr, result.stderr
+    engine = db.connect(url)
+    states = {row["id"]: (row["state"], row["error"]) for row in db.job_rows(engine)}
+    engine.dispose()
+    assert states[1][0] == "failed" and states[1][1].startswith("set-up failed: "), states[1]
+    assert states[2][0] == states[3][0] == "done"
+    assert attempts(url)[1] == [(1, "failed")]
