@@ -26,11 +26,13 @@ import numpy as np
 import pandas as pd
 
 from . import budget, db
-from .analysis import PARAMETRIC_LAW, LawFit, fit_parametric, flops_scaling, select
+from .analysis import PARAMETRIC_LAW, LawFit, choose_form, fit_data_constrained, fit_parametric, flops_scaling, select
+from .analysis.data_constrained import repeat_factor
 from .errors import StudyError
 from .grid import AdaptiveConfig
 
-PREDICTION_FORM = "parametric E(P, D), anchored at the trajectory's latest point"
+PREDICTION_FORM = ("the parametric form study fit chooses by its held-out score (E(P, D), or E(P, D') with repeated "
+                   "epochs discounted), anchored at the trajectory's latest point")
 
 Evidence = namedtuple("Evidence", "epoch compute predicted low high envelope")
 
@@ -104,39 +106,50 @@ def spanning_jobs(rows: list[dict]) -> set[int]:
 
 
 def fit_law(points: pd.DataFrame, resamples: int, seed: int) -> LawFit | None:
-    """The parametric law refitted on `points` (seeded); None when it cannot be fitted."""
+    """The parametric form `study fit` would choose, refitted on `points` (seeded): E(P, D), or the
+    data-constrained E(P, D') when it wins the held-out score (analysis.forms); None when neither fits."""
     _, gamma = flops_scaling(points)
     fit = fit_parametric(points, resamples, np.random.default_rng(seed), gamma)
-    return fit if isinstance(fit, LawFit) and fit.samples is not None and len(fit.draws()["alpha"]) >= 2 else None
+    if not isinstance(fit, LawFit):
+        return None
+    constrained = fit_data_constrained(points, 0, np.random.default_rng(seed), gamma, start=fit)
+    form = choose_form(points, fit, constrained)
+    if form is not None and form.chosen == "data_constrained":
+        chosen = fit_data_constrained(points, resamples, np.random.default_rng([seed, 5]), gamma, start=fit)
+        fit = chosen if isinstance(chosen, LawFit) else fit
+    return fit if fit.samples is not None and len(fit.draws()["alpha"]) >= 2 else None
 
 
 def predict_trajectory(points: pd.DataFrame, targets: pd.DataFrame, fit: LawFit, confidence: float) -> pd.DataFrame:
     """Predicted error at each target row (job_id, params, examples, epochs) with a bootstrap interval.
 
-    The one place that says how a trajectory's future is predicted (so another law can replace it):
-    E(P, N T) of the fitted law, times the ratio of the trajectory's latest recorded error to the
-    law's value there (pending trajectories have none: the law alone). Each bootstrap refit gives one
-    prediction; low and high are its (1 - confidence) and confidence quantiles."""
+    The one place that says how a trajectory's future is predicted: the fitted form's E(P, N, T)
+    (D = N T, or D' = N g(T) for the data-constrained form), times the ratio of the trajectory's
+    latest recorded error to the law's value there (pending trajectories have none: the law alone).
+    Each bootstrap refit gives one prediction; low and high are its (1 - confidence) and confidence
+    quantiles."""
     s = fit.draws()
-    names = ("E_inf", "A", "alpha", "B", "beta")
+    names = ("E_inf", "A", "alpha", "B", "beta") + (("R_star",) if fit.name == "data_constrained" else ())
     point = np.array([[fit.value(k)] for k in names])
     boot = np.array([s[k] for k in names])
 
-    def law(theta: np.ndarray, p: np.ndarray, d: np.ndarray) -> np.ndarray:
-        e_inf, a, alpha, b, beta = (v[:, None] for v in theta)
-        return e_inf + a / p[None] ** alpha + b / d[None] ** beta
+    def law(theta: np.ndarray, p: np.ndarray, n: np.ndarray, t: np.ndarray) -> np.ndarray:
+        e_inf, a, alpha, b, beta = (v[:, None] for v in theta[:5])
+        repeats = repeat_factor(t[None], theta[5][:, None]) if len(theta) > 5 else t[None]
+        return e_inf + a / p[None] ** alpha + b / (n[None] * repeats) ** beta
 
     p = targets["params"].to_numpy(float)
-    d = (targets["examples"] * targets["epochs"]).to_numpy(float)
+    n = targets["examples"].to_numpy(float)
+    t = targets["epochs"].to_numpy(float)
     latest = points.sort_values("epochs").groupby("job_id").last()
     anchor = targets["job_id"].map(latest["epochs"]) if len(latest) else pd.Series(np.nan, index=targets.index)
     anchored = anchor.notna().to_numpy()
-    d_last = np.where(anchored, targets["examples"].to_numpy(float) * anchor.fillna(1).to_numpy(float), d)
+    t_last = np.where(anchored, anchor.fillna(1).to_numpy(float), t)
     e_last = targets["job_id"].map(latest["error"]).to_numpy(float) if len(latest) else np.full(len(targets), np.nan)
     predictions = []
     for theta in (point, boot):
-        value = law(theta, p, d)
-        ratio = np.where(anchored[None], np.nan_to_num(e_last)[None] / law(theta, p, d_last), 1.0)
+        value = law(theta, p, n, t)
+        ratio = np.where(anchored[None], np.nan_to_num(e_last)[None] / law(theta, p, n, t_last), 1.0)
         predictions.append(value * ratio)
     low, high = np.quantile(predictions[1], [1 - confidence, confidence], axis=0)
     return targets.assign(predicted=predictions[0][0], low=low, high=high)
@@ -165,7 +178,7 @@ def decide(frame: pd.DataFrame, rows: list[dict], config: AdaptiveConfig, exempt
         return [], f"{PARAMETRIC_LAW} cannot be fitted yet (needs 2 model sizes, 2 values of N*T and converged resamples)"
     protected = spanning_jobs(rows) if config.protect_spanning else set()
     metric_name = str(points["metric"].iloc[0])
-    summary = {"law": PARAMETRIC_LAW, "form": PREDICTION_FORM, "metric": metric_name, "points": len(points),
+    summary = {"law": fit.formula, "form": PREDICTION_FORM, "metric": metric_name, "points": len(points),
                "resamples": fit.resamples, "seed": config.seed, "status": fit.status,
                "params": {k: v.value for k, v in fit.params.items()}}
     targets, owners = [], []

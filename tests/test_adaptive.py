@@ -15,10 +15,12 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from scaling_study import adaptive, db
+from scaling_study import adaptive, db, synthetic
+from scaling_study.analysis import DATA_CONSTRAINED_LAW, PARAMETRIC_LAW
 from scaling_study.grid import AdaptiveConfig, load_grid, parse_grid
 from scaling_study.plan import expand
 
@@ -184,7 +186,7 @@ def test_adaptive_study_prunes_the_trajectory_off_the_envelope_and_resumes_it_bi
     assert len(evidence) == 1 and evidence[0]["job_id"] == bad and evidence[0]["previous_state"] == "running"
     assert evidence[0]["low"] > evidence[0]["envelope"] and evidence[0]["low"] <= evidence[0]["predicted"] <= evidence[0]["high"]
     fit = json.loads(evidence[0]["fit"])
-    assert fit["law"].startswith("E(P, D)") and fit["metric"] == "upstream/top1" and fit["points"] == 16
+    assert fit["law"] in (PARAMETRIC_LAW, DATA_CONSTRAINED_LAW) and fit["metric"] == "upstream/top1" and fit["points"] == 16
     assert [e["epoch"] for e in json.loads(evidence[0]["evidence"])] == [2, 3]
     assert {e for (h, e, m) in points(url) if h == job["spec_hash"]} == {1}
     import torch
@@ -330,3 +332,30 @@ def test_migration_from_the_old_schema_keeps_everything_and_allows_pruned(dialec
         with engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
     engine.dispose()
+
+
+def test_predictions_use_the_form_the_held_out_score_chooses():
+    """Repeated epochs worth less than new data: the law that prunes is E(P, D'), as `study fit` would
+    choose, and its predictions of the later epochs beat E(P, D)'s; on E(P, D) data it stays E(P, D)."""
+    truth = synthetic.DataConstrainedLaw(e_inf=0.1, A=400.0, alpha=0.65, B=15.0, beta=0.35, r_star=5.0)
+    frame = synthetic.parametric_study(law=truth, models=5, examples=6, epochs=(1, 2, 4, 8, 16, 32), noise=0.005,
+                                       outliers=0, examples_range=(1e4, 1e7), seed=3)
+    frame["job_id"] = frame.groupby(["params", "examples"]).ngroup() + 1
+    early, late = frame[frame["epochs"] <= 8], frame[frame["epochs"] > 8]
+    fit = adaptive.fit_law(early, resamples=30, seed=0)
+    assert fit.name == "data_constrained" and fit.formula == DATA_CONSTRAINED_LAW
+    targets = late[["job_id", "params", "examples", "epochs"]].reset_index(drop=True)
+    chosen = adaptive.predict_trajectory(early, targets, fit, 0.95)
+    plain = adaptive.predict_trajectory(early, targets, fits_parametric(early), 0.95)
+    truth_late = late["error"].to_numpy()
+    assert (np.abs(np.log(chosen["predicted"] / truth_late)).mean()
+            < 0.5 * np.abs(np.log(plain["predicted"] / truth_late)).mean())
+    assert (chosen["low"] <= chosen["predicted"]).all() and (chosen["predicted"] <= chosen["high"]).all()
+    plain_data = synthetic.parametric_study(models=5, examples=6, epochs=(1, 2, 4, 8), outliers=0, seed=3)
+    assert adaptive.fit_law(plain_data, resamples=30, seed=0).formula == PARAMETRIC_LAW
+
+
+def fits_parametric(points):
+    from scaling_study.analysis import fit_parametric, flops_scaling
+
+    return fit_parametric(points, 30, np.random.default_rng(0), flops_scaling(points)[1])
