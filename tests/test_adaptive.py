@@ -9,7 +9,6 @@ the law must prune it, and must never touch the runs that span the fits.
 
 from __future__ import annotations
 
-import gzip
 import json
 import sqlite3
 import threading
@@ -25,6 +24,7 @@ from scaling_study.grid import AdaptiveConfig, load_grid, parse_grid
 from scaling_study.plan import expand
 
 from test_runner import FASHION, attempts_per_job, folder_of, needs_fashion, points, start, states, study
+from tiny_datasets import fashion_subset
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = '"B-1/Wi-8", "B-1/Wi-32", "B-2/Wi-64"'
@@ -33,14 +33,7 @@ MODELS = '"B-1/Wi-8", "B-1/Wi-32", "B-2/Wi-64"'
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> str:
     """The first 2,000 training and 500 test images of Fashion-MNIST, as IDX files."""
-    folder = tmp_path_factory.mktemp("fashion-2k")
-    for split, count in (("train", 2000), ("t10k", 500)):
-        for kind, header in (("images-idx3-ubyte", 16), ("labels-idx1-ubyte", 8)):
-            raw = gzip.decompress((Path(FASHION) / f"{split}-{kind}.gz").read_bytes())
-            row = 28 * 28 if "images" in kind else 1
-            head = bytearray(raw[:header])
-            head[4:8] = count.to_bytes(4, "big")
-            (folder / f"{split}-{kind}.gz").write_bytes(gzip.compress(bytes(head) + raw[header:header + count * row]))
+    folder = fashion_subset(tmp_path_factory.mktemp("fashion-2k"), 2000, 500)
     return str(folder)
 
 

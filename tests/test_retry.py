@@ -3,7 +3,6 @@ gets an outcome, and a job that cannot be set up fails with its reason while the
 
 from __future__ import annotations
 
-import gzip
 import subprocess
 import sys
 import time
@@ -13,22 +12,15 @@ import pytest
 import sqlalchemy as sa
 
 from scaling_study import db
+from tiny_datasets import fashion_subset
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="apt-get install dataset-fashion-mnist")
 
 
 def small_fashion(folder: Path, train: int = 300, test: int = 100) -> Path:
-    """The first images of the real Fashion-MNIST as IDX files: real data, tiny jobs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, count in (("train", train), ("t10k", test)):
-        for kind, header in (("images-idx3-ubyte", 16), ("labels-idx1-ubyte", 8)):
-            raw = gzip.decompress((FASHION / f"{split}-{kind}.gz").read_bytes())
-            row = 28 * 28 if "images" in kind else 1
-            head = bytearray(raw[:header])
-            head[4:8] = count.to_bytes(4, "big")
-            (folder / f"{split}-{kind}.gz").write_bytes(gzip.compress(bytes(head) + raw[header:header + count * row]))
-    return folder
+    """The first images of the real Fashion-MNIST: real data, tiny jobs."""
+    return fashion_subset(folder, train, test)
 
 
 def grid(data: Path, name: str = "retry", epochs: str = "[1]") -> str:

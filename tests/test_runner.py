@@ -6,7 +6,6 @@ with an uninterrupted run of the same grid.
 
 from __future__ import annotations
 
-import gzip
 import os
 import random
 import resource
@@ -20,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from scaling_study import db
+from tiny_datasets import fashion_subset
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 needs_fashion = pytest.mark.skipif(not Path(FASHION).exists(), reason="apt-get install dataset-fashion-mnist")
@@ -31,14 +31,7 @@ def small_fashion(tmp_path_factory) -> None:
     """The first 3,000 training and 1,000 test images of the real Fashion-MNIST, as IDX files:
     the same code paths as the full set, with evaluations ten times cheaper."""
     global DATA
-    folder = tmp_path_factory.mktemp("fashion-small")
-    for split, count in (("train", 3000), ("t10k", 1000)):
-        for kind, header in (("images-idx3-ubyte", 16), ("labels-idx1-ubyte", 8)):
-            raw = gzip.decompress((Path(FASHION) / f"{split}-{kind}.gz").read_bytes())
-            row = 28 * 28 if "images" in kind else 1
-            head = bytearray(raw[:header])
-            head[4:8] = count.to_bytes(4, "big")
-            (folder / f"{split}-{kind}.gz").write_bytes(gzip.compress(bytes(head) + raw[header:header + count * row]))
+    folder = fashion_subset(tmp_path_factory.mktemp("fashion-small"), 3000, 1000)
     DATA = str(folder)
 
 
