@@ -707,9 +707,8 @@ def fit_laws(
         raise BadInput(f"cannot write --out {out}: {problem}")
     engine = db.connect(db_url, create=False, write=False)
     name = _one_study(engine, study)
-    selected, analysis, figures, written = _fit_and_write(engine, name, metric, kind, epochs, exclude, bootstrap, out,
-                                                          seed, merge_sizes, budget_tolerance)
-    pruned = _pruned_of(engine, name)
+    selected, analysis, figures, written, pruned = _fit_and_write(engine, name, metric, kind, epochs, exclude, bootstrap,
+                                                                  out, seed, merge_sizes, budget_tolerance)
     if page:
         from .page import write_page
 
@@ -869,7 +868,8 @@ def predict(
 def _fit_and_write(engine, name: str, metric: str | None, kind: str | None, epochs: int | None,  # noqa: ANN001
                    exclude, bootstrap: int, out: Path, seed: int, merge_sizes: float = 0.01,
                    budget_tolerance: float = 0.1):
-    """The fit of `study fit` (and of `study report` when new points landed): (points, analysis, figures, files)."""
+    """The fit of `study fit` (and of `study report` when new points landed): (points, analysis, figures, files,
+    pruned trajectories or None)."""
     from . import analysis as fits
     from .plots import write_figures
     from .report import write_report
@@ -878,12 +878,13 @@ def _fit_and_write(engine, name: str, metric: str | None, kind: str | None, epoc
     selected, filters = fits.select(db.evaluations_frame(engine, name, None), metric, kind, exclude or ())
     analysis = fits.analyse(selected, filters, epochs, bootstrap, seed, merge_tolerance=merge_sizes,
                             budget_tolerance=budget_tolerance)
+    pruned = _pruned_of(engine, name)
     try:
         figures = write_figures(analysis, out)
-        written = write_report(analysis, name, figures, out, _pruned_of(engine, name))
+        written = write_report(analysis, name, figures, out, pruned)
     except OSError as error:
         raise BadInput(f"cannot write --out {out}: {error.strerror or error}; choose another folder") from None
-    return selected, analysis, figures, written
+    return selected, analysis, figures, written, pruned
 
 
 @app.command("report")

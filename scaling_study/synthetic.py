@@ -94,6 +94,12 @@ def _frame(rows: dict[str, np.ndarray], study: str, metric: str, metric_kind: st
     return frame[order]
 
 
+def _add_outliers(values: np.ndarray, outliers: int, rng: np.random.Generator) -> None:
+    """Failed runs, in place: `outliers` values made 1.3-1.6x worse than the law (far above it)."""
+    bad = rng.choice(values.size, size=min(outliers, values.size), replace=False)
+    values[bad] *= rng.uniform(1.3, 1.6, bad.size)
+
+
 def _grid(models: int, examples: int, epochs: tuple[int, ...], seeds: int,
           params_range: tuple[float, float], examples_range: tuple[float, float],
           flops_per_param: int = 1) -> dict[str, np.ndarray]:
@@ -131,8 +137,7 @@ def parametric_study(
     rng = np.random.default_rng(seed)
     rows = _grid(models, examples, epochs, seeds, params_range, examples_range)
     error = law.error(rows["params"], rows["examples"], rows["epochs"]) * np.exp(rng.normal(0, noise, rows["params"].size))
-    bad = rng.choice(error.size, size=min(outliers, error.size), replace=False)
-    error[bad] *= rng.uniform(1.3, 1.6, bad.size)  # failed runs: far above the law
+    _add_outliers(error, outliers, rng)
     rows["error"] = np.clip(error, 1e-4, 1.0)
     return _frame(rows, "synthetic", metric)
 
@@ -154,8 +159,7 @@ def loss_study(
     rng = np.random.default_rng(seed)
     rows = _grid(models, examples, epochs, seeds, params_range, examples_range, flops_per_param=2)
     loss = law.error(rows["params"], rows["examples"], rows["epochs"]) * np.exp(rng.normal(0, noise, rows["params"].size))
-    bad = rng.choice(loss.size, size=min(outliers, loss.size), replace=False)
-    loss[bad] *= rng.uniform(1.3, 1.6, bad.size)
+    _add_outliers(loss, outliers, rng)
     rows["error"] = loss
     rows["kind"] = np.full(loss.size, "transformer")
     return _frame(rows, "synthetic", metric, "loss")
@@ -177,8 +181,7 @@ def compute_study(
     pflops = budget.compute(rows["flops_per_example"], rows["examples"], rows["epochs"]) / budget.PFLOP
     excess = np.where(rng.random(pflops.size) < 0.35, 0.0, rng.uniform(0.02, 0.4, pflops.size))
     error = law.error(pflops) * np.exp(excess + rng.normal(0, noise, pflops.size))
-    bad = rng.choice(error.size, size=min(outliers, error.size), replace=False)
-    error[bad] *= rng.uniform(1.3, 1.6, bad.size)
+    _add_outliers(error, outliers, rng)
     rows["error"] = np.clip(error, 1e-4, 1.0)
     return _frame(rows, "synthetic", metric)
 
