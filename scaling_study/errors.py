@@ -7,12 +7,6 @@ class StudyError(Exception):
     exit_code = 1
 
 
-class BadInput(StudyError):
-    """A command's input that cannot be used (an unknown model, a compute <= 0, a study with too few points)."""
-
-    exit_code = 2
-
-
 class GridError(StudyError):
     """A grid file that cannot be planned (bad TOML, unknown key, wrong type, bad value)."""
 

@@ -152,3 +152,39 @@ def test_default_metric_prefers_linear_probe_then_upstream():
     assert fit.default_metric(["imported"]) == "imported"
     with pytest.raises(StudyError, match="choose one with --metric"):
         fit.default_metric(["a/finetune", "b/tta"])
+
+
+def test_threaded_bootstrap_chunks_give_the_numbers_of_one_thread(grid, monkeypatch):
+    """The resample chunks refine on threads where there are cores: the same thetas, bit for bit."""
+    params = grid["params"].to_numpy(float)
+    data = (grid["examples"] * grid["epochs"]).to_numpy(float)
+    x = (np.log(params / params.mean()), np.log(data / data.mean()))
+    logy = np.log(grid["error"].to_numpy())
+    lower = np.array([math.log(1e-6), -20.0, -20.0, 0.01, 0.01])
+    upper = np.array([math.log(grid["error"].max()), 5.0, 5.0, 4.0, 4.0])
+    start = np.array([math.log(0.15), -2.0, -2.0, 0.5, 0.5])
+    counts = bootstrap.multinomial(np.random.default_rng(5), 9, len(logy))
+    monkeypatch.setattr(bootstrap, "CHUNK", 2)  # 5 chunks
+    monkeypatch.setattr(bootstrap.os, "sched_getaffinity", lambda _pid: {0, 1, 2}, raising=False)
+    threaded, ok_threaded = bootstrap.refit_resamples(parametric.log_parametric_law, start, x, logy, counts, lower, upper)
+    monkeypatch.setattr(bootstrap.os, "sched_getaffinity", lambda _pid: {0}, raising=False)
+    alone, ok_alone = bootstrap.refit_resamples(parametric.log_parametric_law, start, x, logy, counts, lower, upper)
+    assert threaded.shape == (9, 5) and np.array_equal(threaded, alone) and np.array_equal(ok_threaded, ok_alone)
+    assert len({tuple(t) for t in threaded}) == 9  # each resample its own fit
+
+
+def test_figures_drawn_in_forked_processes_equal_those_drawn_in_one(grid, tmp_path, monkeypatch):
+    """write_figures forks where there are spare cores: the same files, in the same order, byte for byte."""
+    from scaling_study import plots
+
+    analysis = fit.analyse(*fit.select(grid), bootstrap=20, seed=0)
+    monkeypatch.setattr(plots.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    forked = plots.write_figures(analysis, tmp_path / "forked")
+    monkeypatch.setattr(plots.os, "sched_getaffinity", lambda _pid: {0}, raising=False)
+    serial = plots.write_figures(analysis, tmp_path / "serial")
+    assert [p.name for p in forked] == [p.name for p in serial]
+    assert {p.suffix for p in forked} == {".png", ".pdf", ".svg"} and plots._TO_DRAW is None
+    for one, other in zip(forked, serial):
+        if one.suffix == ".png":  # PDF and SVG carry a creation date or an id
+            assert one.read_bytes() == other.read_bytes(), one.name
+        assert one.stat().st_size > 1000

@@ -4,6 +4,8 @@ summarised as 2.5 and 97.5 percentiles."""
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 
 import numpy as np
@@ -16,10 +18,13 @@ CHUNK = 250  # bootstrap resamples refined at once (bounds the (chunk, points, p
 
 def refit_resamples(law: Callable, theta: np.ndarray, x, logy: np.ndarray, w: np.ndarray,
                lower: np.ndarray, upper: np.ndarray):
-    """Refit every resample (rows of logy and/or w) from theta, in chunks: (thetas, converged)."""
+    """Refit every resample (rows of logy and/or w) from theta, in chunks: (thetas, converged).
+
+    The chunks are independent and their arithmetic is numpy's, which releases the GIL, so they
+    run on threads where there are spare cores (the same numbers, in less time)."""
     rows = max(np.shape(logy)[0] if np.ndim(logy) == 2 else 1, np.shape(w)[0] if np.ndim(w) == 2 else 1)
-    thetas, oks = [], []
-    for start in range(0, rows, CHUNK):
+
+    def chunk(start: int):
         part = slice(start, min(rows, start + CHUNK))
         ly = logy[part] if np.ndim(logy) == 2 else logy
         ww = w[part] if np.ndim(w) == 2 else w
@@ -27,10 +32,16 @@ def refit_resamples(law: Callable, theta: np.ndarray, x, logy: np.ndarray, w: np
         size = part.stop - part.start
         # rtol 1e-8: the intervals agree with 1e-10 to 4 digits, in two thirds of the time
         t, _, ok = refine(law, np.repeat(theta[None], size, 0), x, ly, ww, lower, up, rtol=1e-8)
-        thetas.append(t)
-        oks.append(ok)
-    return np.concatenate(thetas), np.concatenate(oks)
+        return t, ok
 
+    starts = range(0, rows, CHUNK)
+    workers = min(len(starts), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    if workers < 2:
+        parts = [chunk(start) for start in starts]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(chunk, starts))
+    return np.concatenate([t for t, _ in parts]), np.concatenate([ok for _, ok in parts])
 
 
 def interval(samples: np.ndarray, ok: np.ndarray) -> tuple[float, float]:

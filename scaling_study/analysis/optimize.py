@@ -61,58 +61,66 @@ def refine(law: Callable, theta: np.ndarray, x, logy: np.ndarray, w: np.ndarray,
 
     theta (B, k); logy and w broadcast to (B, n); lower and upper to (B, k).
     Returns the refined theta, each row's loss, and whether each row converged.
+    The rows still iterating are a compacted working set (views while all of them are), so
+    that the (B, n, k) Jacobian is not copied on every iteration.
     """
     theta = np.array(theta, float)
     rows, k = theta.shape
     loge, jac = law(theta, x, True)
     n = loge.shape[1]
-    logy = np.broadcast_to(logy, (rows, n))
-    w = np.broadcast_to(w, (rows, n))
-    lower = np.broadcast_to(lower, (rows, k))
-    upper = np.broadcast_to(upper, (rows, k))
     r = loge - logy
+    w = np.broadcast_to(w, (rows, n))
     loss = huber(r, w).sum(1)
-    damping = np.full(rows, 1e-3)
-    done = ~np.isfinite(loss)
     converged = np.zeros(rows, bool)
     eye = np.eye(k)
+    # the working set: global row numbers and each row's state; finished rows leave it
+    ids = np.flatnonzero(np.isfinite(loss))
+    th, res, jj, ll = theta[ids], r[ids], jac[ids], loss[ids]
+    ly = np.broadcast_to(logy, (rows, n))[ids]
+    ww, lo, up = w[ids], np.broadcast_to(lower, (rows, k))[ids], np.broadcast_to(upper, (rows, k))[ids]
+    damping = np.full(ids.size, 1e-3)
     for _ in range(max_iter):
-        idx = np.flatnonzero(~done)
-        if idx.size == 0:
+        if ids.size == 0:
             break
-        ri, ji, wi = r[idx], jac[idx], w[idx]
-        psi = wi * np.clip(ri / HUBER_DELTA, -1.0, 1.0)
-        omega = wi / np.maximum(np.abs(ri), HUBER_DELTA)  # psi / r: the IRLS weights
-        grad = np.matmul(psi[:, None, :], ji)[:, 0, :]
-        hess = np.matmul(np.swapaxes(ji * omega[..., None], 1, 2), ji)
+        psi = ww * np.clip(res / HUBER_DELTA, -1.0, 1.0)
+        omega = ww / np.maximum(np.abs(res), HUBER_DELTA)  # psi / r: the IRLS weights
+        grad = np.matmul(psi[:, None, :], jj)[:, 0, :]
+        hess = np.matmul(np.swapaxes(jj * omega[..., None], 1, 2), jj)
         # parameters on a bound that the gradient pushes against are held there (an active set)
-        ti, lo, up = theta[idx], lower[idx], upper[idx]
-        held = ((ti <= lo + 1e-12 * (1 + np.abs(lo))) & (grad > 0)) | ((ti >= up - 1e-12 * (1 + np.abs(up))) & (grad < 0))
+        held = ((th <= lo + 1e-12 * (1 + np.abs(lo))) & (grad > 0)) | ((th >= up - 1e-12 * (1 + np.abs(up))) & (grad < 0))
         free = (~held).astype(float)
         grad = grad * free
         hess = hess * free[:, :, None] * free[:, None, :] + held[:, :, None] * eye
         diag = np.diagonal(hess, axis1=1, axis2=2)
-        system = hess + (damping[idx, None] * diag + 1e-12)[:, :, None] * eye
+        system = hess + (damping[:, None] * diag + 1e-12)[:, :, None] * eye
         try:
             step = np.linalg.solve(system, -grad[..., None])[..., 0]
         except np.linalg.LinAlgError:
             step = -grad / np.maximum(diag, 1e-12)
-        trial = np.clip(theta[idx] + step, lower[idx], upper[idx])
+        trial = np.clip(th + step, lo, up)
         tloge, tjac = law(trial, x, True)
-        tr = tloge - logy[idx]
-        tloss = huber(tr, wi).sum(1)
-        ok = np.isfinite(tloss) & (tloss <= loss[idx])
-        gain = np.where(ok, loss[idx] - tloss, 0.0)
-        tiny = (np.abs(trial - theta[idx]) <= 1e-10 * (1.0 + np.abs(theta[idx]))).all(1)
-        small = ok & (gain <= rtol * (1.0 + loss[idx])) & (damping[idx] < 1.0)
-        acc = idx[ok]
-        theta[acc], r[acc], jac[acc], loss[acc] = trial[ok], tr[ok], tjac[ok], tloss[ok]
-        damping[acc] /= 3.0
-        damping[idx[~ok]] *= 5.0
+        tr = tloge - ly
+        tloss = huber(tr, ww).sum(1)
+        ok = np.isfinite(tloss) & (tloss <= ll)
+        gain = np.where(ok, ll - tloss, 0.0)
+        tiny = (np.abs(trial - th) <= 1e-10 * (1.0 + np.abs(th))).all(1)
+        small = ok & (gain <= rtol * (1.0 + ll)) & (damping < 1.0)
+        if ok.all():
+            th, res, jj, ll = trial, tr, tjac, tloss
+        else:
+            np.copyto(th, trial, where=ok[:, None])
+            np.copyto(res, tr, where=ok[:, None])
+            np.copyto(jj, tjac, where=ok[:, None, None])
+            np.copyto(ll, tloss, where=ok)
+        damping = np.where(ok, damping / 3.0, damping * 5.0)
         # a negligible step, or none that lowers the loss: a minimum (possibly on a bound)
-        stop = small | tiny | (damping[idx] > 1e10)
-        converged[idx[stop]] = True
-        done[idx[stop]] = True
+        stop = small | tiny | (damping > 1e10)
+        if stop.any():
+            theta[ids[stop]], loss[ids[stop]], converged[ids[stop]] = th[stop], ll[stop], True
+            keep = ~stop
+            ids, th, res, jj, ll, damping = ids[keep], th[keep], res[keep], jj[keep], ll[keep], damping[keep]
+            ly, ww, lo, up = ly[keep], ww[keep], lo[keep], up[keep]
+    theta[ids], loss[ids] = th, ll  # rows that ran out of iterations
     return theta, loss, converged
 
 
