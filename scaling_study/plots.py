@@ -402,13 +402,16 @@ def _draw(name: str) -> list[Path]:
         return globals()[name](analysis, out)
 
 
-def write_figures(analysis: fits.Analysis, out: Path) -> list[Path]:
+def write_figures(analysis: fits.Analysis, out: Path, workers: int | None = None) -> list[Path]:
     """Every figure, as PNG (200 dpi), PDF and SVG, into `out`. Drawing is single-threaded Python,
-    so where the machine has spare cores the figures are drawn in forked processes at once."""
+    so where the machine has spare cores (workers: default, the cores this process may use) the
+    figures are drawn in forked processes at once."""
     global _TO_DRAW
     _TO_DRAW = analysis, Path(out)
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     try:
-        workers = min(len(FIGURES), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+        workers = min(len(FIGURES), workers)
         if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
             return [path for name in FIGURES for path in _draw(name)]
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
