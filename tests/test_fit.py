@@ -97,14 +97,20 @@ def test_envelope_keeps_points_below_everything_cheaper():
     assert fit.envelope_mask(rows).tolist() == [[True, True, False, True], [True, False, True, True]]
 
 
-def test_bootstrap_rows_reproduce_independent_fits(grid):
-    """Refining many resamples at once equals fitting each on its own."""
+def _parametric_problem(grid: pd.DataFrame):
+    """E(P, D)'s design, log errors and bounds on a grid, as fit_parametric sets them up."""
     params = grid["params"].to_numpy(float)
     data = (grid["examples"] * grid["epochs"]).to_numpy(float)
     x = (np.log(params / params.mean()), np.log(data / data.mean()))
     logy = np.log(grid["error"].to_numpy())
     lower = np.array([math.log(1e-6), -20.0, -20.0, 0.01, 0.01])
     upper = np.array([math.log(grid["error"].max()), 5.0, 5.0, 4.0, 4.0])
+    return x, logy, lower, upper
+
+
+def test_bootstrap_rows_reproduce_independent_fits(grid):
+    """Refining many resamples at once equals fitting each on its own."""
+    x, logy, lower, upper = _parametric_problem(grid)
     start = np.array([[math.log(0.15), -2.0, -2.0, 0.5, 0.5]])
     best, _, ok = optimize.refine(parametric.log_parametric_law, start, x, logy, np.ones_like(logy), lower, upper, max_iter=500)
     assert ok[0]
@@ -156,12 +162,7 @@ def test_default_metric_prefers_linear_probe_then_upstream():
 
 def test_threaded_bootstrap_chunks_give_the_numbers_of_one_thread(grid, monkeypatch):
     """The resample chunks refine on threads where there are cores: the same thetas, bit for bit."""
-    params = grid["params"].to_numpy(float)
-    data = (grid["examples"] * grid["epochs"]).to_numpy(float)
-    x = (np.log(params / params.mean()), np.log(data / data.mean()))
-    logy = np.log(grid["error"].to_numpy())
-    lower = np.array([math.log(1e-6), -20.0, -20.0, 0.01, 0.01])
-    upper = np.array([math.log(grid["error"].max()), 5.0, 5.0, 4.0, 4.0])
+    x, logy, lower, upper = _parametric_problem(grid)
     start = np.array([math.log(0.15), -2.0, -2.0, 0.5, 0.5])
     counts = bootstrap.multinomial(np.random.default_rng(5), 9, len(logy))
     monkeypatch.setattr(bootstrap, "CHUNK", 2)  # 5 chunks
