@@ -16,7 +16,6 @@ of --repeat runs is compared with the budget; one end-to-end `study fit` in a fr
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from results_file import write  # noqa: E402
 
 from scaling_study import db, synthetic  # noqa: E402
 from scaling_study import analysis as fits  # noqa: E402
+from scaling_study.analysis.optimize import usable_cores  # noqa: E402
 from scaling_study.exchange import read_results_csv  # noqa: E402
 from scaling_study.plots import write_figures  # noqa: E402
 from scaling_study.report import write_report  # noqa: E402
@@ -99,7 +99,7 @@ def main() -> None:
           f"(median of {args.repeat}; read {median['read']:.2f}, fit {median['fit']:.2f}, "
           f"figures {median['figures']:.2f}, report {median['report']:.2f})")
     print(f"figures drawn in forked processes over one after another: {median['figures'] / median['figures_one_process']:.2f} "
-          f"({median['figures']:.2f} s vs {median['figures_one_process']:.2f} s, {len(os.sched_getaffinity(0))} cores)")
+          f"({median['figures']:.2f} s vs {median['figures_one_process']:.2f} s, {usable_cores()} cores)")
     print(f"ratio to the {BUDGET_S:.0f} s budget: {seconds / BUDGET_S:.2f}")
     print(f"end to end in a fresh process (interpreter and imports included): {end_to_end:.2f} s")
     chosen = constrained_runs[0]["form"]

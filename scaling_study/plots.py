@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 import textwrap
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -36,6 +35,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from . import analysis as fits  # noqa: E402
 from .analysis import isoflop  # noqa: E402
+from .analysis.optimize import usable_cores  # noqa: E402
 from .budget import PFLOP  # noqa: E402
 from .files import write_atomic  # noqa: E402
 
@@ -392,14 +392,14 @@ def backtest(analysis: fits.Analysis, out: Path) -> list[Path]:
     return _save(figure, out, "fig_backtest")
 
 
-FIGURES = ("error_vs_compute", "bottlenecks", "allocation", "residuals", "backtest", "isoflop_profiles")
+FIGURES = (error_vs_compute, bottlenecks, allocation, residuals, backtest, isoflop_profiles)
 _TO_DRAW: tuple[fits.Analysis, Path] | None = None  # what forked workers draw: inherited, never pickled
 
 
-def _draw(name: str) -> list[Path]:
+def _draw(figure) -> list[Path]:  # noqa: ANN001 - one of FIGURES
     analysis, out = _TO_DRAW
     with matplotlib.rc_context(STYLE):
-        return globals()[name](analysis, out)
+        return figure(analysis, out)
 
 
 def write_figures(analysis: fits.Analysis, out: Path, workers: int | None = None) -> list[Path]:
@@ -408,12 +408,10 @@ def write_figures(analysis: fits.Analysis, out: Path, workers: int | None = None
     figures are drawn in forked processes at once."""
     global _TO_DRAW
     _TO_DRAW = analysis, Path(out)
-    if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     try:
-        workers = min(len(FIGURES), workers)
+        workers = min(len(FIGURES), usable_cores() if workers is None else workers)
         if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
-            return [path for name in FIGURES for path in _draw(name)]
+            return [path for figure in FIGURES for path in _draw(figure)]
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
             return [path for paths in pool.map(_draw, FIGURES) for path in paths]
     finally:

@@ -4,13 +4,12 @@ summarised as 2.5 and 97.5 percentiles."""
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .optimize import refine
+from .optimize import refine, usable_cores
 from .results import Estimate
 
 CHUNK = 250  # bootstrap resamples refined at once (bounds the (chunk, points, params) Jacobian)
@@ -35,7 +34,7 @@ def refit_resamples(law: Callable, theta: np.ndarray, x, logy: np.ndarray, w: np
         return t, ok
 
     starts = range(0, rows, CHUNK)
-    workers = min(len(starts), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    workers = min(len(starts), usable_cores())
     if workers < 2:
         parts = [chunk(start) for start in starts]
     else:
