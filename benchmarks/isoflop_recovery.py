@@ -24,15 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import write  # noqa: E402
 
 from scaling_study import synthetic  # noqa: E402
-from scaling_study.analysis import allocation, budgets  # noqa: E402
+from scaling_study.analysis import allocation, sweeps  # noqa: E402
 
 TRUTH = synthetic.ParametricLaw().a
 
 
 def exponents(frame, merge: float) -> dict[str, float | None]:
     """a by each estimator (None when it cannot fit)."""
-    merged, _ = budgets.merge_sizes(frame, merge)
-    shape = budgets.sweep_shape(merged)
+    merged, _ = sweeps.merge_sizes(frame, merge)
+    shape = sweeps.sweep_shape(merged)
     rng = np.random.default_rng(0)
     fits = {
         "budget_parabolas": allocation.allocation_isoflop(merged, 1, 0, rng, shape),

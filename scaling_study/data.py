@@ -154,8 +154,6 @@ def _channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, 
 
 # ---------------------------------------------------------------- class-stratified, nested subsets
 
-_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
-
 
 def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser on a uint64 array: a fixed hash, the same on every machine and version."""

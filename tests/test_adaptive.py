@@ -23,7 +23,7 @@ from scaling_study.analysis import DATA_CONSTRAINED_LAW, PARAMETRIC_LAW
 from scaling_study.grid import AdaptiveConfig, load_grid, parse_grid
 from scaling_study.plan import expand
 
-from test_runner import FASHION, attempts_per_job, folder_of, needs_fashion, points, start, states, study
+from test_runner import attempts_per_job, folder_of, needs_fashion, points, start, states, study
 from tiny_datasets import fashion_subset
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from scaling_study import analysis as fit
 from scaling_study import synthetic
-from scaling_study.analysis import allocation, budgets, isoflop
+from scaling_study.analysis import allocation, isoflop, sweeps
 
 LAW = synthetic.ParametricLaw()  # a = 0.35, b = 0.65 with FLOP(f) = P
 
@@ -22,27 +22,27 @@ def sweep() -> pd.DataFrame:
 
 
 def test_budgets_are_detected_on_a_sweep_and_not_on_grids(sweep):
-    shape = budgets.sweep_shape(sweep)
+    shape = sweeps.sweep_shape(sweep)
     assert shape.mode == "budgets" and len(shape.budgets) == 6
     assert shape.budgets["sizes"].between(5, 9).all() and (shape.labels >= 0).all()
     assert shape.budgets["pflops"].to_numpy() == pytest.approx(np.geomspace(1e-3, 1e2, 6), rel=0.03)
     assert "6 compute budgets" in shape.reason
     for grid in (synthetic.parametric_study(seed=0), synthetic.compute_study(seed=0)):
-        shape = budgets.sweep_shape(grid)
+        shape = sweeps.sweep_shape(grid)
         assert shape.mode == "levels" and shape.reason.startswith("grid-shaped") and (shape.labels == -1).all()
     # scattered points (every run its own compute) are neither a grid nor budgets
     scattered = sweep.assign(compute=sweep["compute"] * np.geomspace(1, 50, len(sweep)))
-    assert budgets.sweep_shape(scattered).mode == "levels"
+    assert sweeps.sweep_shape(scattered).mode == "levels"
 
 
 def test_cluster_compute_splits_at_gaps_wider_than_the_tolerance():
-    labels = budgets.cluster_compute(np.array([1.0, 1.05, 2.0, 0.97, 2.1, 8.0]), tolerance=0.1)
+    labels = sweeps.cluster_compute(np.array([1.0, 1.05, 2.0, 0.97, 2.1, 8.0]), tolerance=0.1)
     assert labels.tolist() == [0, 0, 1, 0, 1, 2]
 
 
 def test_isoflop_at_the_budgets_recovers_the_allocation_exponent(sweep):
-    merged, _ = budgets.merge_sizes(sweep)
-    shape = budgets.sweep_shape(merged)
+    merged, _ = sweeps.merge_sizes(sweep)
+    shape = sweeps.sweep_shape(merged)
     fit = allocation.allocation_isoflop(merged, 1, 200, np.random.default_rng(0), shape)
     assert fit.mode == "budgets" and fit.resampled == isoflop.BUDGET_RESAMPLING
     assert fit.a.value == pytest.approx(LAW.a, abs=0.03)
@@ -54,7 +54,7 @@ def test_isoflop_at_the_budgets_recovers_the_allocation_exponent(sweep):
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_isoflop_recovery_is_not_luck(seed):
     frame = synthetic.isoflop_study(seed=seed)
-    fit = allocation.allocation_isoflop(frame, 1, 0, np.random.default_rng(0), budgets.sweep_shape(frame))
+    fit = allocation.allocation_isoflop(frame, 1, 0, np.random.default_rng(0), sweeps.sweep_shape(frame))
     assert fit.mode == "budgets" and fit.a.value == pytest.approx(LAW.a, abs=0.03)
 
 
@@ -85,24 +85,24 @@ def test_envelope_takes_the_best_point_per_budget(sweep):
 
 
 def test_near_equal_sizes_are_merged_into_one_model(sweep):
-    merged, groups = budgets.merge_sizes(sweep, 0.01)
+    merged, groups = sweeps.merge_sizes(sweep, 0.01)
     assert len(groups) == 4 and all(len(g["merged"]) == 1 and not g["kept_apart"] for g in groups)  # 4 digitised
     assert merged["params"].nunique() == sweep["params"].nunique() - 4
     for g in groups:
         for m in g["merged"]:
             assert abs(m["params"] / g["params"] - 1) < 0.01
             assert set(merged.loc[merged["model_as_recorded"] == m["model"], "model"]) == {g["model"]}
-    assert budgets.merge_sizes(sweep, 0.0) == (sweep, [])
+    assert sweeps.merge_sizes(sweep, 0.0) == (sweep, [])
     # different kinds are never merged, and sizes 2% apart stay apart at 1%
     two = pd.DataFrame({"kind": ["bottleneck", "standard", "bottleneck"], "model": ["a", "b", "c"],
                         "params": [1000, 1001, 1020], "flops_per_example": [1, 2, 3], "error": [0.5, 0.5, 0.5],
                         "examples": [10, 10, 20], "epochs": 1, "seed": 0})
-    assert budgets.merge_sizes(two, 0.01)[1] == []
-    assert budgets.merge_sizes(two, 0.05)[1] == [{"kind": "bottleneck", "model": "a", "params": 1000,
+    assert sweeps.merge_sizes(two, 0.01)[1] == []
+    assert sweeps.merge_sizes(two, 0.05)[1] == [{"kind": "bottleneck", "model": "a", "params": 1000,
                                                   "merged": [{"model": "c", "params": 1020}], "kept_apart": []}]
     # two architectures of near-equal size that both ran N = 10: different models, kept apart
     clash = two.assign(examples=10)
-    kept, apart = budgets.merge_sizes(clash, 0.05)
+    kept, apart = sweeps.merge_sizes(clash, 0.05)
     assert kept is clash and apart == [{"kind": "bottleneck", "model": "a", "params": 1000, "merged": [],
                                           "kept_apart": [{"model": "c", "params": 1020}]}]
     from scaling_study.report import _sweep_lines
@@ -117,8 +117,8 @@ def test_an_unidentified_parameter_is_flagged_and_a_well_identified_one_is_not(s
     from scaling_study.analysis import identifiability
 
     rng = np.random.default_rng(0)
-    merged, _ = budgets.merge_sizes(sweep)
-    tagged = merged.assign(budget=budgets.sweep_shape(merged).labels)
+    merged, _ = sweeps.merge_sizes(sweep)
+    tagged = merged.assign(budget=sweeps.sweep_shape(merged).labels)
     # E(C) on 6 budget optima: b (where the curve bends) is not placed by the data, alpha is
     law = fit.fit_compute_law(tagged, bootstrap=200, rng=rng)
     flags = {f["param"]: f["reason"] for f in identifiability.law_flags(law)}

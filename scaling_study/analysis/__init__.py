@@ -12,8 +12,8 @@ iteratively reweighted Huber loss, vectorised over the resamples, with the same 
 Intervals are the 2.5 and 97.5 percentiles of the bootstrap estimates.
 
 Modules: `select` (which points), `envelope` (the envelope and Eq. 5), `bottleneck` (Fig. 6),
-`parametric` (E(P, D)), `allocation` (Fig. 7's three estimators), `prediction` (held-out checks),
-`budgets` (iso-FLOP sweep or grid; near-equal sizes merged), `isoflop` (approach 2 at
+`parametric` (E(P, D)), `allocation` (Fig. 7's three estimators), `extrapolation` (held-out checks at the
+highest compute), `sweeps` (iso-FLOP sweep or grid; near-equal sizes merged), `isoflop` (approach 2 at
 the budgets, intervals over runs), `optimize` and `bootstrap` (how every law is fitted and its intervals drawn), `results` (what
 they return). `analyse` runs them all on one selection.
 """
@@ -25,7 +25,7 @@ import pandas as pd
 
 from ..errors import StudyError
 from .allocation import allocation_envelope, allocation_isoflop, allocation_parametric, isoflop_minima
-from .budgets import BUDGET_TOLERANCE, MERGE_TOLERANCE, describe, merge_sizes, sweep_shape
+from .sweeps import BUDGET_TOLERANCE, MERGE_TOLERANCE, describe, merge_sizes, sweep_shape
 from .cells import average_seeds
 from .data_constrained import DATA_CONSTRAINED_LAW, at_fixed_epochs, data_constrained_law, fit_data_constrained
 from .agreement import diagnose
@@ -35,7 +35,7 @@ from .bottleneck import SATURATING_LAW, fit_bottleneck_examples, fit_bottleneck_
 from .envelope import COMPUTE_LAW, compute_law, envelope, envelope_mask, fit_compute_law
 from .optimize import HUBER_DELTA, one_blas_thread
 from .parametric import PARAMETRIC_LAW, fit_parametric, flops_scaling, parametric_law
-from .prediction import HELD_OUT_FRACTION, held_out_compute, held_out_parametric
+from .extrapolation import HELD_OUT_FRACTION, held_out_compute, held_out_parametric
 from .results import Allocation, Analysis, BackTest, Estimate, FormChoice, HeldOut, LawFit, SeedSpread, Skipped
 from .select import default_metric, select
 
@@ -77,7 +77,7 @@ def analyse(frame: pd.DataFrame, filters: dict | None = None, epochs: int | None
     """Every fit of `study fit` on one selection of points (see `select`), seeds averaged into cells.
 
     Model sizes within `merge_tolerance` are merged first; when the points then cluster into compute
-    budgets (log C within `budget_tolerance`, see `budgets.sweep_shape`) the frame gets a `budget`
+    budgets (log C within `budget_tolerance`, see `sweeps.sweep_shape`) the frame gets a `budget`
     column: the envelope takes the best point per budget and iso-FLOP fits each budget's curve.
     """
     filters = dict(filters or {})

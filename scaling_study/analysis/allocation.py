@@ -13,7 +13,7 @@ from scipy.interpolate import Akima1DInterpolator
 from ..budget import PFLOP
 from . import isoflop
 from .bootstrap import interval, multinomial
-from .budgets import SweepShape
+from .sweeps import SweepShape
 from .envelope import envelope
 from .results import Allocation, Estimate, LawFit, Skipped
 

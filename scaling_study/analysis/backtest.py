@@ -1,6 +1,6 @@
 """Rolling-origin back-test: each law fitted only to the cells below a compute level and scored on the
 compute-optimal points above it, at several levels. Scaling laws are used to extrapolate; this is
-the check that matches the use (the held-out check in `prediction` is one such level).
+the check that matches the use (the held-out check in `extrapolation` is one such level).
 
 Every law is refitted from its full fit by the vectorised Levenberg-Marquardt of the bootstrap
 with the points above the level at weight 0 (all levels at once; the envelope of the cells below a

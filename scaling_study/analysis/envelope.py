@@ -20,7 +20,7 @@ COMPUTE_LAW = "E(C) = a (b + C)^-alpha + E_inf"
 def envelope(frame: pd.DataFrame) -> pd.DataFrame:
     """The compute-optimal points: sorted by compute, those with lower error than every point of lower compute.
 
-    When the frame has a `budget` column (an iso-FLOP sweep, see `budgets`), each budget's points have
+    When the frame has a `budget` column (an iso-FLOP sweep, see `sweeps`), each budget's points have
     the same compute up to noise: only its best point competes (rows with budget -1 all do).
     """
     if "budget" in frame.columns and len(frame):

@@ -21,7 +21,7 @@ from scipy.interpolate import Akima1DInterpolator
 
 from ..budget import PFLOP
 from .bootstrap import interval
-from .budgets import MIN_SIZES, SweepShape
+from .sweeps import MIN_SIZES, SweepShape
 from .results import Allocation, Estimate, Skipped
 
 BUDGET_RESAMPLING = ("runs resampled with replacement within each budget (stratified); each budget's parabola "
@@ -148,7 +148,6 @@ def level_bootstrap(frame: pd.DataFrame, epochs: int, bootstrap: int,
     onehot[np.arange(len(at_t)), pairs] = 1.0
     weight = counts @ onehot
     with np.errstate(invalid="ignore", divide="ignore"):
-        logc = (counts * logc_points) @ onehot / weight
         loge = (counts * loge_points) @ onehot / weight
     pair_model = np.zeros(onehot.shape[1], int)
     pair_model[pairs] = point_model

@@ -106,7 +106,7 @@ class Analysis:
     seeds: SeedSpread | None = None  # how the seeds were averaged into cells
     backtest: list[BackTest] = field(default_factory=list)  # rolling-origin extrapolation per law
     agreement: dict = field(default_factory=dict)  # do the allocation estimators agree, and the checks that say why not
-    sweep: dict = field(default_factory=dict)  # budgets.describe: iso-FLOP mode, budgets, sizes merged
+    sweep: dict = field(default_factory=dict)  # sweeps.describe: iso-FLOP mode, budgets, sizes merged
 
 
 @dataclass(frozen=True)

@@ -156,8 +156,3 @@ def describe(shape: SweepShape, merged: list[dict], merge_tolerance: float) -> d
         "merged_sizes": {"tolerance": merge_tolerance, "groups": merged},
     }
 
-
-def budget_count_text(shape: SweepShape) -> str:
-    """A short phrase for tables: '6 budgets' or 'compute levels'."""
-    return f"{len(shape.budgets)} budgets" if shape.mode == "budgets" else "compute levels"
-
