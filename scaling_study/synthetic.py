@@ -1,7 +1,20 @@
-"""Evaluation frames generated from known laws: the ground truth for tests, benchmarks and demos.
+"""Evaluation points generated from a known law, to check that a fit recovers its exponents.
 
-Each frame has the columns of `db.evaluations_frame`, so it can be fitted directly, written
-as a CSV for `study import`, or compared with what the fit recovers.
+Before trusting `study fit` on a sweep of a new shape, fit points drawn from a law whose
+exponents you chose, with the noise, outliers and grid you expect:
+
+    from scaling_study import analysis, synthetic
+    truth = synthetic.ParametricLaw(alpha=0.6, beta=0.4)
+    fit = analysis.analyse(synthetic.parametric_study(law=truth, models=6, examples=8), bootstrap=200)
+    fit.parametric.params["alpha"]  # value 0.592, 95% interval 0.585-0.600, for a truth of 0.6
+
+Laws: `ParametricLaw` E(P, D), `DataConstrainedLaw` (repeated data), `ComputeLaw` E(C), and
+`CHINCHILLA`. Studies: `parametric_study` (a models x N x T grid), `loss_study` (language-model
+losses), `compute_study` (points on and above E(C)), `isoflop_study` (an iso-FLOP sweep). Each
+returns a frame with the columns of `db.evaluations_frame`: fit it directly, or write it as a CSV
+for `study import` and fit it through the CLI. `parametric_study` and `compute_study` clip errors to
+[1e-4, 1] like a real error rate: choose a law whose errors stay below 1 on the grid, or the clipped
+points bend the fit. The tests and benchmarks use the same frames.
 """
 
 from __future__ import annotations
@@ -55,6 +68,7 @@ class DataConstrainedLaw:
     r_star: float = 15.0
 
     def effective_data(self, examples, epochs):  # noqa: ANN001, ANN201 - numpy in, numpy out
+        """D': what T epochs of N examples are worth in new examples."""
         repeats = np.asarray(epochs, float) - 1.0
         return np.asarray(examples, float) * (1.0 - self.r_star * np.expm1(-repeats / self.r_star))
 
