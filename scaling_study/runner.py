@@ -380,7 +380,7 @@ def logging_setting(engine, study: str) -> bool | None:  # noqa: ANN001 - an Eng
     import tomllib
 
     try:
-        section = tomllib.loads(db.study_grid_text(engine, study) or "").get("logging", {})
+        section = tomllib.loads(db.study_grid_text(engine, study)).get("logging", {})
     except tomllib.TOMLDecodeError:
         return None
     value = section.get("tensorboard") if isinstance(section, dict) else None
