@@ -62,19 +62,19 @@ def job_facts(row: dict) -> dict:
     """A job row's evaluation epochs, examples per epoch and Eq. 4 per epoch (from its stored spec)."""
     spec = json.loads(row["spec"] or "{}")
     epochs = tuple(int(t) for t in spec.get("epochs") or (row["epochs"],))
-    per_epoch = db._examples_per_epoch(row)
+    per_epoch = budget.job_examples_per_epoch(row)
     return {"epochs": epochs, "examples_per_epoch": per_epoch,
             "compute": lambda t: budget.compute(row["flops_per_example"], per_epoch, t)}
 
 
 def planned_compute(row: dict) -> float:
     """Eq. 4 of the whole trajectory, as planned."""
-    return job_facts(row)["compute"](row["epochs"])
+    return budget.job_compute(row, row["epochs"])
 
 
 def spent_compute(row: dict) -> float:
     """Eq. 4 of the epochs actually trained."""
-    return job_facts(row)["compute"](row["epochs_done"])
+    return budget.job_compute(row, row["epochs_done"])
 
 
 def claim_order(rows: list[dict]) -> dict[int, int]:
@@ -270,10 +270,8 @@ def progress(engine, study: str, resamples: int = 200, seed: int = 0) -> Progres
     from .analysis import envelope, fit_compute_law
 
     rows = db.job_rows(engine, study)
-    spent = sum(spent_compute(r) for r in rows)
-    planned = sum(planned_compute(r) for r in rows)
+    totals = budget.study_compute(rows)
     pruned = [r for r in rows if r["state"] == "pruned"]
-    saved = sum(planned_compute(r) - spent_compute(r) for r in pruned)
     frame = db.evaluations_frame(engine, study)
     alpha, points, on_envelope, note = None, 0, 0, ""
     try:
@@ -283,7 +281,7 @@ def progress(engine, study: str, resamples: int = 200, seed: int = 0) -> Progres
         alpha = law.params["alpha"]
     except StudyError as error:
         note = str(error)
-    return Progress(spent, planned, saved, len(pruned), points, alpha, on_envelope, note)
+    return Progress(totals.spent, totals.planned, totals.saved, len(pruned), points, alpha, on_envelope, note)
 
 
 def pruned_summary(engine, study: str) -> list[dict]:  # noqa: ANN001

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 
 def compute(flops_per_example: float, examples: float, epochs: float) -> float:
@@ -34,3 +37,44 @@ def resolve_examples(value: int | float, dataset_size: int) -> int:
 
 
 PFLOP = 1e15
+
+
+def job_examples_per_epoch(job: Mapping) -> int:
+    """Eq. 4's N for a job row's points: its examples, less the dropped last partial batch under drop_last
+    (the job's spec says), so that the recorded compute is that of the steps actually taken."""
+    try:
+        train = json.loads(job.get("spec") or "{}").get("train") or {}
+    except (ValueError, AttributeError):
+        train = {}
+    if not train.get("drop_last"):
+        return job["examples"]
+    return examples_per_epoch(job["examples"], int(train["batch_size"]), True)
+
+
+def job_compute(job: Mapping, epochs: int) -> float:
+    """Eq. 4 of a job row's trajectory after `epochs` epochs."""
+    return compute(job["flops_per_example"], job_examples_per_epoch(job), epochs)
+
+
+class StudyCompute(NamedTuple):
+    """Eq. 4 summed over a study's job rows."""
+
+    spent: float  # the epochs trained
+    planned: float  # every trajectory in full
+    to_go: float  # planned minus spent, over the pending and running jobs
+    saved: float  # planned minus spent, over the pruned jobs
+
+
+def study_compute(jobs: Iterable[Mapping]) -> StudyCompute:
+    """Compute spent and planned (and what is left to run, and what pruning saved) of a study's job rows."""
+    spent = planned = to_go = saved = 0.0
+    for job in jobs:
+        full = job_compute(job, job["epochs"])
+        done = job_compute(job, min(job["epochs_done"], job["epochs"]))
+        spent += done
+        planned += full
+        if job["state"] in ("pending", "running"):
+            to_go += full - done
+        elif job["state"] == "pruned":
+            saved += full - done
+    return StudyCompute(spent, planned, to_go, saved)

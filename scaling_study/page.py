@@ -22,8 +22,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from . import budget, db
 from .curves import read_csv_curve
 from .files import job_dir, write_atomic
@@ -45,16 +43,9 @@ def study_state(engine, study: str) -> dict:  # noqa: ANN001 - an Engine
     """Jobs by state (any state the database holds), compute spent, planned and to go, and an ETA."""
     rows = db.job_rows(engine, study)
     counts: dict[str, int] = {}
-    spent = planned = to_go = 0.0
     for row in rows:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
-        examples = db._examples_per_epoch(row)
-        full = budget.compute(row["flops_per_example"], examples, row["epochs"])
-        done = budget.compute(row["flops_per_example"], examples, min(row["epochs_done"], row["epochs"]))
-        planned += full
-        spent += done
-        if row["state"] in ("pending", "running"):
-            to_go += full - done
+    spent, planned, to_go, _ = budget.study_compute(rows)
     ordered = [s for s in db.JOB_STATES if s in counts] + sorted(s for s in counts if s not in db.JOB_STATES)
     started = [row["started_at"] for row in rows if row["started_at"]]
     now = db.now()
@@ -86,12 +77,7 @@ def job_curves(engine, rows: list[dict], runs_dir: Path,  # noqa: ANN001 - an En
     """{job id: (what is drawn, [(x, y)])}: curve.csv's step losses, else the recorded train/loss per
     epoch, else (an imported study has no loss) the fitted metric's error per epoch."""
     wanted = ["train/loss"] + ([metric] if metric else [])
-    with engine.connect() as conn:
-        recorded = conn.execute(
-            sa.select(db.evaluations.c.job_id, db.evaluations.c.metric, db.evaluations.c.epoch, db.evaluations.c.value)
-            .where(db.evaluations.c.metric.in_(wanted), db.evaluations.c.job_id.in_([r["id"] for r in rows]))
-            .order_by(db.evaluations.c.job_id, db.evaluations.c.epoch)
-        ).all()
+    recorded = db.metric_points(engine, [r["id"] for r in rows], wanted)
     by_job: dict[tuple[int, str], list[tuple[float, float]]] = {}
     for job_id, name, epoch, value in recorded:
         by_job.setdefault((job_id, name), []).append((float(epoch), float(value)))
@@ -387,11 +373,7 @@ def write_page(engine, study: str, out: Path, runs_dir: Path, *, note: str = "",
 def fingerprint(engine, study: str, runs_dir: Path) -> tuple:  # noqa: ANN001 - an Engine
     """Changes whenever the page would: a job's state or progress, a new point, a running job's curve."""
     rows = db.job_rows(engine, study)
-    with engine.connect() as conn:
-        points = conn.execute(
-            sa.select(sa.func.count(), sa.func.max(db.evaluations.c.created_at))
-            .select_from(db.evaluations.join(db.jobs).join(db.studies)).where(db.studies.c.name == study)
-        ).one()
+    points = db.point_stamp(engine, study)
     curves = []
     for row in rows:
         if row["state"] == "running":
@@ -402,11 +384,7 @@ def fingerprint(engine, study: str, runs_dir: Path) -> tuple:  # noqa: ANN001 - 
 
 def newest_point(engine, study: str) -> dt.datetime | None:  # noqa: ANN001 - an Engine
     """When the study's newest evaluation point was recorded (naive UTC)."""
-    with engine.connect() as conn:
-        return conn.execute(
-            sa.select(sa.func.max(db.evaluations.c.created_at))
-            .select_from(db.evaluations.join(db.jobs).join(db.studies)).where(db.studies.c.name == study)
-        ).scalar()
+    return db.point_stamp(engine, study)[1]
 
 
 def fit_is_stale(engine, study: str, out: Path) -> bool:  # noqa: ANN001 - an Engine

@@ -19,7 +19,6 @@ import socket
 import subprocess
 import threading
 import traceback
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from .curves import open_curves
 from .errors import BadInput, StudyError
 from .files import job_dir  # noqa: F401 - where it lives now; `runner.job_dir` as before
 from .plan import JobSpec
+from .workers import worker_alive, worker_name
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
@@ -106,11 +106,6 @@ class StopFlag:
         for name in ("SIGTERM", "SIGINT", "SIGUSR1"):
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), self.handle)
-
-
-def worker_name() -> str:
-    """host:pid:random — the host and pid let a restarted worker see that a dead one's lease is void."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 def resolve_device(device: str) -> str:
@@ -220,7 +215,7 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
     claimed = 0
     while not stop() and (options.max_jobs is None or claimed < options.max_jobs):
         try:
-            db.reclaim_lost(engine, host, options.max_attempts)
+            db.reclaim_lost(engine, host, options.max_attempts, alive=worker_alive)
             adaptive_studies = _adaptive_studies(engine, options)
             order = _claim_order(engine, adaptive_studies) if adaptive_studies else None
             job = db.claim_job(engine, worker, options.lease_s, options.study, options.resume, provenance(device, worker),
@@ -385,7 +380,7 @@ def logging_setting(engine, study: str) -> bool | None:  # noqa: ANN001 - an Eng
     import tomllib
 
     try:
-        section = tomllib.loads(db.study_grid_text(engine, study) or "").get("logging", {})
+        section = tomllib.loads(db.study_grid_text(engine, study)).get("logging", {})
     except tomllib.TOMLDecodeError:
         return None
     value = section.get("tensorboard") if isinstance(section, dict) else None

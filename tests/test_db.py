@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 import threading
 from collections import namedtuple
 from pathlib import Path
@@ -95,3 +96,24 @@ def test_cancel_stops_the_lease_and_retry_resets(engine):
     assert db.job_row(engine, job["id"])["attempts"] == 0
     with pytest.raises(db.StudyError, match="only failed"):
         db.set_state(engine, job["id"], "pending", ("failed",))
+
+
+def test_a_database_from_an_earlier_release_opens_unchanged(tmp_path):
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.executescript((Path(__file__).parent / "sqlite_schema_0005.sql").read_text())
+    conn.close()
+    engine = db.connect(f"sqlite:///{old}")
+    assert db.apply_migrations(engine) == []
+    fresh = db.connect(f"sqlite:///{tmp_path / 'new.db'}")
+
+    def schema(engine):
+        with engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT type, name, sql FROM sqlite_master ORDER BY name").all()
+
+    assert schema(engine) == schema(fresh)
+    grid = load_grid(SMOKE)
+    assert db.add_jobs(engine, grid.study.name, str(SMOKE), grid.text, expand(grid)) == (4, 0)
+    assert db.claim_job(engine, "elsewhere:1:a", 60)["id"] == 1
+    engine.dispose()
+    fresh.dispose()

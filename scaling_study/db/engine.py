@@ -1,0 +1,117 @@
+"""Opening a database: its URL, the SQLite settings, file checks, and the schema brought up to date."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import urllib.parse
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from ..errors import BadInput, StudyError
+from .schema import apply_migrations, check_current
+
+DEFAULT_URL = "sqlite:///results.db"
+URL_VARIABLE = "STUDY_DB"
+
+
+def database_url(url: str | None = None) -> str:
+    """The URL to use: --db, else $STUDY_DB, else sqlite:///results.db."""
+    return url or os.environ.get(URL_VARIABLE) or DEFAULT_URL
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):  # noqa: ANN001
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 60000")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn):  # noqa: ANN001
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _sqlite_file(engine: Engine) -> str | None:
+    """The file of a SQLite engine, None for an in-memory one or another dialect."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    return None if not database or database == ":memory:" or database.startswith("file:") else database
+
+
+def _check_sqlite_file(url: str, path: str, create: bool, write: bool) -> bool:
+    """Refuse, before any work, a database file that is missing (for commands that only use existing
+    jobs), not a file, or read-only (with its folder: SQLite writes its log beside it) for a command
+    that writes; True when it is read-only and the command only reads."""
+    file = Path(path)
+    if not file.exists():
+        if not create:
+            raise BadInput(f"database {url} does not exist (no file {file}); check --db or ${URL_VARIABLE}, "
+                           "or `study plan GRID` to create it")
+        if not file.parent.is_dir():
+            raise BadInput(f"cannot create database {url}: folder {file.parent} does not exist")
+    elif not file.is_file():
+        raise BadInput(f"database {url}: {file} is not a file")
+    folder = file.parent if str(file.parent) else Path(".")
+    if write or not file.exists():
+        if file.exists() and not os.access(file, os.W_OK):
+            raise BadInput(f"database {url} is read-only ({file}); make it writable or copy it somewhere writable")
+        if not os.access(folder, os.W_OK):
+            raise BadInput(f"database {url} is in a read-only folder ({folder}; SQLite writes its log beside the "
+                           "file); make the folder writable or copy the database somewhere writable")
+    return file.exists() and not (os.access(file, os.W_OK) and os.access(folder, os.W_OK))
+
+
+def _read_only_engine(path: str) -> Engine:
+    """SQLite opened read-only and immutable: a file on read-only media can be read, never changed."""
+    uri = f"file:{urllib.parse.quote(str(Path(path).resolve()))}?mode=ro&immutable=1"
+    engine = sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False),
+                              future=True)
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):  # noqa: ANN001
+        dbapi_connection.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn):  # noqa: ANN001
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def connect(url: str | None = None, migrate: bool = True, create: bool = True, write: bool = True) -> Engine:
+    """An engine for `url` with the schema migrated to the newest version.
+
+    create=False: a SQLite file that does not exist is refused rather than made (commands that only
+    read or change existing jobs); write=False: a read-only file is fine (commands that only read)."""
+    url = database_url(url)
+    try:
+        engine = sa.create_engine(url, future=True)
+    except (sa.exc.ArgumentError, ImportError, ModuleNotFoundError) as error:
+        raise StudyError(f"cannot use database URL {url!r}: {error}") from None
+    read_only = False
+    if engine.dialect.name == "sqlite":
+        if path := _sqlite_file(engine):
+            read_only = _check_sqlite_file(url, path, create, write)
+        if read_only:
+            engine = _read_only_engine(path)
+        else:
+            _sqlite_setup(engine)
+    try:
+        if read_only:
+            check_current(engine, url)
+        elif migrate:
+            apply_migrations(engine)
+    except sa.exc.OperationalError as error:
+        raise StudyError(f"cannot open database {url!r}: {error.orig}") from None
+    except sa.exc.DatabaseError as error:  # e.g. random bytes, a text file, a truncated database
+        if engine.dialect.name == "sqlite":
+            raise BadInput(f"{_sqlite_file(engine) or url} is not a readable SQLite database ({error.orig}); "
+                           "check --db") from None
+        raise StudyError(f"cannot open database {url!r}: {error.orig}") from None
+    return engine
