@@ -13,9 +13,11 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import exc as sa_errors
 
-from . import budget, db
-from .checks import output_problem, printable
-from .errors import BadInput, StudyError
+from . import db
+from .checks import printable
+from .errors import BadInput, Fault, StudyError
+from .formatting import estimate_interval, pflops, row_interval
+from .formatting import hours as hours_text
 
 app = typer.Typer(
     help="Plan, run, resume and fit compute-scaling studies of MLPs.",
@@ -42,21 +44,13 @@ def user_errors(command: Callable) -> Callable:
         except StudyError as error:
             errors.print(f"error: {printable(error)}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(error.exit_code) from None
-        except (OSError, sa_errors.SQLAlchemyError) as error:  # a fault no check foresaw: still one line
+        except (OSError, sa_errors.SQLAlchemyError) as error:  # a fault no check foresaw: still one line, exit 1
             words = printable(getattr(error, "orig", None) or error).strip().splitlines()
             errors.print(f"error: {type(error).__name__}: {words[0] if words else ''}", markup=False,
                          highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
-
-
-def _pflops(value: float) -> str:
-    return f"{value / budget.PFLOP:,.3g}"
-
-
-def _hours(value: float) -> str:
-    return f"{value:,.1f}" if value >= 10 else f"{value:.2g}"  # a CPU demo's hours are not all 0.0
 
 
 @app.command()
@@ -69,7 +63,7 @@ def plan(
 ) -> None:
     """Expand a grid into jobs in the database and print what it will cost."""
     from .grid import load_grid  # here, not at the top: grids import torch (models), which the
-    from .plan import estimated_seconds, expand, summarize  # commands that only read the database do not need
+    from .plan import estimated_hours, expand, summarize  # commands that only read the database do not need
 
     grid = load_grid(grid_file)
     specs = expand(grid)
@@ -78,12 +72,8 @@ def plan(
     first = specs[0]
     measured, devices = (db.latest_calibrations(engine, first.resolution, first.channels, grid.train.batch_size, on)
                          if engine else ({}, []))
-    seconds = estimated_seconds(specs, measured)
-    device = next(iter(measured.values()))["device"] if measured else None  # one device: see latest_calibrations
-    estimate = len(seconds) == len(summary.rows)
-    train_h = {name: train / 3600 for name, (train, _) in seconds.items()}
-    eval_h = {name: evaluation / 3600 for name, (_, evaluation) in seconds.items() if evaluation is not None}
-    hours = {name: train_h[name] + eval_h.get(name, 0.0) for name in train_h}
+    needed = estimated_hours(specs, measured)  # one device: see latest_calibrations
+    device, estimate = needed.device, needed.complete
     table = Table(title=f"study {grid.study.name!r}: {grid.pretrain.dataset} at {first.resolution}px")
     columns = ["model", "params", "FLOP(f)", "jobs", "eval points", "PFLOPs (naive)", "PFLOPs (run)"]
     for column in columns + (["hours"] if estimate else []):
@@ -91,38 +81,38 @@ def plan(
     for row in summary.rows:
         table.add_row(
             row.name, f"{row.params / 1e6:,.2f}M", f"{row.flops / 1e6:,.2f}M", str(row.jobs), str(row.points),
-            _pflops(row.naive_compute), _pflops(row.compute), *([_hours(hours[row.name])] if estimate else []),
+            pflops(row.naive_compute), pflops(row.compute), *([hours_text(needed.per_model[row.name])] if estimate else []),
         )
     table.add_row(
         "total", "", "", str(summary.jobs), str(summary.points),
-        _pflops(summary.naive_compute), _pflops(summary.compute),
-        *([_hours(sum(hours.values()))] if estimate else []), style="bold",
+        pflops(summary.naive_compute), pflops(summary.compute),
+        *([hours_text(needed.total)] if estimate else []), style="bold",
     )
     console.print(table)
     saved = 1 - summary.compute / summary.naive_compute
     console.print(
         f"{summary.jobs} trajectories, {summary.points} evaluation points, "
-        f"{_pflops(summary.compute)} PFLOPs to run ({_pflops(summary.naive_compute)} PFLOPs if every "
+        f"{pflops(summary.compute)} PFLOPs to run ({pflops(summary.naive_compute)} PFLOPs if every "
         f"epoch count were its own run; shared trajectories save {saved:.0%}). "
         "Compute per Eq. 4, C = FLOP(f)*3*N*T, one multiply-accumulate = one FLOP."
     )
     if estimate:
         if others := [name for name in devices if name != device]:
             console.print(f"also measured on {'; '.join(others)} (`--on` picks one)", markup=False, highlight=False)
-        if len(eval_h) == len(hours):
-            console.print(f"estimated {_hours(sum(hours.values()))} hours on {device} (study bench): "
-                          f"{_hours(sum(train_h.values()))} of training and {_hours(sum(eval_h.values()))} of "
+        if not needed.evaluation_unmeasured:
+            console.print(f"estimated {hours_text(needed.total)} hours on {device} (study bench): "
+                          f"{hours_text(needed.training_total)} of training and {hours_text(needed.evaluation_total)} of "
                           f"evaluation at {summary.points} points")
         else:
-            missing = ", ".join(name for name in hours if name not in eval_h)
-            what = "of training" if not eval_h else "of training and some evaluation"
-            console.print(f"estimated {_hours(sum(hours.values()))} hours {what} on {device} (study bench); "
+            missing = ", ".join(needed.evaluation_unmeasured)
+            what = "of training" if not needed.evaluation else "of training and some evaluation"
+            console.print(f"estimated {hours_text(needed.total)} hours {what} on {device} (study bench); "
                           f"evaluation not measured for {missing} (`study bench` on a machine with the grid's data)")
     elif engine is not None:
-        missing = ", ".join(row.name for row in summary.rows if row.name not in train_h)
+        missing = ", ".join(needed.unmeasured)
         if on is not None and not measured and devices:
             why = f"no device measured at this resolution and batch size matches --on {on!r} ({'; '.join(devices)})"
-        elif not train_h:
+        elif not needed.train:
             why = f"`study bench {grid_file}` measures this machine's speed first"
         else:
             where = f" on {device}" if len(devices) > 1 else ""
@@ -196,6 +186,8 @@ def status(
     """Jobs by state per study; running jobs with worker, progress and ETA; failures with reason."""
     import datetime as dt
 
+    from .progress import job_eta_seconds
+
     engine = db.connect(db_url, create=False, write=False)
     if study:
         _one_study(engine, study)
@@ -221,11 +213,8 @@ def status(
         jobs_table.add_column(column, no_wrap=True)
     jobs_table.add_column("reason", overflow="fold", min_width=30)
     for row in rows:
-        eta = ""
-        if row["state"] == "running" and row["epochs_done"] and row["started_at"]:
-            elapsed = (db.now() - row["started_at"]).total_seconds()
-            left = elapsed / row["epochs_done"] * (row["epochs"] - row["epochs_done"])
-            eta = str(dt.timedelta(seconds=round(left)))
+        left = job_eta_seconds(row, db.now())
+        eta = "" if left is None else str(dt.timedelta(seconds=round(left)))
         jobs_table.add_row(
             str(row["id"]), printable(row["study"]), printable(row["model"]), f"{row['examples']:,}", row["state"],
             f"{row['epochs_done']}/{row['epochs']}", printable(row["worker"] or ""), eta, printable(row["error"] or ""),
@@ -238,29 +227,27 @@ def status(
 def _law_so_far(engine, names) -> None:  # noqa: ANN001
     """For each adaptive study (or one with pruned jobs): E(C) alpha so far, points, compute spent vs planned.
     A plain study costs one look at its grid's text: status imports the analysis (and torch) only for these."""
-    import tomllib
+    from .grid_text import recorded_section
 
     def adaptive_grid(name: str) -> bool:
         try:
-            table = tomllib.loads(db.study_grid_text(engine, name)).get("adaptive", {})
-        except (tomllib.TOMLDecodeError, StudyError):
+            return recorded_section(db.study_grid_text(engine, name), "adaptive").get("enabled") is True
+        except StudyError:
             return False
-        return isinstance(table, dict) and table.get("enabled") is True
 
     for name in names:
         if not adaptive_grid(name) and not db.pruning_rows(engine, name):
             continue
         from . import adaptive
         now = adaptive.progress(engine, name)
-        spent = (f"compute spent {_pflops(now.spent)} of {_pflops(now.planned)} PFLOPs planned "
+        spent = (f"compute spent {pflops(now.spent)} of {pflops(now.planned)} PFLOPs planned "
                  f"({now.spent / now.planned:.0%})" if now.planned else "no compute planned")
         if now.pruned:
-            spent += f"; {now.pruned} trajectories pruned, saving {_pflops(now.saved)} PFLOPs"
+            spent += f"; {now.pruned} trajectories pruned, saving {pflops(now.saved)} PFLOPs"
         if now.alpha is None:
             law = f"no law yet ({now.points} points: {now.note})"
         else:
-            a = now.alpha
-            law = (f"E(C) alpha {a.value:.3g} [{a.low:.3g}, {a.high:.3g}] (95%, 200 resamples) over "
+            law = (f"E(C) alpha {estimate_interval(now.alpha, '.3g')} (95%, 200 resamples) over "
                    f"{now.envelope_points} envelope points of {now.points}")
         console.print(f"the law so far, study {name!r}: {law}; {spent}", markup=False, highlight=False, soft_wrap=True)
 
@@ -332,7 +319,7 @@ def _parse_until(value: str | None):
         hour, minute = (int(part) for part in value.split(":"))
         moment = dt.datetime.now().replace(hour=hour, minute=minute, second=0, microsecond=0)
     except ValueError:
-        raise StudyError(f"--until {value!r}: expected a local time HH:MM") from None
+        raise BadInput(f"--until {value!r}: expected a local time HH:MM") from None
     return moment if moment > dt.datetime.now() else moment + dt.timedelta(days=1)
 
 
@@ -366,9 +353,7 @@ def run(
     engine = db.connect(db_url)
     if study:
         _one_study(engine, study)
-    pending = [r for r in db.job_rows(engine, study, ("pending",)) if resume or r["attempts"] == 0]
-    _refuse_missing_data(pending)
-    total = min(len(pending), max_jobs or len(pending))
+    total = runner.preflight(engine, options)
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -384,30 +369,11 @@ def run(
     if summary.waiting_for_resume:
         console.print(f"{summary.waiting_for_resume} interrupted jobs wait: `study run --resume` continues them")
     if summary.fatal:
-        raise StudyError(summary.fatal)
+        raise Fault(summary.fatal)
     if summary.failed:
-        raise StudyError(f"{len(summary.failed)} jobs failed ({', '.join(map(str, summary.failed))}): `study status` shows why")
+        raise Fault(f"{len(summary.failed)} jobs failed ({', '.join(map(str, summary.failed))}): `study status` shows why")
     if summary.stop_reason:
         raise typer.Exit(143 if "SIGTERM" in summary.stop_reason else 130 if "SIGINT" in summary.stop_reason else 0)
-
-
-def _refuse_missing_data(pending: list[dict]) -> None:
-    """`study run` starts only when every job it may claim finds its data here: a job is not
-    failed, nor an attempt spent, for a path that is missing on this machine."""
-    import json
-
-    from .checks import missing_data
-
-    by_path: dict[str, tuple[str, list[int]]] = {}
-    for row in pending:
-        for where, path in missing_data([json.loads(row["spec"])]):
-            by_path.setdefault(path, (where, []))[1].append(row["id"])
-    if by_path:
-        path, (where, ids) = next(iter(by_path.items()))
-        more = f" (and {len(by_path) - 1} more missing path(s))" if len(by_path) > 1 else ""
-        shown = ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
-        raise BadInput(f"no data at {path} ({where} of job(s) {shown}){more} on this machine; nothing was claimed: "
-                       "put the data there (or a link to it), or run with --study for another study")
 
 
 @app.command()
@@ -461,32 +427,17 @@ def submit(
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the workers and report their exit")] = False,
 ) -> None:
     """Start workers through submitit: SLURM jobs, or local processes. They share one database."""
-    import submitit
+    from . import submit as submission
 
     url = db.database_url(db_url)
-    if url.startswith("sqlite") and slurm:
-        console.print("warning: SQLite over a network file system is unsafe for many machines; use PostgreSQL")
+    if warning := submission.network_warning(url, slurm):
+        console.print(warning)
     db.connect(url)  # fail here, not in the workers, on a bad URL
-    folder = Path(runs_dir) / "submitit"
-    if slurm:
-        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-        executor.update_parameters(
-            timeout_min=int(hours * 60), gpus_per_node=gpus_per_worker, tasks_per_node=1, cpus_per_task=8,
-            slurm_signal_delay_s=120, **({"slurm_partition": partition} if partition else {}),
-        )
-    else:
-        executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=int(hours * 60))
-    command = ["study", "run", "--resume", "--db", url, "--runs-dir", str(runs_dir)] + (["--study", study] if study else [])
-    with executor.batch():
-        handles = [executor.submit(submitit.helpers.CommandFunction(command, verbose=False)) for _ in range(workers)]
+    handles, folder = submission.start_workers(workers, url, runs_dir, study, slurm, partition, gpus_per_worker,
+                                               hours)
     console.print(f"submitted {workers} workers: {', '.join(h.job_id for h in handles)} (logs in {folder})")
     if wait:
-        for handle in handles:
-            try:
-                handle.result()
-            except Exception as error:  # noqa: BLE001 - report each worker's failure as one line
-                raise StudyError(f"worker {handle.job_id} failed: {str(error).strip().splitlines()[-1]}") from None
+        submission.wait_for(handles)
         console.print("all workers finished")
 
 
@@ -512,23 +463,17 @@ def evaluate_checkpoint(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics to this JSON file")] = None,
 ) -> None:
     """Score a checkpoint (e.g. the paper's released weights) with any of our evaluation protocols."""
-    import dataclasses
-    import json
-
     from . import reference
-    from .grid import PRECISIONS, PROBES, PROTOCOLS, DownstreamData, EvaluationConfig
+    from .grid import DownstreamData, EvaluationConfig
     from .models import parse_model
     from .runner import resolve_device
 
-    for value, valid, name in ((protocol, PROTOCOLS, "--protocol"), (probe, PROBES, "--probe"),
-                               (precision, PRECISIONS, "--precision")):
-        if value not in valid:
-            raise StudyError(f"unknown {name} {value!r}; valid choices: {', '.join(valid)}")
+    reference.check_choices(protocol, probe, precision)
     sets = []
     for item in downstream:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise StudyError(f"--downstream {item!r}: expected DATASET=PATH, e.g. cifar100=data/cifar100-64")
+            raise BadInput(f"--downstream {item!r}: expected DATASET=PATH, e.g. cifar100=data/cifar100-64")
         sets.append(DownstreamData(name, path, protocol))
     spec = parse_model(model, "--model")
     evaluation = EvaluationConfig(probe=probe, probe_epochs=probe_epochs, probe_lr=probe_lr,
@@ -536,8 +481,8 @@ def evaluate_checkpoint(
                                   finetune_epochs=finetune_epochs, tta_crops=tta_crops)
     channels = reference.input_channels(sets)
     module, layout = reference.load_state_dict(checkpoint, spec, channels)
-    params = sum(p.numel() for p in module.parameters())
-    console.print(f"loaded {spec.name} from {checkpoint} ({layout} layout): {params / 1e6:,.2f}M parameters, "
+    console.print(f"loaded {spec.name} from {checkpoint} ({layout} layout): "
+                  f"{reference.parameter_count(module) / 1e6:,.2f}M parameters, "
                   f"{module.head.out_features} classes, {module.embed.in_features} inputs", markup=False,
                   highlight=False, soft_wrap=True)
     metrics = reference.evaluate_checkpoint(module, spec, sets, evaluation, device=str(resolve_device(device)),
@@ -549,8 +494,7 @@ def evaluate_checkpoint(
         table.add_row(name, f"{value:.4f}")
     console.print(table)
     if json_out is not None:
-        json_out.write_text(json.dumps({"checkpoint": str(checkpoint), "model": spec.name, "layout": layout,
-                                        "evaluation": dataclasses.asdict(evaluation), "metrics": metrics}, indent=1))
+        reference.write_metrics(json_out, checkpoint, spec, layout, evaluation, metrics)
         console.print(f"wrote {json_out}", markup=False, highlight=False)
 
 
@@ -601,9 +545,6 @@ def data_prepare(
 
 # ---- Analysis: import, export, fit ----
 
-MODEL_KINDS = ("bottleneck", "standard")
-
-
 def _one_study(engine, study: str | None) -> str:  # noqa: ANN001 - an Engine
     """The study named, or the only one in the database."""
     names = db.study_names(engine)
@@ -626,8 +567,6 @@ def import_results(
     db_url: DbOption = None,
 ) -> None:
     """Import results produced elsewhere; every bad row is reported and then nothing is imported."""
-    import csv
-
     from .exchange import BadRows, read_results_csv
 
     try:
@@ -635,11 +574,7 @@ def import_results(
     except BadRows as bad:  # one line per bad row, then the summary as the error
         for row in bad.rows:
             errors.print(printable(row), markup=False, highlight=False, soft_wrap=True)
-        raise StudyError(bad.summary) from None
-    except UnicodeDecodeError as error:
-        raise BadInput(f"{file}: not a UTF-8 text CSV (byte {error.start}: {error.reason}); give the results as CSV text") from None
-    except csv.Error as error:  # e.g. a NUL byte
-        raise BadInput(f"{file}: not a readable CSV ({error}); give the results as CSV text") from None
+        raise BadInput(bad.summary) from None
     engine = db.connect(db_url)
     jobs_added, points_added, present = db.import_trajectories(engine, str(file), trajectories)
     names = sorted({t["study"] for t in trajectories})
@@ -660,23 +595,16 @@ def export_results(
     out: Annotated[Optional[Path], typer.Option(help="File to write [default: evaluations.<format>]")] = None,
 ) -> None:
     """Write every evaluation point (one row per job, epoch and metric) as CSV or Parquet."""
-    from .exchange import FORMATS, write_frame
+    from .exchange import export_target, write_frame
 
-    if fmt not in FORMATS:
-        raise StudyError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
-    target = out or Path(f"evaluations.{fmt}")
-    if problem := output_problem(target):
-        raise BadInput(f"cannot write --out {target}: {problem}")
+    target = export_target(fmt, out)
     engine = db.connect(db_url, create=False, write=False)
     if study:
         _one_study(engine, study)
     frame = db.evaluations_frame(engine, study, metric)
     if frame.empty:
-        raise StudyError("no evaluation points to export" + (f" for metric {metric!r}" if metric else ""))
-    try:
-        path = write_frame(frame, target, fmt)
-    except OSError as error:  # e.g. /proc, a full disk: what stood there is left as it was
-        raise BadInput(f"cannot write --out {target}: {error.strerror or error}; choose another path") from None
+        raise BadInput("no evaluation points to export" + (f" for metric {metric!r}" if metric else ""))
+    path = write_frame(frame, target, fmt)
     console.print(f"wrote {len(frame)} evaluation points to {path}", markup=False, highlight=False)
 
 
@@ -700,27 +628,19 @@ def fit_laws(
     """Fit E(C), the bottleneck laws and the compute-optimal allocation; write figures, a report and the page."""
     from . import analysis as fits
     from .analysis import identifiability
+    from .analysis.select import check_kind
+    from .report import fit_study, writable_folder, write_study_page
 
-    if kind and kind not in MODEL_KINDS:
-        raise StudyError(f"unknown --kind {kind!r}; valid kinds: {', '.join(MODEL_KINDS)}")
-    if problem := output_problem(out, folder=True):
-        raise BadInput(f"cannot write --out {out}: {problem}")
+    check_kind(kind)
+    writable_folder(out)
     engine = db.connect(db_url, create=False, write=False)
     name = _one_study(engine, study)
-    selected, analysis, figures, written, pruned = _fit_and_write(engine, name, metric, kind, epochs, exclude, bootstrap,
-                                                                  out, seed, merge_sizes, budget_tolerance)
+    done = fit_study(engine, name, out, metric, kind, epochs, exclude or (), bootstrap, seed, merge_sizes, budget_tolerance)
+    analysis, written = done.analysis, list(done.files)
     if page:
-        from .page import write_page
+        written.append(write_study_page(engine, name, out, runs_dir))
 
-        try:
-            written.append(write_page(engine, name, out, runs_dir))
-        except OSError as error:
-            raise BadInput(f"cannot write --out {out}: {error.strerror or error}; choose another folder") from None
-
-    def cell(e) -> str:  # noqa: ANN001 - a fit.Estimate
-        return f"{e.value:.3g}" + ("" if e.low != e.low else f" [{e.low:.3g}, {e.high:.3g}]")
-
-    laws = Table(title=f"study {name!r}, {analysis.metric}: {len(selected)} points, 95% bootstrap intervals")
+    laws = Table(title=f"study {name!r}, {analysis.metric}: {len(done.points)} points, 95% bootstrap intervals")
     for column in ("law", "points", "alpha", "E_inf", "status"):
         laws.add_column(column, justify="left" if column in ("law", "status") else "right")
     named = (("E(C) envelope", analysis.compute), ("E vs params", analysis.bottleneck_params),
@@ -731,10 +651,10 @@ def fit_laws(
         if isinstance(law, fits.Skipped):
             laws.add_row(label, "", "", "", f"not fitted: {law.reason}")
         else:
-            alpha = cell(law.params["alpha"])
+            alpha = estimate_interval(law.params["alpha"], ".3g")
             if "beta" in law.params:
-                alpha += f", beta {cell(law.params['beta'])}"
-            laws.add_row(label, str(len(law.points)), alpha, cell(law.params["E_inf"]),
+                alpha += f", beta {estimate_interval(law.params['beta'], '.3g')}"
+            laws.add_row(label, str(len(law.points)), alpha, estimate_interval(law.params["E_inf"], ".3g"),
                          identifiability.status_text(law.status, identifiability.law_flags(law)))
     console.print(laws)
     allocation = Table(title=f"compute-optimal allocation P* ~ C^a, N* ~ C^b (T = {analysis.epochs})")
@@ -744,7 +664,7 @@ def fit_laws(
         if isinstance(estimate, fits.Skipped):
             allocation.add_row(estimate.name, "not fitted", estimate.reason, "")
         else:
-            allocation.add_row(estimate.estimator, cell(estimate.a), cell(estimate.b),
+            allocation.add_row(estimate.estimator, estimate_interval(estimate.a, ".3g"), estimate_interval(estimate.b, ".3g"),
                                identifiability.status_text(estimate.mode, identifiability.allocation_flags(estimate)))
     console.print(allocation)
     for line in fits.summary_lines(analysis):
@@ -763,7 +683,7 @@ def fit_laws(
             console.print(f"kept apart from {group['model']} (near-equal size, but both ran the same N, T and seed): "
                           + ", ".join(m["model"] for m in group["kept_apart"]), markup=False, highlight=False,
                           soft_wrap=True)
-    if pruned:
+    if pruned := done.pruned:
         saved = sum(p["saved_pflops"] for p in pruned)
         table = Table(title=f"pruned trajectories (adaptive): {len(pruned)}, saving {saved:.3g} PFLOPs")
         for column in ("job", "model", "N", "epochs run", "saved PFLOPs", "closest point vs envelope"):
@@ -772,7 +692,7 @@ def fit_laws(
             table.add_row(str(p["job_id"]), p["model"], f"{p['examples']:,}", f"{p['epochs_done']}/{p['epochs']}",
                           f"{p['saved_pflops']:.3g}", f"T = {p['epoch']}: low {p['low']:.4f} > {p['envelope']:.4f}")
         console.print(table)
-    console.print("wrote " + ", ".join(str(p) for p in [*figures, *written]), markup=False, highlight=False)
+    console.print("wrote " + ", ".join(str(p) for p in [*done.figures, *written]), markup=False, highlight=False)
 
 
 @app.command("predict")
@@ -792,66 +712,33 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
     """Predict a run's value, or the compute-optimal (P*, N*) at a compute, with 95% intervals."""
-    import json
+    from .analysis.predict import answer as prediction
+    from .analysis.predict import check_question
+    from .analysis.select import check_kind
 
-    from . import analysis as fits
-    from .analysis.predict import predict_compute, predict_run
-    from .errors import BadInput
-
-    if model is None and compute is None:
-        raise BadInput("say what to predict: --model M --examples N --epochs T, and/or --compute PFLOPS")
-    if model is not None and (examples is None or epochs is None):
-        raise BadInput("--model needs --examples N and --epochs T")
-    if compute is not None and not (compute > 0 and compute < float("inf")):
-        raise BadInput(f"--compute must be a positive number of PFLOPs, not {compute:g}")
-    if kind and kind not in MODEL_KINDS:
-        raise BadInput(f"unknown --kind {kind!r}; valid kinds: {', '.join(MODEL_KINDS)}")
-    try:
-        engine = db.connect(db_url, create=False, write=False)  # predict only reads
-        name = _one_study(engine, study)
-        frame = db.evaluations_frame(engine, name, metric)
-        if frame.empty:
-            raise BadInput(f"study {name!r} has no evaluation points" + (f" for metric {metric!r}" if metric else "")
-                           + ": nothing to fit a prediction to")
-        selected, filters = fits.select(frame, metric, kind, exclude or ())
-    except StudyError as error:
-        raise BadInput(str(error)) from None
-    if model is not None and model not in set(selected["model"]):
-        raise BadInput(f"unknown model {model!r}; models in the study: {', '.join(sorted(set(selected['model'])))}")
-    allocation_epochs = epochs if compute is not None and model is None else None
-    try:
-        analysis = fits.analyse(selected, filters, allocation_epochs, bootstrap, seed)
-    except BadInput:
-        raise
-    except StudyError as error:
-        raise BadInput(f"study {name!r} cannot be fitted: {error}") from None
-    answer: dict = {"study": name}
-    if model is not None:
-        answer["run"] = predict_run(analysis, model, examples, epochs, seed)
-    if compute is not None:
-        answer["compute"] = predict_compute(analysis, compute, seed)
+    check_question(model, examples, epochs, compute)
+    check_kind(kind)
+    engine = db.connect(db_url, create=False, write=False)  # predict only reads
+    name = _one_study(engine, study)
+    answer = prediction(db.evaluations_frame(engine, name, metric), name, metric, kind, exclude or (), model, examples,
+                        epochs, compute, bootstrap, seed)
     if as_json:
-        from .report import _clean
+        from .report import json_text
 
-        print(json.dumps(_clean(answer), indent=2, allow_nan=False))
+        print(json_text(answer))
         return
-
-    def interval(row: dict, key: str = "value") -> str:
-        low, high = row.get("low" if key == "value" else f"{key}_low"), row.get("high" if key == "value" else f"{key}_high")
-        return f"{row[key]:.4g}" + ("" if low is None else f" [{low:.4g}, {high:.4g}]")
-
     if "run" in answer:
         run = answer["run"]
         console.print(f"{run['model']} at N = {run['examples']:,}, T = {run['epochs']} ({run['pflops']:.3g} PFLOPs): "
-                      f"{run['metric']} {run['metric_kind']} {interval(run['prediction'])} (95% prediction interval, "
+                      f"{run['metric']} {run['metric_kind']} {row_interval(run['prediction'])} (95% prediction interval, "
                       f"{run['chosen_form']} form)", markup=False, highlight=False)
         for form, row in run["forms"].items():
             if form != run["chosen_form"]:
-                console.print(f"  {form} form: {interval(row)}", markup=False, highlight=False)
+                console.print(f"  {form} form: {row_interval(row)}", markup=False, highlight=False)
     if "compute" in answer:
         at = answer["compute"]
         console.print(f"at {at['pflops']:.4g} PFLOPs ({at['extrapolation']:.3g}x the largest run): best "
-                      f"{at['metric_kind']} {interval(at['compute_law'])} by {at['compute_law']['formula']}",
+                      f"{at['metric_kind']} {row_interval(at['compute_law'])} by {at['compute_law']['formula']}",
                       markup=False, highlight=False)
         table = Table(title=f"compute-optimal allocation at {at['pflops']:.4g} PFLOPs (T = {at['epochs_for_allocation']}), 95% intervals")
         for column in ("estimator", "P*", "N*", f"{at['metric_kind']} there"):
@@ -861,30 +748,8 @@ def predict(
                 table.add_row(estimator, "not fitted", row["skipped"], "")
             else:
                 there = row.get("value_there")
-                table.add_row(estimator, interval(row, "params"), interval(row, "examples"), "" if there is None else f"{there:.4g}")
+                table.add_row(estimator, row_interval(row, "params"), row_interval(row, "examples"), "" if there is None else f"{there:.4g}")
         console.print(table)
-
-
-def _fit_and_write(engine, name: str, metric: str | None, kind: str | None, epochs: int | None,  # noqa: ANN001
-                   exclude, bootstrap: int, out: Path, seed: int, merge_sizes: float = 0.01,
-                   budget_tolerance: float = 0.1):
-    """The fit of `study fit` (and of `study report` when new points landed): (points, analysis, figures, files,
-    pruned trajectories or None)."""
-    from . import analysis as fits
-    from .plots import write_figures
-    from .report import write_report
-
-    # every metric, so that a mistyped --metric is told the ones present
-    selected, filters = fits.select(db.evaluations_frame(engine, name, None), metric, kind, exclude or ())
-    analysis = fits.analyse(selected, filters, epochs, bootstrap, seed, merge_tolerance=merge_sizes,
-                            budget_tolerance=budget_tolerance)
-    pruned = _pruned_of(engine, name)
-    try:
-        figures = write_figures(analysis, out)
-        written = write_report(analysis, name, figures, out, pruned)
-    except OSError as error:
-        raise BadInput(f"cannot write --out {out}: {error.strerror or error}; choose another folder") from None
-    return selected, analysis, figures, written, pruned
 
 
 @app.command("report")
@@ -902,25 +767,15 @@ def report_page(
 ) -> None:
     """Write reports/index.html: the study's state, fits, figures and every job's loss curve, in one file."""
     from . import page
+    from .report import refit_if_stale, writable_folder, write_study_page
 
-    if problem := output_problem(out, folder=True):
-        raise BadInput(f"cannot write --out {out}: {problem}")
+    writable_folder(out)
     engine = db.connect(db_url, create=False, write=False)
     name = _one_study(engine, study)
 
     def write() -> Path:
-        note = ""
-        if fit and page.fit_is_stale(engine, name, out):
-            last = (page.load_fit(out, name) or {}).get("filters") or {}
-            try:
-                _fit_and_write(engine, name, last.get("metric"), None if last.get("kind") in (None, "all") else last["kind"], None,
-                               last.get("excluded_jobs") or (), bootstrap, out, 0)
-            except StudyError as error:  # too few points yet, say: the page shows why, and the rest
-                note = f"not refitted: {error}"
-        try:
-            path = page.write_page(engine, name, out, runs_dir, note=note, refresh_s=interval if watch else None)
-        except OSError as error:
-            raise BadInput(f"cannot write --out {out}: {error.strerror or error}; choose another folder") from None
+        note = refit_if_stale(engine, name, out, bootstrap) if fit else ""  # too few points yet, say: the page shows why
+        path = write_study_page(engine, name, out, runs_dir, note=note, refresh_s=interval if watch else None)
         console.print(f"wrote {path}" + (f" ({note})" if note else ""), markup=False, highlight=False, soft_wrap=True)
         return path
 
@@ -930,18 +785,6 @@ def report_page(
     console.print(f"watching study {name!r} every {interval:g} s; Ctrl-C stops", markup=False, highlight=False)
     page.watch(engine, name, out, runs_dir, interval, write)
     console.print("stopped watching", markup=False, highlight=False)
-
-
-def _pruned_of(engine, name: str) -> list[dict] | None:  # noqa: ANN001
-    """An adaptive study's pruned trajectories (adaptive.pruned_summary); None for a plain study."""
-    from . import adaptive
-
-    try:
-        config = adaptive.settings(engine, name)
-    except StudyError:
-        config = None
-    rows = adaptive.pruned_summary(engine, name)
-    return rows if config is not None or rows or db.pruning_rows(engine, name) else None
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m scaling_study`
