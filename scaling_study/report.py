@@ -19,7 +19,7 @@ from .analysis import identifiability
 from .checks import output_problem
 from .errors import BadInput, StudyError
 from .files import write_atomic
-from .formatting import estimate_interval, interval
+from .formatting import estimate_interval, interval, pflops
 
 JSON_NAME = "fit.json"
 MARKDOWN_NAME = "report.md"
@@ -289,7 +289,7 @@ def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path
         f"{f.get('excluded_jobs') or 'none'}, {f.get('dropped_zero_error', 0)} zero-error point(s) dropped "
         "(the fits are in log space).",
         f"- Compute: C = FLOP(f) * 3 * N * T (Eq. 4) in PFLOPs of multiply-accumulates, "
-        f"{frame['compute'].min() / 1e15:.3g} to {frame['compute'].max() / 1e15:.3g}.",
+        f"{pflops(frame['compute'].min())} to {pflops(frame['compute'].max())}.",
         f"- N from {frame['examples'].min():,} to {frame['examples'].max():,}; T in "
         f"{{{', '.join(str(t) for t in sorted(frame['epochs'].unique()))}}}; FLOP(f) = "
         f"{analysis.flops_scale:.3g} P^{analysis.flops_exponent:.3f} across the models.",
