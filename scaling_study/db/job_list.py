@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ..errors import StudyError
+from ..errors import Fault, StudyError
 from .schema import attempts, jobs, now, studies
 
 
@@ -19,8 +19,8 @@ def add_jobs(engine: Engine, study_name: str, grid_path: str, grid_toml: str, sp
         return _add_jobs(engine, study_name, grid_path, grid_toml, specs)
     except sa.exc.OperationalError as error:  # a full disk, a lock held too long: the transaction rolled back
         words = str(error.orig).strip().splitlines()[0]
-        raise StudyError(f"the database refused the plan ({words}); nothing was planned, the database is as it "
-                         "was: free space (or retry when it is free) and plan again") from None
+        raise Fault(f"the database refused the plan ({words}); nothing was planned, the database is as it "
+                    "was: free space (or retry when it is free) and plan again") from None
 
 
 def _add_jobs(engine: Engine, study_name: str, grid_path: str, grid_toml: str, specs: list) -> tuple[int, int]:
