@@ -28,7 +28,7 @@ apt_install() {
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
-      echo "error: missing Debian packages:$*; run as root: apt-get install -y$*" >&2; exit 1
+      echo "error: missing Debian packages: $*; run as root: apt-get install -y $*" >&2; exit 1
     fi
   fi
   $sudo apt-get update -qq
