@@ -1,4 +1,4 @@
-"""Adaptive studies (issue #12): how much compute pruning saves, and what it does to the law.
+"""Adaptive studies: how much compute pruning saves, and what it does to the law.
 
     python benchmarks/adaptive.py simulate            # (a) no training: seconds to a minute
     python benchmarks/adaptive.py demo [--work DIR] [--arms default,unprotected]   # (b) trained, ~20-40 min
@@ -17,7 +17,7 @@ invocation, same seeds: once plain, then with `study run --adaptive` for each ar
 [adaptive] defaults; and protect_spanning = false). It records the compute actually
 trained (Eq. 4 of each job's epochs_done), wall time, and every headline number of fit.json
 (E(C) alpha, alpha_P, alpha_N, allocation a/b by each estimator), and checks each adaptive
-value against the full run's 95% interval. The goal of the issue: at most 50% of the compute.
+value against the full run's 95% interval. The goal: at most 50% of the compute, every headline inside.
 Results: benchmarks/results/adaptive_simulation.json and adaptive_demo*.json.
 """
 

@@ -3,8 +3,8 @@
     python benchmarks/fit_time.py [--repeat 3]
 
 The study is synthetic (10 models x 20 subset sizes x 5 epoch counts, errors from a known
-E(P, D) law with noise and outliers), imported into a SQLite file. The fit includes the forms of
-#13 (the data-constrained law, the held-out choice between the forms, seed cells, the rolling-origin
+E(P, D) law with noise and outliers), imported into a SQLite file. The fit includes every
+diagnostic (the data-constrained law, the held-out choice between the forms, seed cells, the rolling-origin
 back-test and the agreement checks). A second study of 1000 points from the data-constrained law
 (T in 1..16, so that form is chosen and its 6-parameter bootstrap runs too) is timed the same way. The timed part is what
 `study fit` does after parsing its options: read the points from the database, fit every law

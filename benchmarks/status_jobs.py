@@ -1,4 +1,4 @@
-"""`study status --jobs` on a 20,000-job study costs about what plain `study status` does (#19).
+"""`study status --jobs` on a 20,000-job study costs about what plain `study status` does.
 
     python benchmarks/status_jobs.py [--jobs 20000] [--repeats 3]     # 2-5 minutes on 2 busy cores
 

@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="as train.compile: torch.compile the model, and LION's update fused (Lion(fused=True))")
     parser.add_argument("--default-malloc", action="store_true", help="skip train.keep_freed_memory (CPU)")
-    parser.add_argument("--lion-pytorch", action="store_true", help="lion-pytorch's Lion instead of ours (before)")
+    parser.add_argument("--lion-pytorch", action="store_true", help="lion-pytorch's Lion instead of ours, for comparison")
     args = parser.parse_args()
     device = torch.device(args.device)
     if not args.default_malloc:

@@ -1,4 +1,4 @@
-"""Adaptive studies (issue #12): spend compute only where the scaling law needs it.
+"""Adaptive studies: spend compute only where the scaling law needs it.
 
 Two things, both opt-in per grid (`[adaptive]`, or `study run --adaptive`):
 

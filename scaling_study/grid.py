@@ -118,7 +118,7 @@ class LoggingConfig:
 
 @dataclass(frozen=True)
 class AdaptiveConfig:
-    """[adaptive]: coarse-to-fine claim order and pruning against the law (issue #12); off by default."""
+    """[adaptive]: coarse-to-fine claim order and pruning against the law; off by default."""
 
     enabled: bool = False
     confidence: float = 0.95  # a trajectory is pruned when its predicted lower bound at this confidence is above the envelope

@@ -51,7 +51,7 @@ __all__ = [
 
 
 def summary_lines(analysis: Analysis) -> list[str]:
-    """#13's answers in a few lines for `study fit`: the form chosen, seeds, the back-test, agreement."""
+    """The diagnostics in a few lines for `study fit`: the form chosen, seeds, the back-test, agreement."""
     lines = []
     if analysis.form is not None and len(analysis.form.scores) > 1:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in analysis.form.scores.items())

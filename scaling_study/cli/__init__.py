@@ -1,7 +1,7 @@
 """The `study` command line: the only package that knows the CLI. It parses, calls and prints.
 
-One module per group of commands, each registering its commands on `app`: planning (plan, bench),
-jobs (status, prune, run, logs, retry, cancel, submit), datasets (evaluate, data prepare) and
+One module per group of commands, each registering its commands on `app`:
+planning (plan, bench, init), jobs (status, prune, run, logs, retry, cancel, submit), datasets (evaluate, data prepare) and
 results (import, export, fit, predict, report); common holds what they share.
 """
 

@@ -1,4 +1,4 @@
-"""`study plan` and `study bench`: what a grid's jobs cost, and how fast this machine runs them."""
+"""`study plan`, `study bench` and `study init`: what a grid's jobs cost, and how fast this machine runs them."""
 
 from __future__ import annotations
 
@@ -134,3 +134,20 @@ def bench(
                   f"{engine.url.render_as_string(hide_password=True)}; `study plan {grid_file}` now prints hours",
                   markup=False, highlight=False, soft_wrap=True)
     engine.dispose()
+
+
+@app.command("init")
+@user_errors
+def init_grid(
+    store: Annotated[Path, typer.Argument(help="A prepared store (`study data prepare SOURCE --out STORE`)")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Grid file to write [default: <dataset>.toml]")] = None,
+    name: Annotated[str, typer.Option("--name", help="The study's name [default: the store's dataset]")] = "",
+) -> None:
+    """Write a commented starter grid for your own prepared dataset, sized to it."""
+    from ..starter import read_store, starter_grid
+
+    out = out or Path(f"{name or read_store(store)['dataset']}.toml")
+    s = starter_grid(store, out, name)
+    console.print(f"wrote {out}: {len(s.models)} models ({s.models[0]} to {s.models[-1]}) x {len(s.examples)} subsets "
+                  f"({s.examples[0]:,} to {s.examples[-1]:,} images) x epochs {list(s.epochs)}, batch {s.batch_size}; "
+                  f"next: `study plan {out} --dry-run`", markup=False, highlight=False, soft_wrap=True)
