@@ -26,7 +26,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from . import __version__, db
+from . import __version__, cores, db
 from .curves import open_curves
 from .errors import BadInput, StudyError
 from .files import job_dir  # noqa: F401 - where it lives now; `runner.job_dir` as before
@@ -50,6 +50,7 @@ class RunOptions:
     checkpoint_every_s: float = 600.0
     max_attempts: int = 3
     adaptive: bool | None = None  # None: as each study's [adaptive] table says; True/False: for every study
+    threads: int | None = None  # torch threads; None: $STUDY_THREADS, else this host's cores shared by its workers
 
 
 @dataclass
@@ -68,6 +69,8 @@ class RunSummary:
 
 class Events:
     """Callbacks the CLI hooks its progress display to; the defaults do nothing."""
+
+    def worker_started(self, line: str) -> None: ...  # who this worker is, on what, with how many threads
 
     def job_started(self, job: dict, spec: JobSpec) -> None: ...
 
@@ -218,6 +221,10 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
     stop.install()
     summary = RunSummary()
     claimed = 0
+    slot = cores.HostSlot()  # counted by the other workers of this host while this one lives
+    threads = cores.worker_threads(options.threads)
+    if hasattr(events, "worker_started"):
+        events.worker_started(f"worker {worker} on {device}: {threads.count} torch thread(s) ({threads.why})")
     while not stop() and (options.max_jobs is None or claimed < options.max_jobs):
         try:
             db.reclaim_lost(engine, host, options.max_attempts)
@@ -233,12 +240,14 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
         if job is None:
             break
         claimed += 1
+        cores.apply(cores.worker_threads(options.threads))  # the workers started or gone since the last job
         outcome = _run_job(engine, job, worker, device, options, stop, events, train, adaptive_studies.get(job["study"]))
         if outcome in ("done", "diverged", "failed", "released", "pruned"):
             getattr(summary, outcome).append(job["id"])
         if outcome in ("disk_full", "database_refused", "unusable"):
             summary.fatal = job["error_message"]
             break
+    slot.close()
     summary.stop_reason = stop.reason
     if not options.resume:
         summary.waiting_for_resume = sum(

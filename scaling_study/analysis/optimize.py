@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.optimize import minimize
+
+from ..cores import usable_cores  # noqa: F401 - the bootstrap and the figures divide the cores with it
 
 try:
     from threadpoolctl import threadpool_limits
@@ -19,12 +20,6 @@ except ImportError:  # pragma: no cover - a dependency; without it BLAS may over
     threadpool_limits = None
 
 HUBER_DELTA = 1e-3
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity where the OS says, else 1): how many
-    bootstrap chunks and figures run at once."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
 def one_blas_thread(function: Callable) -> Callable:
