@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from . import __version__, cores, db
 from .curves import open_curves
-from .errors import BadInput, StudyError
+from .errors import BadInput, GridError, StudyError
 from .files import job_dir  # noqa: F401 - where it lives now; `runner.job_dir` as before
 from .plan import JobSpec
 
@@ -221,6 +221,7 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
     stop.install()
     summary = RunSummary()
     claimed = 0
+    _adaptive_studies(engine, options)  # a study whose recorded [adaptive] table is bad stops the worker here
     slot = cores.HostSlot()  # counted by the other workers of this host while this one lives
     threads = cores.worker_threads(options.threads)
     if hasattr(events, "worker_started"):
@@ -269,6 +270,8 @@ def _adaptive_studies(engine, options: RunOptions) -> dict:
     for name in names:
         try:
             config = adaptive.settings(engine, name, options.adaptive)
+        except GridError:  # a recorded [adaptive] table this version refuses: said, not run as if plain
+            raise
         except StudyError:  # no such study: nothing to claim from it anyway
             continue
         if config is not None:
