@@ -130,7 +130,7 @@ def resolve_device(device: str) -> str:
         raise BadInput(f"--device {device!r}: not a device; use auto, cpu, cuda, cuda:N or mps")
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise StudyError(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__}; use cpu")
+            raise BadInput(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__}; use cpu")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise BadInput(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) visible "
                            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")

@@ -240,3 +240,17 @@ def test_threads_can_be_given(monkeypatch):
     monkeypatch.setenv(cores.THREADS_VARIABLE, "many")
     with pytest.raises(cores.BadInput, match="STUDY_THREADS"):
         cores.worker_threads()
+
+
+# ---- runs -----------------------------------------------------------------------------------
+
+
+def test_a_gpu_that_is_not_there_is_a_usage_error(here):
+    refused(unchanged(here, lambda: invoke("run", *DB, "--device", "cuda:7", cwd=here)), 2, "--device cuda:7")
+
+
+def test_prune_with_nothing_pending_fits_nothing(here):
+    """An imported study has no pending trajectory: prune says so before fitting the law it would not use."""
+    result = unchanged(here, lambda: invoke("prune", *DB, "--study", "points", "--dry-run", cwd=here))
+    assert result.exit_code == 0, result.stderr
+    assert "nothing to decide: no pending or running trajectory" in result.stdout
