@@ -102,23 +102,30 @@ def main() -> None:
                     runs.setdefault(key, []).append(result)
                     print(f"round {round_ + 1}: {key}: {result['seconds']:.1f} s, {result['jobs_per_s']:.3f} jobs/s",
                           flush=True)
+                    record(runs, args, complete=False)  # a run cut short keeps what it measured
+    path = record(runs, args, complete=True)
+    print(f"wrote {path}")
+
+
+def record(runs: dict[str, list[dict]], args: argparse.Namespace, complete: bool) -> Path:
+    """Medians over rounds, their ratios to one worker, and every run, into benchmarks/results/workers.json."""
     median = {key: statistics.median(r["jobs_per_s"] for r in results) for key, results in runs.items()}
     ratios = {}
     for shared in ("shared cores", "all cores each"):
-        one = median[f"1 worker(s), {shared}"]
-        ratios[shared] = {f"{w} workers / 1": median[f"{w} worker(s), {shared}"] / one for w in WORKERS[1:]}
-    goal = all(ratio >= 0.9 for ratio in ratios["shared cores"].values())
-    for shared, values in ratios.items():
-        print(f"{shared}: " + ", ".join(f"{k} = {v:.2f}" for k, v in values.items()))
-    print(f"goal (2 and 3 sharing workers within 10% of one worker): {'met' if goal else 'NOT met'}")
-    path = write("workers", {
-        "cores": usable_cores(), "load_average": list(os.getloadavg()),
+        one = median.get(f"1 worker(s), {shared}")
+        ratios[shared] = {f"{w} workers / 1": median[f"{w} worker(s), {shared}"] / one for w in WORKERS[1:]
+                          if one and f"{w} worker(s), {shared}" in median}
+    goal = len(ratios["shared cores"]) == len(WORKERS) - 1 and all(r >= 0.9 for r in ratios["shared cores"].values())
+    if complete:
+        for shared, values in ratios.items():
+            print(f"{shared}: " + ", ".join(f"{k} = {v:.2f}" for k, v in values.items()))
+        print(f"goal (2 and 3 sharing workers within 10% of one worker): {'met' if goal else 'NOT met'}")
+    return write("workers", {
+        "complete": complete, "cores": usable_cores(), "load_average": list(os.getloadavg()),
         "settings": {"jobs": args.jobs, "rounds": args.rounds, "grid": "B-2/Wi-64, N = 2,000, T = 1, batch 50, "
                      "fast probe, tiny 28x28 IDX data", "workers": list(WORKERS)},
-        "median_jobs_per_s": median, "ratios_to_one_worker": ratios, "goal_met": goal,
-        "runs": {key: [{k: v for k, v in r.items()} for r in results] for key, results in runs.items()},
+        "median_jobs_per_s": median, "ratios_to_one_worker": ratios, "goal_met": goal, "runs": runs,
     })
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
