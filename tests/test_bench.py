@@ -152,7 +152,7 @@ def test_bench_refuses_a_model_not_in_the_grid(cli, db_url, grid):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_bench_refuses_cuda_where_there_is_none(cli, db_url, grid):
     result = cli("bench", grid, "--device", "cuda", "--db", db_url)
-    assert result.exit_code == 1 and "no CUDA GPU" in flat(result)
+    assert result.exit_code == 2 and "no CUDA GPU" in flat(result)
 
 
 def test_train_flops_are_the_gemms_flops():
