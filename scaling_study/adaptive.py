@@ -171,6 +171,17 @@ def decide(frame: pd.DataFrame, rows: list[dict], config: AdaptiveConfig, exempt
     note saying why nothing could be decided when that is so; `Decision.prune` marks the ones to prune."""
     if frame.empty:
         return [], "no evaluation points yet"
+    targets = []  # first: with nothing left to decide, the law is not fitted at all
+    for row in rows:
+        if row["state"] not in ("pending", "running"):
+            continue
+        facts = job_facts(row)
+        for t in facts["epochs"]:
+            if t > row["epochs_done"]:
+                targets.append({"job_id": row["id"], "params": row["params"], "examples": row["examples"], "epochs": t,
+                                "compute": facts["compute"](t)})
+    if not targets:
+        return [], "no pending or running trajectory has an evaluation epoch left"
     points, _ = select(frame, metric)
     if len(points) < config.min_points:
         return [], f"{len(points)} of the {config.min_points} points ([adaptive] min_points) before anything is pruned"
@@ -182,18 +193,6 @@ def decide(frame: pd.DataFrame, rows: list[dict], config: AdaptiveConfig, exempt
     summary = {"law": fit.formula, "form": PREDICTION_FORM, "metric": metric_name, "points": len(points),
                "resamples": fit.resamples, "seed": config.seed, "status": fit.status,
                "params": {k: v.value for k, v in fit.params.items()}}
-    targets, owners = [], []
-    for row in rows:
-        if row["state"] not in ("pending", "running"):
-            continue
-        facts = job_facts(row)
-        for t in facts["epochs"]:
-            if t > row["epochs_done"]:
-                targets.append({"job_id": row["id"], "params": row["params"], "examples": row["examples"], "epochs": t,
-                                "compute": facts["compute"](t)})
-                owners.append(row["id"])
-    if not targets:
-        return [], "no pending or running trajectory has an evaluation epoch left"
     table = predict_trajectory(points, pd.DataFrame(targets), fit, config.confidence)
     table["envelope"] = envelope_at(points, table["compute"].to_numpy())
     decisions = []

@@ -53,29 +53,44 @@ def run_name(model: str, examples: int, seed: int) -> str:
 
 
 class CsvCurve:
-    """curve.csv: one row per block of `every` steps (the block's mean loss, its last lr and img/s)."""
+    """curve.csv: one row per block of `every` steps (the block's mean loss, its last lr and img/s).
+
+    The tags of one step arrive in either order (losses are read from the device in batches, after
+    the lr and img/s of later steps), so a row waits until its step has all three."""
 
     def __init__(self, path: Path, every: int):
         self.path, self.every = path, max(1, every)
-        self.last_step = _csv_last_step(path)
+        self.on_disk = _csv_last_step(path)  # steps up to here were written by an earlier run
         self.rows: list[str] = []
+        self.waiting: dict[int, dict[str, float]] = {}  # row step -> the values it has so far
         self.loss_sum, self.loss_count = 0.0, 0
-        self.lr = self.rate = float("nan")
 
     def scalar(self, tag: str, step: int, value: float) -> None:
-        if step <= self.last_step:
+        if step <= self.on_disk or step % self.every and tag != "step/loss":
             return
-        if tag == "step/lr":
-            self.lr = value
-        elif tag == "step/images_per_s":
-            self.rate = value
+        if tag in ("step/lr", "step/images_per_s"):
+            self.waiting.setdefault(step, {})[tag] = value
         elif tag == "step/loss":
             self.loss_sum += value
             self.loss_count += 1
             if step % self.every == 0:
-                self.rows.append(f"{step},{self.loss_sum / self.loss_count:.6g},{self.lr:.6g},{self.rate:.6g}")
+                self.waiting.setdefault(step, {})[tag] = self.loss_sum / self.loss_count
                 self.loss_sum, self.loss_count = 0.0, 0
-                self.last_step = step
+        self._complete(everything=False)
+
+    def _complete(self, everything: bool) -> None:
+        """Move the rows whose step has its loss, lr and img/s (every row with a loss, when `everything`)."""
+        for step in sorted(self.waiting):
+            values = self.waiting[step]
+            if "step/loss" not in values or not everything and len(values) < 3:
+                if everything:
+                    del self.waiting[step]  # the lr of a step whose loss never came: no row
+                    continue
+                break
+            del self.waiting[step]
+            nan = float("nan")
+            self.rows.append(f"{step},{values['step/loss']:.6g},{values.get('step/lr', nan):.6g},"
+                             f"{values.get('step/images_per_s', nan):.6g}")
 
     def flush(self) -> None:
         if not self.rows:
@@ -86,6 +101,7 @@ class CsvCurve:
         self.rows.clear()
 
     def close(self) -> None:
+        self._complete(everything=True)  # e.g. a diverged last step: its loss, without lr
         self.flush()
 
 

@@ -42,6 +42,21 @@ REFERENCE_PROBE_CROPS = Augmentation(crop_scale=(0.4, 1.0), crop_ratio=(1.0, 1.0
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 
 
+class NonFiniteModel(StudyError):
+    """A model whose outputs hold NaN or inf: it has no score (a probe on them would fail or report chance)."""
+
+    exit_code = 2
+
+
+def finite(values: torch.Tensor, what: str) -> torch.Tensor:
+    """`values` when every entry is finite; else NonFiniteModel naming `what`."""
+    if not bool(torch.isfinite(values).all()):
+        bad = int((~torch.isfinite(values)).sum())
+        raise NonFiniteModel(f"{what} hold {bad:,} non-finite value(s) (NaN or inf) of {values.numel():,}: "
+                             "the model has diverged, so it has no score")
+    return values
+
+
 def derive_seed(seed: int, purpose: str) -> int:
     """An independent 63-bit seed for one purpose ('init', 'probe/cifar100/50', ...) of a run."""
     digest = hashlib.sha256(f"{seed}/{purpose}".encode()).digest()
@@ -301,6 +316,7 @@ def evaluate(model: nn.Module, spec: JobSpec, device: torch.device, epoch: int) 
             test = data.load_split(spec.pretrain.dataset, spec.pretrain.path, "test", spec.resolution)
             batches = loader.eval_batches(test, batch, device, spec.resolution)
             logits, labels = predict(model, batches, precision, device)
+            finite(logits, f"the model's logits on {spec.pretrain.dataset}")
             metrics["upstream/top1"], metrics["upstream/top5"] = topk_errors(logits, labels)
         real = load_real_labels(ev.real_labels) if ev.real_labels else None
         finetuned = {ds.dataset for ds in spec.downstream if ds.protocol == "finetune"}
@@ -321,6 +337,7 @@ def evaluate(model: nn.Module, spec: JobSpec, device: torch.device, epoch: int) 
                 else:
                     feats, labels = extract_features(
                         model, loader.eval_batches(train_split, batch, device, spec.resolution, rows), precision, device)
+                    finite(feats, f"the model's features on {ds.dataset}")
                     if ev.probe == "fast":
                         head = probe_fast(feats, labels, classes)
                     else:
@@ -329,7 +346,7 @@ def evaluate(model: nn.Module, spec: JobSpec, device: torch.device, epoch: int) 
                     del feats
                 test_feats, test_labels = extract_features(
                     model, loader.eval_batches(test_split, batch, device, spec.resolution), precision, device)
-                logits = head(test_feats)
+                logits = head(finite(test_feats, f"the model's features on {ds.dataset}'s test split"))
 
                 def classifier(x: torch.Tensor, head: nn.Module = head) -> torch.Tensor:
                     return head(model.features(x))
@@ -340,6 +357,7 @@ def evaluate(model: nn.Module, spec: JobSpec, device: torch.device, epoch: int) 
                                  precision=precision, device=device, resolution=spec.resolution, seed=seed)
                 logits, test_labels = predict(
                     tuned, loader.eval_batches(test_split, batch, device, spec.resolution), precision, device)
+                finite(logits, f"the fine-tuned model's logits on {ds.dataset}")
                 classifier = tuned
                 tta_scale = ev.finetune_crop_scale
             metrics[f"{ds.dataset}/{ds.protocol}"] = topk_errors(logits, test_labels, (1,))[0]

@@ -44,10 +44,30 @@ class BadRows(StudyError):
 
 
 def _integer(text: str, positive: bool = True) -> int:
-    value = float(text)  # accepts 1e6 and 1000000.0
-    if not math.isfinite(value) or value != int(value) or (positive and value <= 0) or abs(value) > INT64_MAX:
+    """An integer column's value, exact: digits are read as an int (a float holds only 53 bits), and
+    1e6 or 1000000.0 through a float when whole."""
+    try:
+        value = int(text)
+    except ValueError:
+        number = float(text)
+        if not math.isfinite(number) or number != int(number):
+            raise ValueError from None
+        value = int(number)
+    if (positive and value <= 0) or abs(value) > INT64_MAX:
         raise ValueError
-    return int(value)
+    return value
+
+
+DELIMITERS = ",;\t|"
+
+
+def _delimiter(first_line: str) -> str:
+    """The delimiter the header is written with: the one of DELIMITERS that splits it into the most
+    known columns (a spreadsheet's export may use ; or a tab), a comma when none does better."""
+    known = set(REQUIRED) | set(VALUE_COLUMNS)
+    scores = {d: sum(name.strip().strip('"') in known for name in first_line.split(d)) for d in DELIMITERS}
+    best = max(DELIMITERS, key=lambda d: scores[d])
+    return best if scores[best] > scores[","] else ","
 
 
 def _spec_hash(spec: dict) -> str:
@@ -71,11 +91,19 @@ def _read_results_csv(path: Path, study: str | None) -> list[dict]:
         handle = path.open(newline="", encoding="utf-8-sig")
     except OSError as error:
         raise StudyError(f"cannot read {path}: {error.strerror}") from None
+    if study is not None and (problem := name_problem(study)):
+        handle.close()
+        raise BadInput(f"--study {printable(study)!r} {problem}")
     with handle:
-        reader = csv.DictReader(handle)
+        delimiter = _delimiter(handle.readline())
+        handle.seek(0)
+        reader = csv.DictReader(handle, delimiter=delimiter)
         header = [name.strip() for name in reader.fieldnames or []]
         if not header:
             raise StudyError(f"{path}: empty file; expected a header with {', '.join(REQUIRED)}")
+        if repeated := sorted({name for name in header if header.count(name) > 1}):
+            raise BadInput(f"{path}:1: column(s) {', '.join(repeated)} appear more than once in the header; "
+                           "keep one of each")
         reader.fieldnames = header
         given = [c for c in VALUE_COLUMNS if c in header]
         if len(given) > 1:
@@ -102,6 +130,10 @@ def _read_results_csv(path: Path, study: str | None) -> list[dict]:
             line = reader.line_num
             if None in record:
                 bad.append(f"{path}:{line}: {len(header) + len(record[None])} fields, the header has {len(header)}")
+                continue
+            if short := [name for name, value in record.items() if value is None]:
+                bad.append(f"{path}:{line}: a short row: {len(header) - len(short)} fields, the header has "
+                           f"{len(header)} (no {', '.join(short)})")
                 continue
             values = {k: (v or "").strip() for k, v in record.items()}
             problems = []

@@ -26,6 +26,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PROTOCOLS = ("linear", "finetune")
 PROBES = ("paper", "fast", "reference")
 MAX_LR = 1e6  # larger rates overflow float32 updates at once (1e6 with SGD already diverges: a test uses it)
+MAX_INT = 2**63 - 1  # the database's BIGINT and torch's seeds hold no more
+MAX_RESAMPLES = 10_000  # each resample is a refit; more only costs memory and time
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,8 @@ class _Parser:
                 self.fail(where, f"expected an integer, got {raw!r}", key, section)
             if raw < 0:
                 self.fail(where, f"must not be negative, got {raw}", key, section)
+            if raw > MAX_INT:
+                self.fail(where, f"{raw} is above the largest integer stored, 2**63 - 1", key, section)
             return raw
         if hint is float:
             if isinstance(raw, bool) or not isinstance(raw, (int, float)):
@@ -282,10 +286,13 @@ class _Parser:
             is_int = isinstance(item, int) and not isinstance(item, bool)
             is_fraction = fractions and isinstance(item, float) and 0 < item <= 1
             if not (is_int or is_fraction):
-                wanted = "positive integers or fractions in (0, 1]" if fractions else "positive integers"
+                wanted = ("positive integers or fractions in (0, 1]" if fractions
+                          else "integers of 0 or more" if zero else "positive integers")
                 self.fail(where, f"expected {wanted}, got {item!r}", key, section)
             if is_int and (item < 0 if zero else item <= 0):
-                self.fail(where, f"must be positive, got {item}", key, section)
+                self.fail(where, f"must be {'0 or more' if zero else 'positive'}, got {item}", key, section)
+            if is_int and item > MAX_INT:
+                self.fail(where, f"{item} is above the largest integer stored, 2**63 - 1", key, section)
         if len(set(raw)) != len(raw):
             self.fail(where, f"duplicate values in {raw}", key, section)
         return tuple(raw)
@@ -396,9 +403,9 @@ def _adaptive(parser: _Parser, raw: object) -> AdaptiveConfig:
     config = parser.table(AdaptiveConfig, raw, "[adaptive]", "adaptive")
     if not 0.5 <= config.confidence < 1:
         parser.fail("[adaptive].confidence", f"must lie in [0.5, 1), got {config.confidence}", "confidence", "adaptive")
-    if config.resamples < 10:
-        parser.fail("[adaptive].resamples", f"must be at least 10 (an interval needs resamples), got {config.resamples}",
-                    "resamples", "adaptive")
+    if not 10 <= config.resamples <= MAX_RESAMPLES:
+        parser.fail("[adaptive].resamples", f"must lie in [10, {MAX_RESAMPLES:,}] (an interval needs resamples, and each "
+                    f"is a refit), got {config.resamples:,}", "resamples", "adaptive")
     return config
 
 

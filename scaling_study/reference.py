@@ -59,8 +59,13 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise StudyError(f"{path}: no such checkpoint") from None
-    except Exception as error:  # a truncated or foreign file: say which, in one line
-        raise StudyError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}".splitlines()[0]) from None
+    except IsADirectoryError:
+        raise CheckpointMismatch(f"{path} is a folder; give the checkpoint file in it") from None
+    except PermissionError:
+        raise CheckpointMismatch(f"cannot read checkpoint {path}: permission denied") from None
+    except Exception:  # noqa: BLE001 - torch's own words advise weights_only=False, which would run the file's code
+        raise CheckpointMismatch(f"{path} is not a readable checkpoint (corrupt, truncated, or not a torch.save file "
+                                 "of tensors); give a state dict or a job's checkpoint.pt") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict) and "spec" in state:
         state = state["model"]  # a scaling-study training checkpoint
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -101,6 +106,11 @@ def load_state_dict(path: Path, spec: ModelSpec, channels: int) -> tuple[nn.Modu
         if tuple(state[key].shape) != tuple(wanted[key].shape):
             raise CheckpointMismatch(f"{path}: key {key!r} has shape {tuple(state[key].shape)}, the model {spec.name} "
                              f"{tuple(wanted[key].shape)}; check --model")
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise evaluate.NonFiniteModel(f"{path}: {key!r} holds {bad:,} non-finite weight(s) (NaN or inf) of "
+                                          f"{tensor.numel():,}: a diverged model has no score")
     model.load_state_dict({ours: state[theirs] for ours, theirs in names.items()})
     return model.eval(), layout
 

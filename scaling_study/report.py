@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import math
 import platform
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -16,13 +17,25 @@ import pandas as pd
 
 from . import analysis as fits
 from .analysis import identifiability
-from .checks import output_problem
+from .checks import output_problem, printable
 from .errors import BadInput, StudyError
 from .files import write_atomic
 from .formatting import estimate_interval, interval, pflops
 
 JSON_NAME = "fit.json"
 MARKDOWN_NAME = "report.md"
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|#!~])")
+
+
+def md(text: object) -> str:
+    """Text from the study (a model, metric or study name, a reason quoting one) as literal Markdown: HTML's
+    & < > as entities, Markdown's punctuation escaped, control characters and line breaks shown as escapes,
+    so that a name like <script> or a | cannot become markup or break a table."""
+    text = printable(text)
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
 def _number(value: float) -> float | None:
@@ -138,13 +151,13 @@ def as_dict(analysis: fits.Analysis, study: str, figures: list[Path], pruned: li
 def _law_section(title: str, law: fits.LawFit | fits.Skipped) -> list[str]:
     lines = [f"### {title}", ""]
     if isinstance(law, fits.Skipped):
-        return lines + [f"Not fitted: {law.reason}.", ""]
+        return lines + [f"Not fitted: {md(law.reason)}.", ""]
     flags = identifiability.law_flags(law)
     lines += [f"`{law.formula}`: {len(law.points)} points, status **{identifiability.status_text(law.status, flags)}**, "
               f"Huber loss {law.loss:.4g}."]
-    lines += [f"**Not identified: {f['param']}**: {f['reason']}." for f in flags]
+    lines += [f"**Not identified: {f['param']}**: {md(f['reason'])}." for f in flags]
     if law.note:
-        lines += [f"{law.note[0].upper()}{law.note[1:]}."]
+        lines += [f"{md(law.note[0].upper() + law.note[1:])}."]
     lines += [f"Bootstrap: {law.bootstrap}; {law.resamples} refits converged.", "",
               "| parameter | estimate [95% interval] |", "|---|---|"]
     lines += [f"| {name} | {estimate_interval(e)} |" for name, e in law.params.items()]
@@ -198,7 +211,7 @@ def _diagnosis_section(analysis: fits.Analysis) -> list[str]:
         "",
     ]
     if d["causes"]:
-        lines += ["Likely causes:", ""] + [f"- {cause}." for cause in d["causes"]]
+        lines += ["Likely causes:", ""] + [f"- {md(cause)}." for cause in d["causes"]]
     else:
         lines += ["No check is past its threshold."]
     return lines + [""]
@@ -249,9 +262,9 @@ def _pruned_section(pruned: list[dict]) -> list[str]:
               "| job | model | N | epochs run | saved (PFLOPs) | closest remaining point: predicted [interval] vs envelope | decided |",
               "|---|---|---|---|---|---|---|"]
     for p in pruned:
-        lines.append(f"| {p['job_id']} | {p['model']} | {p['examples']:,} | {p['epochs_done']}/{p['epochs']} | "
+        lines.append(f"| {p['job_id']} | {md(p['model'])} | {p['examples']:,} | {p['epochs_done']}/{p['epochs']} | "
                      f"{p['saved_pflops']:.3g} | T = {p['epoch']}: {interval(p['predicted'], p['low'], p['high'], '.4f')} "
-                     f"vs {p['envelope']:.4f} ({p['confidence']:.0%}) | {p['decided_at']} by {p['decided_by']} |")
+                     f"vs {p['envelope']:.4f} ({p['confidence']:.0%}) | {p['decided_at']} by {md(p['decided_by'])} |")
     return lines + [""]
 
 
@@ -259,18 +272,18 @@ def _sweep_lines(sweep: dict) -> list[str]:
     """The sweep's shape (iso-FLOP budgets or a grid) and the model sizes merged, for the Data section."""
     if not sweep:
         return []
-    lines = [f"- Sweep: **{sweep['mode']}** mode: {sweep['reason']}."]
+    lines = [f"- Sweep: **{sweep['mode']}** mode: {md(sweep['reason'])}."]
     if sweep["mode"] == "budgets":
         lines.append("- Budgets (PFLOPs): " + ", ".join(f"{b['pflops']:.3g} ({b['sizes']} sizes)" for b in sweep["budgets"])
                      + "; the envelope takes the best point per budget.")
     merged = sweep["merged_sizes"]
     joined = [g for g in merged["groups"] if g["merged"]]
     if joined:
-        names = "; ".join(f"{g['model']} <- " + ", ".join(m["model"] for m in g["merged"]) for g in joined)
+        names = "; ".join(f"{md(g['model'])} <- " + ", ".join(md(m["model"]) for m in g["merged"]) for g in joined)
         lines.append(f"- Model sizes within {merged['tolerance']:.2%} merged: {names}.")
     apart = [g for g in merged["groups"] if g.get("kept_apart")]
     if apart:
-        names = "; ".join(f"{g['model']} / " + ", ".join(m["model"] for m in g["kept_apart"]) for g in apart)
+        names = "; ".join(f"{md(g['model'])} / " + ", ".join(md(m["model"]) for m in g["kept_apart"]) for g in apart)
         lines.append(f"- Near-equal sizes kept apart (both ran the same N, T and seed): {names}.")
     return lines
 
@@ -281,11 +294,11 @@ def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path
     frame = analysis.frame
     f = analysis.filters
     lines = [
-        f"# Scaling laws: study `{study}`, metric `{analysis.metric}`", "",
+        f"# Scaling laws: study {md(study)}, metric {md(analysis.metric)}", "",
         "## Data", "",
         f"- {len(frame)} evaluation points of {frame['job_id'].nunique()} runs of {frame['model'].nunique()} models; "
         f"{int(frame['envelope'].sum())} on the compute-optimal envelope.",
-        f"- Filters: metric `{f.get('metric')}`, model kind `{f.get('kind', 'all')}`, excluded jobs "
+        f"- Filters: metric {md(f.get('metric'))}, model kind {md(f.get('kind', 'all'))}, excluded jobs "
         f"{f.get('excluded_jobs') or 'none'}, {f.get('dropped_zero_error', 0)} zero-error point(s) dropped "
         "(the fits are in log space).",
         f"- Compute: C = FLOP(f) * 3 * N * T (Eq. 4) in PFLOPs of multiply-accumulates, "
@@ -312,14 +325,14 @@ def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path
     fitted = []
     for a in analysis.allocations:
         if isinstance(a, fits.Skipped):
-            lines.append(f"| {a.name} | – | – | not fitted: {a.reason} |")
+            lines.append(f"| {a.name} | – | – | not fitted: {md(a.reason)} |")
         else:
             fitted.append(a)
             lines.append(f"| {a.estimator} | {estimate_interval(a.a)} | {estimate_interval(a.b)} | {a.method} |")
     lines += ["", "Agreement:", "", *_agreement(fitted)]
     unidentified = [(a.estimator, f) for a in fitted for f in identifiability.allocation_flags(a)]
     if unidentified:
-        lines += ["Not identified:", "", *[f"- {name} `{f['param']}`: {f['reason']}." for name, f in unidentified], ""]
+        lines += ["Not identified:", "", *[f"- {name} `{f['param']}`: {md(f['reason'])}." for name, f in unidentified], ""]
     lines += ["## Held-out check", "",
               f"Each law refitted without the top {fits.HELD_OUT_FRACTION:.0%} of points by compute, then scored on them "
               "(for E(C): the envelope points above the threshold).", "",
@@ -327,7 +340,7 @@ def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path
               "|---|---|---|---|---|---|"]
     for h in analysis.held_out:
         if isinstance(h, fits.Skipped):
-            lines.append(f"| {h.name} | – | – | – | not done: {h.reason} | |")
+            lines.append(f"| {h.name} | – | – | – | not done: {md(h.reason)} | |")
         else:
             lines.append(f"| {h.name} | {h.threshold_pflops:.3g} | {h.train_points} | {h.test_points} | "
                          f"{h.mean_abs_rel_error:.2%} | {h.max_abs_rel_error:.2%} |")

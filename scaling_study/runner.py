@@ -25,10 +25,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from . import __version__, db
+from . import __version__, cores, db
 from .checks import missing_data
 from .curves import open_curves
-from .errors import BadInput, StudyError
+from .errors import BadInput, GridError, StudyError
 from .files import job_dir  # noqa: F401 - where it lives now; `runner.job_dir` as before
 from .grid_text import recorded_section
 from .plan import JobSpec
@@ -52,6 +52,7 @@ class RunOptions:
     checkpoint_every_s: float = 600.0
     max_attempts: int = 3
     adaptive: bool | None = None  # None: as each study's [adaptive] table says; True/False: for every study
+    threads: int | None = None  # torch threads; None: $STUDY_THREADS, else this host's cores shared by its workers
 
 
 @dataclass
@@ -70,6 +71,8 @@ class RunSummary:
 
 class Events:
     """Callbacks the CLI hooks its progress display to; the defaults do nothing."""
+
+    def worker_started(self, line: str) -> None: ...  # who this worker is, on what, with how many threads
 
     def job_started(self, job: dict, spec: JobSpec) -> None: ...
 
@@ -232,6 +235,11 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
     stop.install()
     summary = RunSummary()
     claimed = 0
+    _adaptive_studies(engine, options)  # a study whose recorded [adaptive] table is bad stops the worker here
+    slot = cores.HostSlot()  # counted by the other workers of this host while this one lives
+    threads = cores.worker_threads(options.threads)
+    if hasattr(events, "worker_started"):
+        events.worker_started(f"worker {worker} on {device}: {threads.count} torch thread(s) ({threads.why})")
     while not stop() and (options.max_jobs is None or claimed < options.max_jobs):
         try:
             db.reclaim_lost(engine, host, options.max_attempts, alive=worker_alive)
@@ -247,12 +255,14 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
         if job is None:
             break
         claimed += 1
+        cores.apply(cores.worker_threads(options.threads))  # the workers started or gone since the last job
         outcome = _run_job(engine, job, worker, device, options, stop, events, train, adaptive_studies.get(job["study"]))
         if outcome in ("done", "diverged", "failed", "released", "pruned"):
             getattr(summary, outcome).append(job["id"])
         if outcome in ("disk_full", "database_refused", "unusable"):
             summary.fatal = job["error_message"]
             break
+    slot.close()
     summary.stop_reason = stop.reason
     if not options.resume:
         summary.waiting_for_resume = sum(
@@ -274,6 +284,8 @@ def _adaptive_studies(engine, options: RunOptions) -> dict:
     for name in names:
         try:
             config = adaptive.settings(engine, name, options.adaptive)
+        except GridError:  # a recorded [adaptive] table this version refuses: said, not run as if plain
+            raise
         except StudyError:  # no such study: nothing to claim from it anyway
             continue
         if config is not None:

@@ -219,8 +219,11 @@ def load_checkpoint(path: Path, spec: JobSpec) -> dict:
     """A checkpoint's state, refused (StudyError) when it was written for another job."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file: say which, in one line
-        raise StudyError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}".splitlines()[0]) from None
+    except OSError as error:
+        raise StudyError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
+    except Exception:  # noqa: BLE001 - torch's own words advise weights_only=False, which would run the file's code
+        raise StudyError(f"checkpoint {path} is corrupt or truncated (not a torch.save file of tensors); "
+                         "delete it to start the job over") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise StudyError(f"checkpoint {path} is not a scaling-study checkpoint (format {CHECKPOINT_FORMAT})")
     difference = spec_difference(state["spec"], spec)
@@ -426,7 +429,10 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
         batch_index = 0
         new: list[EvalPoint] = []
         if epoch in spec.epochs:
-            metrics = evaluate.evaluate(model, spec, device, epoch)
+            try:
+                metrics = evaluate.evaluate(model, spec, device, epoch)
+            except evaluate.NonFiniteModel as error:  # finite losses, but features that overflow: no score
+                return result("diverged", f"{error} (epoch {epoch})")
             new = [EvalPoint(epoch, name, value) for name, value in metrics.items()]
             new.append(EvalPoint(epoch, "train/loss", loss_sum / loss_count))
             evaluations.extend(new)

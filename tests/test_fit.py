@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from scaling_study import analysis as fit
-from scaling_study import synthetic
+from scaling_study import cores, synthetic
 from scaling_study.analysis import bootstrap, optimize, parametric
 from scaling_study.errors import StudyError
 
@@ -166,9 +166,9 @@ def test_threaded_bootstrap_chunks_give_the_numbers_of_one_thread(grid, monkeypa
     start = np.array([math.log(0.15), -2.0, -2.0, 0.5, 0.5])
     counts = bootstrap.multinomial(np.random.default_rng(5), 9, len(logy))
     monkeypatch.setattr(bootstrap, "CHUNK", 2)  # 5 chunks
-    monkeypatch.setattr(optimize.os, "sched_getaffinity", lambda _pid: {0, 1, 2}, raising=False)
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda _pid: {0, 1, 2}, raising=False)
     threaded, ok_threaded = bootstrap.refit_resamples(parametric.log_parametric_law, start, x, logy, counts, lower, upper)
-    monkeypatch.setattr(optimize.os, "sched_getaffinity", lambda _pid: {0}, raising=False)
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda _pid: {0}, raising=False)
     alone, ok_alone = bootstrap.refit_resamples(parametric.log_parametric_law, start, x, logy, counts, lower, upper)
     assert threaded.shape == (9, 5) and np.array_equal(threaded, alone) and np.array_equal(ok_threaded, ok_alone)
     assert len({tuple(t) for t in threaded}) == 9  # each resample its own fit

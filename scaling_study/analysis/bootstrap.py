@@ -13,6 +13,7 @@ from .optimize import refine, usable_cores
 from .results import Estimate
 
 CHUNK = 250  # bootstrap resamples refined at once (bounds the (chunk, points, params) Jacobian)
+CHUNK_VALUES = 1_000_000  # and at most this many values in that Jacobian (~8 MB): fewer resamples when points are many
 
 
 def refit_resamples(law: Callable, theta: np.ndarray, x, logy: np.ndarray, w: np.ndarray,
@@ -22,9 +23,10 @@ def refit_resamples(law: Callable, theta: np.ndarray, x, logy: np.ndarray, w: np
     The chunks are independent and their arithmetic is numpy's, which releases the GIL, so they
     run on threads where there are spare cores (the same numbers, in less time)."""
     rows = max(np.shape(logy)[0] if np.ndim(logy) == 2 else 1, np.shape(w)[0] if np.ndim(w) == 2 else 1)
+    per_chunk = max(1, min(CHUNK, CHUNK_VALUES // max(1, np.shape(logy)[-1] * len(theta))))  # each row is refined alone
 
     def chunk(start: int):
-        part = slice(start, min(rows, start + CHUNK))
+        part = slice(start, min(rows, start + per_chunk))
         ly = logy[part] if np.ndim(logy) == 2 else logy
         ww = w[part] if np.ndim(w) == 2 else w
         up = upper[part] if np.ndim(upper) == 2 else upper
@@ -33,7 +35,7 @@ def refit_resamples(law: Callable, theta: np.ndarray, x, logy: np.ndarray, w: np
         t, _, ok = refine(law, np.repeat(theta[None], size, 0), x, ly, ww, lower, up, rtol=1e-8)
         return t, ok
 
-    starts = range(0, rows, CHUNK)
+    starts = range(0, rows, per_chunk)
     workers = min(len(starts), usable_cores())
     if workers < 2:
         parts = [chunk(start) for start in starts]
@@ -59,4 +61,5 @@ def estimates(values: dict[str, float], samples: dict[str, np.ndarray] | None, o
 
 def multinomial(rng: np.random.Generator, resamples: int, n: int) -> np.ndarray:
     """Bootstrap resamples as counts: row i says how often each of n points was drawn."""
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float)
+    # float32 holds every count exactly, in half the memory of float64 (resamples x points values)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float32)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.optimize import minimize
+
+from ..cores import usable_cores  # noqa: F401 - the bootstrap and the figures divide the cores with it
 
 try:
     from threadpoolctl import threadpool_limits
@@ -19,12 +20,7 @@ except ImportError:  # pragma: no cover - a dependency; without it BLAS may over
     threadpool_limits = None
 
 HUBER_DELTA = 1e-3
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity where the OS says, else 1): how many
-    bootstrap chunks and figures run at once."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+SCREEN_VALUES = 2_000_000  # values of a (starts, points) array screened at once: ~16 MB, whatever the points
 
 
 def one_blas_thread(function: Callable) -> Callable:
@@ -135,9 +131,13 @@ def multistart(law: Callable, starts: np.ndarray, x, logy: np.ndarray, w: np.nda
                 lower: np.ndarray, upper: np.ndarray, keep: int = 6):
     """Screen a grid of starts, run L-BFGS-B from the best few, polish the best: (theta, loss, converged)."""
     starts = np.clip(starts, lower, upper)
-    loge, _ = law(starts, x, False)
-    with np.errstate(invalid="ignore"):
-        losses = huber(loge - logy, w).sum(1)
+    n = np.shape(logy)[-1]
+    size = max(1, SCREEN_VALUES // max(n, 1))  # starts per pass: (starts, points) arrays of bounded size
+    losses = np.empty(len(starts))
+    for first in range(0, len(starts), size):
+        loge, _ = law(starts[first:first + size], x, False)
+        with np.errstate(invalid="ignore"):
+            losses[first:first + size] = huber(loge - logy, w).sum(1)
     order = np.argsort(np.where(np.isfinite(losses), losses, np.inf))[:keep]
     results = [lbfgsb(law, start, x, logy, w, lower, upper) for start in starts[order]]
     best = min(results, key=lambda res: res.fun)

@@ -22,6 +22,40 @@ from .forms import law_value
 from .results import Allocation, Analysis, LawFit
 
 LEVEL = 0.95
+WARN_BEYOND = 10.0  # a prediction this far outside the data's range says so
+REFUSE_BEYOND = 1e4  # and this far (four decades) is refused: the law was never seen to hold there
+
+
+def _outside(value: float, low: float, high: float) -> float:
+    """How many times `value` lies outside [low, high] (1 inside)."""
+    return max(value / high, low / value, 1.0)
+
+
+def _range_check(what: str, value: float, observed: np.ndarray, notes: list[str]) -> None:
+    """Refuse `value` beyond REFUSE_BEYOND times the observed range; note it beyond WARN_BEYOND."""
+    low, high = float(observed.min()), float(observed.max())
+    factor = _outside(value, low, high)
+    side = "above the largest" if value > high else "below the smallest"
+    if factor > REFUSE_BEYOND:
+        raise BadInput(f"{what} {value:.3g} is {factor:.3g}x {side} in the study ({low:.3g} to {high:.3g}); a prediction "
+                       f"more than {REFUSE_BEYOND:,.0f}x outside the data is refused: the law was never seen to hold there")
+    if factor > WARN_BEYOND:
+        notes.append(f"{what} {value:.3g} is {factor:.3g}x {side} in the study: an extrapolation; the interval is the "
+                     "law's uncertainty, not evidence that the law holds that far")
+
+
+def _clip_error(row: dict, kind: str, label: str, notes: list[str]) -> dict:
+    """An error rate's prediction (and its interval) clipped to [0, 1], with a note when it had to be."""
+    if kind != "error":
+        return row
+    clipped = False
+    for key in ("value", "low", "high"):
+        if row.get(key) is not None and not 0.0 <= row[key] <= 1.0:
+            row[key] = min(max(row[key], 0.0), 1.0)
+            clipped = True
+    if clipped:
+        notes.append(f"{label}: the law's value lies outside [0, 1]; clipped to the error rate's range")
+    return row
 
 
 def _noise(fit: LawFit, analysis: Analysis) -> float:
@@ -75,21 +109,25 @@ def predict_run(analysis: Analysis, model: str, examples: int, epochs: int, seed
         raise BadInput(f"examples and epochs must be positive, not N = {examples}, T = {epochs}")
     params = float(known.loc[model, "params"])
     flops = float(known.loc[model, "flops_per_example"])
+    notes: list[str] = []
+    _range_check("N*T", float(examples) * float(epochs), (frame["examples"] * frame["epochs"]).to_numpy(float), notes)
+    kind = analysis.filters.get("metric_kind", "error")
     rng = np.random.default_rng(seed)
     forms = {}
     for fit in (analysis.parametric, analysis.data_constrained):
         if not isinstance(fit, LawFit):
             continue
         point = float(law_value(fit, params, examples, epochs))
-        forms[fit.name] = {**_interval(point, _law_draws(fit, params, examples, epochs), _noise(fit, analysis), rng),
-                           "formula": fit.formula, "resamples": fit.resamples}
+        row = _interval(point, _law_draws(fit, params, examples, epochs), _noise(fit, analysis), rng)
+        forms[fit.name] = {**_clip_error(row, kind, f"{fit.name} form", notes), "formula": fit.formula,
+                           "resamples": fit.resamples}
     if not forms:
         raise BadInput(f"no parametric law to predict a run with: {analysis.parametric.reason}")
     chosen = chosen_form(analysis).name
     return {"model": model, "params": int(params), "examples": int(examples), "epochs": int(epochs),
             "pflops": 3.0 * flops * examples * epochs / PFLOP, "metric": analysis.metric,
-            "metric_kind": analysis.filters.get("metric_kind", "error"), "level": LEVEL,
-            "chosen_form": chosen, "prediction": forms[chosen], "forms": forms}
+            "metric_kind": kind, "level": LEVEL,
+            "chosen_form": chosen, "prediction": forms[chosen], "forms": forms, "notes": notes}
 
 
 def _allocation_at(estimate: Allocation, pflops: float, epochs: int, flops_scale: float, flops_exponent: float) -> dict:
@@ -114,6 +152,10 @@ def predict_compute(analysis: Analysis, pflops: float, seed: int = 0) -> dict:
     """At a compute C (PFLOPs): the best value reachable (Eq. 5 on the envelope), and (P*, N*) by each estimator."""
     if not (pflops > 0 and math.isfinite(pflops)):
         raise BadInput(f"--compute must be a positive number of PFLOPs, not {pflops}")
+    notes: list[str] = []
+    observed = analysis.frame["compute"] / PFLOP
+    _range_check("--compute (PFLOPs)", pflops, observed.to_numpy(float), notes)
+    kind = analysis.filters.get("metric_kind", "error")
     rng = np.random.default_rng(seed)
     law = analysis.compute
     point = float(compute_law(pflops, law))
@@ -130,14 +172,15 @@ def predict_compute(analysis: Analysis, pflops: float, seed: int = 0) -> dict:
             continue
         row = _allocation_at(estimate, pflops, analysis.epochs, analysis.flops_scale, analysis.flops_exponent)
         if chosen is not None:
-            row["value_there"] = float(law_value(chosen, row["params"], row["examples"], analysis.epochs))
+            there = {"value": float(law_value(chosen, row["params"], row["examples"], analysis.epochs))}
+            row["value_there"] = _clip_error(there, kind, f"{estimate.estimator}'s allocation", notes)["value"]
         allocations[estimate.estimator] = row
-    observed = analysis.frame["compute"] / PFLOP
-    return {"pflops": pflops, "metric": analysis.metric, "metric_kind": analysis.filters.get("metric_kind", "error"),
+    best = _clip_error(_interval(point, draws, _noise(law, analysis), rng), kind, "the compute law", notes)
+    return {"pflops": pflops, "metric": analysis.metric, "metric_kind": kind,
             "level": LEVEL, "extrapolation": float(pflops / observed.max()),
-            "compute_law": {**_interval(point, draws, _noise(law, analysis), rng), "formula": law.formula},
+            "compute_law": {**best, "formula": law.formula},
             "epochs_for_allocation": analysis.epochs, "allocation": allocations,
-            "value_there_by": None if chosen is None else chosen.name}
+            "value_there_by": None if chosen is None else chosen.name, "notes": notes}
 
 
 def check_question(model: str | None, examples: int | None, epochs: int | None, compute: float | None) -> None:

@@ -1,0 +1,256 @@
+"""The hostile try-out's further cases: each bad input goes through the real CLI and ends in one
+`error:` line with its exit code (user errors: 2), no traceback, the database and files as they were;
+the quiet faults (a curve missing columns, a number rounded, a worker oversubscribing the cores) are
+checked on the real files they leave.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import torch
+
+from scaling_study import cores, db
+from scaling_study.models import build, parse_model
+
+from test_bad_inputs import DB, grid_text, here, invoke, planned, refused, unchanged  # noqa: F401 - fixtures
+
+INT64_MAX = 2**63 - 1
+
+
+# ---- curves ---------------------------------------------------------------------------------
+
+
+def test_every_curve_row_has_its_learning_rate_and_speed(tmp_path):
+    """A job of a few steps writes one row per step: lr and img/s arrive after the step's loss is read."""
+    from tiny_datasets import write_idx
+
+    write_idx(tmp_path / "data", n_train=40, n_test=10)
+    (tmp_path / "grid.toml").write_text(grid_text(tmp_path / "data", examples="[40]"))
+    assert invoke("plan", "grid.toml", *DB, cwd=tmp_path).exit_code == 0
+    assert invoke("run", *DB, "--device", "cpu", cwd=tmp_path).exit_code == 0
+    (curve,) = (tmp_path / "runs").rglob("curve.csv")
+    rows = list(csv.DictReader(curve.read_text().splitlines()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    for row in rows:
+        assert float(row["lr"]) == pytest.approx(1e-3) and float(row["images_per_s"]) > 0, row
+
+
+# ---- grids ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seeds, needles", [
+    ("[99999999999999999999]", ("[grid].seeds", "99999999999999999999", "2**63 - 1")),
+    ("[-1]", ("[grid].seeds", "must be 0 or more, got -1")),
+    ("[1.5]", ("integers of 0 or more",)),
+])
+def test_seeds_out_of_range_are_refused_at_plan(here, seeds, needles):
+    (here / "seeds.toml").write_text(grid_text(here / "data", seeds=seeds))
+    refused(unchanged(here, lambda: invoke("plan", "seeds.toml", *DB, cwd=here)), 2, *needles)
+
+
+def test_the_largest_seed_is_planned(here):
+    (here / "seeds.toml").write_text(grid_text(here / "data", name='"big-seed"', seeds=f"[0, {INT64_MAX}]"))
+    result = invoke("plan", "seeds.toml", *DB, cwd=here)
+    assert result.exit_code == 0 and "added 4 jobs" in result.stdout, result.stderr
+    engine = db.connect(f"sqlite:///{here / 'results.db'}")
+    assert {row["seed"] for row in db.job_rows(engine, "big-seed")} == {0, INT64_MAX}
+    engine.dispose()
+
+
+@pytest.mark.parametrize("value, needles", [
+    ("100000000000", ("[adaptive].resamples", "must lie in [10, 10,000]", "100,000,000,000")),
+    ("1e11", ("[adaptive].resamples", "expected an integer")),
+])
+def test_absurd_resamples_are_refused_at_plan(here, value, needles):
+    (here / "adaptive.toml").write_text(grid_text(here / "data") + f"\n[adaptive]\nenabled = true\nresamples = {value}\n")
+    refused(unchanged(here, lambda: invoke("plan", "adaptive.toml", *DB, cwd=here)), 2, *needles)
+
+
+def test_a_recorded_grid_with_absurd_resamples_stops_the_run_before_any_claim(here):
+    """A grid recorded by a version that let it in: `study run` says so instead of never pruning."""
+    engine = sa.create_engine(f"sqlite:///{here / 'results.db'}")
+    with engine.begin() as conn:
+        text = conn.execute(sa.select(db.studies.c.grid_toml).where(db.studies.c.name == "corpus")).scalar()
+        conn.execute(db.studies.update().where(db.studies.c.name == "corpus").values(
+            grid_toml=text + "\n[adaptive]\nenabled = true\nresamples = 100000000000\n"))
+    engine.dispose()
+    result = unchanged(here, lambda: invoke("run", *DB, "--device", "cpu", cwd=here))
+    refused(result, 2, "study 'corpus'", "[adaptive].resamples", "must lie in")
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+
+
+def _checkpoint(path: Path, how: str) -> Path:
+    model = build(parse_model("B-1/Wi-8", "--model"), 64, 10)
+    if how == "random bytes":
+        path.write_bytes(os.urandom(5000))
+    else:
+        scale = {"nan": float("nan"), "huge": 1e30}[how]
+        state = {k: (torch.full_like(v, scale) if how == "nan" else v * scale) if k.endswith("weight") else v
+                 for k, v in model.state_dict().items()}
+        torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("probe", ["fast", "paper"])
+@pytest.mark.parametrize("how, code, needles", [
+    ("nan", 2, ("non-finite weight(s)", "no score")),
+    ("huge", 2, ("non-finite value(s)", "features", "no score")),
+    ("random bytes", 2, ("is not a readable checkpoint", "corrupt")),
+])
+def test_a_diverged_or_corrupt_checkpoint_gets_no_score(here, probe, how, code, needles):
+    checkpoint = _checkpoint(here / "model.pt", how)
+    result = unchanged(here, lambda: invoke("evaluate", checkpoint, "--model", "B-1/Wi-8", "--downstream",
+                                            f"fashion-mnist={here / 'data'}", "--probe", probe, "--probe-epochs", "1",
+                                            "--device", "cpu", cwd=here))
+    line = refused(result, code, *needles)
+    assert "weights_only" not in line and "0.9" not in result.stdout
+
+
+# ---- reports --------------------------------------------------------------------------------
+
+
+def test_names_reach_report_md_as_text_not_markup(here):
+    rows = ["model,params,flops_per_example,examples,epochs,error,metric"]
+    names = ["<script>alert(1)</script>", "B|x*y_[z]", "B-3/Wi-8", "B-4/Wi-8"]
+    params = [300, 301, 900, 2700]  # the first two merge (within 1%): their names are listed
+    rows += [f"{name},{p},{p},{n},{t},{0.5 + 1.0 / p ** 0.3 + 1.0 / (n * t) ** 0.3:.6f},<b>m|x</b>"
+             for name, p in zip(names, params) for n in (1000, 3000) for t in (1, 2)]
+    (here / "hostile.csv").write_text("\n".join(rows) + "\n")
+    assert invoke("import", "hostile.csv", *DB, cwd=here).exit_code == 0
+    result = invoke("fit", *DB, "--study", "hostile", "--bootstrap", "0", "--no-page", "--out", "rep", cwd=here)
+    assert result.exit_code == 0, result.stderr
+    text = (here / "rep" / "report.md").read_text()
+    assert "<script>" not in text and "<b>" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "B\\|x\\*y\\_\\[z\\]" in text
+    assert "metric &lt;b&gt;m\\|x&lt;/b&gt;" in text
+
+
+# ---- predictions ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, needles", [
+    (("--model", "B-1/Wi-8", "--examples", 10**30, "--epochs", 1), ("N*T 1e+30", "x above the largest", "refused")),
+    (("--compute", "1e-300"), ("--compute (PFLOPs) 1e-300", "x below the smallest", "refused")),
+])
+def test_predictions_far_outside_the_data_are_refused(here, args, needles):
+    result = unchanged(here, lambda: invoke("predict", *DB, "--study", "points", "--bootstrap", "0", *args, cwd=here))
+    refused(result, 2, *needles)
+
+
+def test_a_prediction_beyond_the_data_is_marked_and_an_error_rate_stays_in_its_range(here):
+    from scaling_study import analysis as fits
+    from scaling_study.analysis.predict import predict_compute, predict_run
+
+    engine = db.connect(f"sqlite:///{here / 'results.db'}")
+    selected, filters = fits.select(db.evaluations_frame(engine, "points"), None)
+    engine.dispose()
+    analysis = fits.analyse(selected, filters, None, 0, 0)
+    run = predict_run(analysis, "B-1/Wi-8", 200_000, 1)
+    assert any("100x above the largest" in note and "extrapolation" in note for note in run["notes"]), run["notes"]
+    low = predict_compute(analysis, float(selected["compute"].min()) / 1e15 / 1000)
+    assert 0.0 <= low["compute_law"]["value"] <= 1.0 and low["compute_law"]["high"] <= 1.0
+    assert any("x below the smallest" in note for note in low["notes"])
+
+
+# ---- imports --------------------------------------------------------------------------------
+
+HEADER = "model,params,flops_per_example,examples,epochs,error"
+
+
+def test_a_semicolon_separated_csv_is_read(here):
+    (here / "semi.csv").write_text(HEADER.replace(",", ";") + "\nB-1/Wi-8;100;100;1000;1;0.5\nB-2/Wi-8;200;200;1000;1;0.4\n")
+    result = invoke("import", "semi.csv", *DB, cwd=here)
+    assert result.exit_code == 0 and "imported 2 evaluation points" in result.stdout, result.stderr
+
+
+def test_a_bad_study_name_is_said_once(here):
+    (here / "many.csv").write_text(HEADER + "\n" + "".join(f"B-{i}/Wi-8,{i}00,100,1000,1,0.5\n" for i in range(1, 61)))
+    result = unchanged(here, lambda: invoke("import", "many.csv", "--study", "a/b", *DB, cwd=here))
+    refused(result, 2, "--study 'a/b'", "must not contain /")
+
+
+def test_a_short_row_is_named_short(here):
+    (here / "short.csv").write_text(HEADER + "\nB-1/Wi-8,100,100,1000,1\n")
+    result = unchanged(here, lambda: invoke("import", "short.csv", *DB, cwd=here))
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code in (1, 2) and "Traceback" not in result.stderr
+    assert lines[0] == "short.csv:2: a short row: 5 fields, the header has 6 (no error)"
+    assert lines[1].startswith("error: 1 bad row(s) of 1 in short.csv")
+
+
+def test_a_repeated_header_is_refused(here):
+    (here / "twice.csv").write_text(HEADER + ",error\nB-1/Wi-8,100,100,1000,1,0.5,0.6\n")
+    refused(unchanged(here, lambda: invoke("import", "twice.csv", *DB, cwd=here)), 2, "error appear more than once")
+
+
+def test_imported_integers_are_kept_exact(here):
+    (here / "exact.csv").write_text(HEADER + f"\nB-1/Wi-8,9007199254740993,100,1000,1,0.5\nB-2/Wi-8,{INT64_MAX},200,1000,1,0.4\n")
+    result = invoke("import", "exact.csv", *DB, cwd=here)
+    assert result.exit_code == 0, result.stderr
+    engine = db.connect(f"sqlite:///{here / 'results.db'}")
+    assert sorted(row["params"] for row in db.job_rows(engine, "exact")) == [9007199254740993, INT64_MAX]
+    engine.dispose()
+
+
+# ---- workers sharing a machine --------------------------------------------------------------
+
+HOLD = "import sys, time; from scaling_study.cores import HostSlot; s = HostSlot(); print('up', flush=True); time.sleep(60)"
+
+
+def test_workers_on_one_host_share_its_cores(tmp_path, monkeypatch):
+    """Live workers are counted by the locks they hold; a killed one stops counting at once."""
+    monkeypatch.setenv(cores.REGISTRY_VARIABLE, str(tmp_path))
+    monkeypatch.delenv(cores.THREADS_VARIABLE, raising=False)
+    with cores.HostSlot():
+        assert cores.live_workers() == 1
+        others = [subprocess.Popen([sys.executable, "-c", HOLD], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        try:
+            for other in others:
+                assert other.stdout.readline().strip() == "up"
+            assert cores.live_workers() == 3
+            threads = cores.worker_threads()
+            assert threads.count == max(1, cores.usable_cores() // 3) and "shared by 3 worker(s)" in threads.why
+            others[0].kill()
+            others[0].wait()
+            assert cores.live_workers() == 2
+            assert len([p for p in cores.registry_folder().iterdir()]) == 2  # the dead one's file is gone
+        finally:
+            for other in others:
+                other.kill()
+                other.wait()
+                other.stdout.close()
+    assert cores.live_workers() == 1 and not any(cores.registry_folder().iterdir())
+
+
+def test_threads_can_be_given(monkeypatch):
+    assert cores.worker_threads(3) == cores.Threads(3, "--threads")
+    monkeypatch.setenv(cores.THREADS_VARIABLE, "2")
+    assert cores.worker_threads() == cores.Threads(2, "$STUDY_THREADS")
+    monkeypatch.setenv(cores.THREADS_VARIABLE, "many")
+    with pytest.raises(cores.BadInput, match="STUDY_THREADS"):
+        cores.worker_threads()
+
+
+# ---- runs -----------------------------------------------------------------------------------
+
+
+def test_a_gpu_that_is_not_there_is_a_usage_error(here):
+    refused(unchanged(here, lambda: invoke("run", *DB, "--device", "cuda:7", cwd=here)), 2, "--device cuda:7")
+
+
+def test_prune_with_nothing_pending_fits_nothing(here):
+    """An imported study has no pending trajectory: prune says so before fitting the law it would not use."""
+    result = unchanged(here, lambda: invoke("prune", *DB, "--study", "points", "--dry-run", cwd=here))
+    assert result.exit_code == 0, result.stderr
+    assert "nothing to decide: no pending or running trajectory" in result.stdout
