@@ -29,6 +29,7 @@ from . import budget, db
 from .analysis import PARAMETRIC_LAW, LawFit, choose_form, fit_data_constrained, fit_parametric, flops_scaling, select
 from .analysis.data_constrained import repeat_factor
 from .errors import StudyError
+from .formatting import interval
 from .grid import AdaptiveConfig
 
 PREDICTION_FORM = ("the parametric form study fit chooses by its held-out score (E(P, D), or E(P, D') with repeated "
@@ -211,8 +212,8 @@ def decide(frame: pd.DataFrame, rows: list[dict], config: AdaptiveConfig, exempt
         elif above:
             prune = True
             why = (f"pruned: at each of its {len(evidence)} remaining evaluation epochs the {config.confidence:.0%} lower "
-                   f"bound lies above the envelope; closest at T = {closest.epoch}: predicted {closest.predicted:.4f} "
-                   f"[{closest.low:.4f}, {closest.high:.4f}] vs envelope {closest.envelope:.4f}")
+                   f"bound lies above the envelope; closest at T = {closest.epoch}: predicted "
+                   f"{interval(closest.predicted, closest.low, closest.high, '.4f')} vs envelope {closest.envelope:.4f}")
         else:
             prune = False
             why = (f"kept: at T = {closest.epoch} its lower bound {closest.low:.4f} is not above the envelope "
@@ -303,3 +304,14 @@ def pruned_summary(engine, study: str) -> list[dict]:  # noqa: ANN001
                     "predicted": p["predicted"], "low": p["low"], "high": p["high"], "envelope": p["envelope"],
                     "fit": json.loads(p["fit"])})
     return out
+
+
+def pruned_or_none(engine, study: str) -> list[dict] | None:  # noqa: ANN001
+    """An adaptive study's pruned trajectories (pruned_summary), for the report; None for a plain study,
+    whose report has no such section."""
+    try:
+        config = settings(engine, study)
+    except StudyError:  # a recorded grid that no longer parses: plain, unless something was pruned
+        config = None
+    rows = pruned_summary(engine, study)
+    return rows if config is not None or rows or db.pruning_rows(engine, study) else None

@@ -16,7 +16,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .errors import BadInput, StudyError
+from .errors import BadInput, Fault, StudyError
 
 DEFAULT_URL = "sqlite:///results.db"
 URL_VARIABLE = "STUDY_DB"
@@ -247,8 +247,8 @@ def add_jobs(engine: Engine, study_name: str, grid_path: str, grid_toml: str, sp
         return _add_jobs(engine, study_name, grid_path, grid_toml, specs)
     except sa.exc.OperationalError as error:  # a full disk, a lock held too long: the transaction rolled back
         words = str(error.orig).strip().splitlines()[0]
-        raise StudyError(f"the database refused the plan ({words}); nothing was planned, the database is as it "
-                         "was: free space (or retry when it is free) and plan again") from None
+        raise Fault(f"the database refused the plan ({words}); nothing was planned, the database is as it "
+                    "was: free space (or retry when it is free) and plan again") from None
 
 
 def _add_jobs(engine: Engine, study_name: str, grid_path: str, grid_toml: str, specs: list) -> tuple[int, int]:
@@ -303,12 +303,6 @@ def job_counts(engine: Engine, study_name: str | None = None) -> dict[str, dict[
         for name, state, count in conn.execute(query):
             counts.setdefault(name, {})[state] = count
     return counts
-
-
-def study_grid_text(engine: Engine, name: str) -> str:
-    """The grid TOML a study was last planned from ('' for an imported study or an unknown name)."""
-    with engine.connect() as conn:
-        return conn.execute(sa.select(studies.c.grid_toml).where(studies.c.name == name)).scalar() or ""
 
 
 def study_names(engine: Engine) -> list[str]:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .checks import name_problem, printable
-from .errors import StudyError
+from .checks import name_problem, output_problem, printable
+from .errors import BadInput, StudyError
 from .files import write_atomic
 
 REQUIRED = ("model", "params", "flops_per_example", "examples", "epochs", "error")
@@ -58,6 +58,15 @@ def _spec_hash(spec: dict) -> str:
 def read_results_csv(path: Path, study: str | None = None) -> list[dict]:
     """The trajectories of a results CSV (see `db.import_trajectories`), or a StudyError listing every bad row."""
     path = Path(path)
+    try:
+        return _read_results_csv(path, study)
+    except UnicodeDecodeError as error:
+        raise BadInput(f"{path}: not a UTF-8 text CSV (byte {error.start}: {error.reason}); give the results as CSV text") from None
+    except csv.Error as error:  # e.g. a NUL byte
+        raise BadInput(f"{path}: not a readable CSV ({error}); give the results as CSV text") from None
+
+
+def _read_results_csv(path: Path, study: str | None) -> list[dict]:
     try:
         handle = path.open(newline="", encoding="utf-8-sig")
     except OSError as error:
@@ -158,14 +167,30 @@ def read_results_csv(path: Path, study: str | None = None) -> list[dict]:
     return list(trajectories.values())
 
 
-def write_frame(frame: pd.DataFrame, path: Path, fmt: str) -> Path:
-    """The evaluation frame as CSV or Parquet."""
+def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
-        raise StudyError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+        raise BadInput(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+
+
+def export_target(fmt: str, out: Path | None) -> Path:
+    """Where `study export` writes (`out`, else evaluations.<format>), checked before any work."""
+    _check_format(fmt)
+    target = Path(out or f"evaluations.{fmt}")
+    if problem := output_problem(target):
+        raise BadInput(f"cannot write --out {target}: {problem}")
+    return target
+
+
+def write_frame(frame: pd.DataFrame, path: Path, fmt: str) -> Path:
+    """The evaluation frame as CSV or Parquet; a failed write leaves what stood at `path` as it was."""
+    _check_format(fmt)
     if fmt == "parquet":
         try:
             import pyarrow  # noqa: F401
         except ImportError:
             raise StudyError("--format parquet needs pyarrow: pip install pyarrow") from None
-        return write_atomic(path, lambda temp: frame.to_parquet(temp, index=False))
-    return write_atomic(path, lambda temp: frame.to_csv(temp, index=False))
+    try:
+        return write_atomic(path, lambda temp: frame.to_parquet(temp, index=False) if fmt == "parquet"
+                            else frame.to_csv(temp, index=False))
+    except OSError as error:  # e.g. /proc, a full disk
+        raise BadInput(f"cannot write --out {path}: {error.strerror or error}; choose another path") from None

@@ -1,4 +1,4 @@
-"""Grid files: TOML parsed with tomllib into frozen dataclasses, every key and type checked.
+"""Grid files: TOML parsed (grid_text) into frozen dataclasses, every key and type checked.
 
 Any problem is a GridError naming the file, the line where tomllib or a search for the key
 finds it, the key and (for a misspelling) the valid choices; nothing is planned from a bad grid.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from .data import CATALOGUE, DatasetInfo
 from .store import read_meta
 from .checks import name_problem
 from .errors import GridError
+from .grid_text import grid_tables
 from .models import ModelSpec, parse_model
 
 OPTIMIZERS = ("lion", "adamw", "sgd")
@@ -296,11 +296,7 @@ SECTIONS = ("study", "data", "grid", "train", "evaluation", "logging", "adaptive
 
 def parse_grid(text: str, path: str = "<grid>") -> Grid:
     """Validate a grid's TOML text into a Grid, or raise GridError."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        # tomllib's message already ends with "(at line L, column C)".
-        raise GridError(f"{path}: malformed TOML: {error}") from None
+    doc = grid_tables(text, path)
     parser = _Parser(path, text)
     for key in doc:
         if key not in SECTIONS:
@@ -409,11 +405,7 @@ def _adaptive(parser: _Parser, raw: object) -> AdaptiveConfig:
 def adaptive_settings(text: str, path: str = "<grid>") -> AdaptiveConfig:
     """The [adaptive] table of a grid's text as recorded in the database (the runner reads it there,
     without the grid's data paths having to exist on this machine); the defaults when absent."""
-    try:
-        doc = tomllib.loads(text or "")
-    except tomllib.TOMLDecodeError as error:
-        raise GridError(f"{path}: malformed TOML: {error}") from None
-    return _adaptive(_Parser(path, text or ""), doc.get("adaptive", {}))
+    return _adaptive(_Parser(path, text or ""), grid_tables(text, path).get("adaptive", {}))
 
 
 def load_grid(path: str | Path) -> Grid:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
-import math
 import re
 import time
 from collections.abc import Callable
@@ -27,6 +26,8 @@ import sqlalchemy as sa
 from . import budget, db
 from .curves import read_csv_curve
 from .files import job_dir, write_atomic
+from .formatting import duration, pflops, row_interval
+from .progress import eta_seconds
 
 PAGE_NAME = "index.html"
 CURVE_POINTS = 120  # a job's curve is drawn from at most this many points (block means)
@@ -59,11 +60,7 @@ def study_state(engine, study: str) -> dict:  # noqa: ANN001 - an Engine
     started = [row["started_at"] for row in rows if row["started_at"]]
     now = db.now()
     running = [row for row in rows if row["state"] == "running"]
-    eta = None
-    if running and started and spent > 0:
-        elapsed = (now - min(started)).total_seconds()
-        if elapsed > 0:
-            eta = to_go / (spent / elapsed)
+    eta = eta_seconds((now - min(started)).total_seconds(), spent, to_go) if running and started else None
     return {"study": study, "jobs": rows, "counts": {s: counts[s] for s in ordered}, "spent": spent,
             "planned": planned, "to_go": to_go, "eta_s": eta, "running": running, "now": now}
 
@@ -194,28 +191,6 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _pflops(value: float) -> str:
-    return f"{value / budget.PFLOP:,.4g}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "–"
-    minutes, hours = round(seconds / 60), seconds / 3600
-    if hours >= 24:
-        return f"{int(hours // 24)} d {round(hours % 24)} h"
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(1, minutes)} min"
-
-
-def _estimate(value: dict | None) -> str:
-    if not isinstance(value, dict) or value.get("value") is None:
-        return "–"
-    text = f"{value['value']:.4g}"
-    if value.get("low") is not None and value.get("high") is not None:
-        text += f" [{value['low']:.4g}, {value['high']:.4g}]"
-    return text
-
-
 def _table(header: list[str], rows: list[list[str]]) -> str:
     """A table of already escaped cells."""
     head = "".join(f"<th>{h}</th>" for h in header)
@@ -231,7 +206,7 @@ def _state_section(state: dict) -> str:
                      for s, n in counts.items())
     share = state["spent"] / state["planned"] if state["planned"] else 0.0
     if state["eta_s"] is not None:
-        eta = f"ETA {_duration(state['eta_s'])} at the rate so far ({len(state['running'])} running)"
+        eta = f"ETA {duration(state['eta_s'])} at the rate so far ({len(state['running'])} running)"
     elif state["to_go"] > 0:
         eta = "no job running: no ETA (`study run --resume` continues)"
     else:
@@ -245,8 +220,8 @@ def _state_section(state: dict) -> str:
               _e(r["worker"] or "")] for r in state["running"]])
     return (f'<section id="state"><h2>State</h2><div class="bar">{bar}</div><div class="legend">{legend}</div>'
             + _table(["state", "jobs"], rows + [["<b>total</b>", f"<b>{total}</b>"]])
-            + f"<p>Compute: <b>{_pflops(state['spent'])}</b> of {_pflops(state['planned'])} PFLOPs planned "
-            f"({share:.1%}); {_pflops(state['to_go'])} PFLOPs to go. {_e(eta)}.</p>"
+            + f"<p>Compute: <b>{pflops(state['spent'], 4)}</b> of {pflops(state['planned'], 4)} PFLOPs planned "
+            f"({share:.1%}); {pflops(state['to_go'], 4)} PFLOPs to go. {_e(eta)}.</p>"
             f'<div class="bar"><span style="width:{100 * share:.3f}%;background:#1f77b4"></span></div>{running}</section>')
 
 
@@ -266,7 +241,7 @@ def _fit_section(fit: dict | None, note: str) -> str:
         if not isinstance(law, dict) or "skipped" in law:
             rows.append([title, "", "", f"not fitted: {_e((law or {}).get('skipped', ''))}"])
             continue
-        params = "<br>".join(f'<span class="nw">{_e(name)} = {_e(_estimate(value))}</span>'
+        params = "<br>".join(f'<span class="nw">{_e(name)} = {_e(row_interval(value))}</span>'
                              for name, value in (law.get("params") or {}).items())
         rows.append([f"{title}<br><small>{_e(law.get('formula', ''))}</small>", _e(law.get("points", "")), params,
                      _e(law.get("status", ""))])
@@ -276,7 +251,7 @@ def _fit_section(fit: dict | None, note: str) -> str:
         if not isinstance(estimate, dict) or "skipped" in estimate:
             rows.append([_e(name), "–", "–", f"not fitted: {_e((estimate or {}).get('skipped', ''))}"])
         else:
-            rows.append([_e(name), _e(_estimate(estimate.get("a"))), _e(_estimate(estimate.get("b"))),
+            rows.append([_e(name), _e(row_interval(estimate.get("a"))), _e(row_interval(estimate.get("b"))),
                          _e(estimate.get("method", ""))])
     parts.append(f"<h3>Compute-optimal allocation: P* ~ C^a, N* ~ C^b (T = {_e(fit.get('epochs_for_allocation'))})</h3>"
                  + _table(["estimator", "a [95%]", "b [95%]", "method"], rows))

@@ -254,3 +254,57 @@ def estimated_seconds(jobs: list[JobSpec], calibrations: dict[str, dict]) -> dic
         out[row.name] = (images / measured["images_per_s"], None if per_point is None else row.points * per_point)
     return out
 
+
+
+@dataclass(frozen=True)
+class HourEstimate:
+    """A plan's hours from `study bench` figures of one device: per model, training and (where its
+    figure exists) evaluation."""
+
+    models: tuple[str, ...]  # every model of the plan, measured or not
+    train: dict[str, float]  # per model measured
+    evaluation: dict[str, float]  # per model whose evaluation was measured
+    device: str | None  # the device the figures come from; None when nothing was measured
+
+    @property
+    def complete(self) -> bool:
+        """Every model of the plan has a training figure."""
+        return len(self.train) == len(self.models)
+
+    @property
+    def per_model(self) -> dict[str, float]:
+        return {name: train + self.evaluation.get(name, 0.0) for name, train in self.train.items()}
+
+    @property
+    def total(self) -> float:
+        return sum(self.per_model.values())
+
+    @property
+    def training_total(self) -> float:
+        return sum(self.train.values())
+
+    @property
+    def evaluation_total(self) -> float:
+        return sum(self.evaluation.values())
+
+    @property
+    def unmeasured(self) -> list[str]:
+        """Models without a training figure."""
+        return [name for name in self.models if name not in self.train]
+
+    @property
+    def evaluation_unmeasured(self) -> list[str]:
+        """Measured models without an evaluation figure."""
+        return [name for name in self.train if name not in self.evaluation]
+
+
+def estimated_hours(jobs: list[JobSpec], calibrations: dict[str, dict]) -> HourEstimate:
+    """estimated_seconds in hours, for `study plan` to print; `calibrations` come from one device."""
+    seconds = estimated_seconds(jobs, calibrations)
+    device = next(iter(calibrations.values()))["device"] if calibrations else None
+    return HourEstimate(
+        models=tuple(row.name for row in summarize(jobs).rows),
+        train={name: train / 3600 for name, (train, _) in seconds.items()},
+        evaluation={name: evaluation / 3600 for name, (_, evaluation) in seconds.items() if evaluation is not None},
+        device=device,
+    )

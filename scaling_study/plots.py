@@ -38,6 +38,7 @@ from .analysis import isoflop  # noqa: E402
 from .analysis.optimize import usable_cores  # noqa: E402
 from .budget import PFLOP  # noqa: E402
 from .files import write_atomic  # noqa: E402
+from .formatting import estimate_interval  # noqa: E402
 
 COMPUTE_LABEL = "compute (PFLOPs, multiply-accumulates)"
 SIZES = LinearSegmentedColormap.from_list("model_size", ["#1f4e9c", "#5e60ce", "#b5179e", "#d7263d"])
@@ -107,12 +108,6 @@ def _model_colours(frame: pd.DataFrame) -> tuple[dict[str, tuple], pd.DataFrame]
 def _marker_sizes(examples: pd.Series, low: float, high: float) -> np.ndarray:
     span = math.log(high / low) if high > low else 1.0
     return 8.0 + 70.0 * np.log(examples.to_numpy(float) / low) / span
-
-
-def _estimate(e: fits.Estimate, digits: int = 3) -> str:
-    if math.isnan(e.low):
-        return f"{e.value:.{digits}f}"
-    return f"{e.value:.{digits}f} [{e.low:.{digits}f}, {e.high:.{digits}f}]"
 
 
 def _value_name(analysis: fits.Analysis) -> str:
@@ -212,7 +207,7 @@ def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
                                              f"{seeds.seeds_per_cell:.2g} seeds)")]
     law_handles += [
         Line2D([], [], linestyle=":", color="black", linewidth=1.6,
-               label=f"E(C) = a (b + C)^-\u03b1 + E\u221e\n\u03b1 = {_estimate(alpha)}"),
+               label=f"E(C) = a (b + C)^-\u03b1 + E\u221e\n\u03b1 = {estimate_interval(alpha, '.3f')}"),
         Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="black",
                label="compute-optimal"),
     ]
@@ -245,7 +240,7 @@ def _bottleneck_panel(ax, law: fits.LawFit | fits.Skipped, column: str, symbol: 
                edgecolors="black", linewidths=0.4, zorder=3, label="best point")
     grid = np.geomspace(x.min() / 1.3, x.max() * 1.3, 200)
     ax.plot(grid, fits.saturating_law(grid, law), ":", color="black", linewidth=1.5,
-            label=f"A {symbol}^-\u03b1 + E\u221e, \u03b1 = {_estimate(law.params['alpha'])}")
+            label=f"A {symbol}^-\u03b1 + E\u221e, \u03b1 = {estimate_interval(law.params['alpha'], '.3f')}")
     e_inf = law.value("E_inf")
     if e_inf > 0:
         ax.axhline(e_inf, color="0.35", linestyle="--", linewidth=0.9, zorder=0, label=f"E\u221e = {e_inf:.3f}")
@@ -292,7 +287,7 @@ def allocation(analysis: fits.Analysis, out: Path) -> list[Path]:
                 span = np.geomspace(estimate.points["pflops"].min() / 2, estimate.points["pflops"].max() * 2, 50)
             ax.plot(span, np.exp(intercept) * span**value.value, line, color=colour, linewidth=1.4)
             handles.append(Line2D([], [], linestyle=line, color=colour, linewidth=1.4, marker=marker, markersize=5,
-                                  markerfacecolor="none", label=f"{estimate.estimator}: {exponent} = {_estimate(value)}"))
+                                  markerfacecolor="none", label=f"{estimate.estimator}: {exponent} = {estimate_interval(value, '.3f')}"))
             if marker:
                 ax.scatter(estimate.points["pflops"], estimate.points[column], marker=marker, s=22,
                            facecolors="none", edgecolors=colour, linewidths=0.9, zorder=3)

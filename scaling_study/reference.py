@@ -10,6 +10,7 @@ our training checkpoint) and refuses any mismatch, naming the first differing ke
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -17,16 +18,15 @@ import torch
 from torch import nn
 
 from . import data, evaluate
-from .errors import StudyError
-from .grid import DownstreamData, EvaluationConfig, PretrainData, TrainConfig
+from .errors import BadInput, StudyError
+from .files import write_atomic
+from .grid import PRECISIONS, PROBES, PROTOCOLS, DownstreamData, EvaluationConfig, PretrainData, TrainConfig
 from .models import ModelSpec, build
 from .plan import JobSpec
 
 
 class CheckpointMismatch(StudyError):
-    """A checkpoint that does not fit the architecture it was given (bad input: exit code 2)."""
-
-    exit_code = 2
+    """A checkpoint that does not fit the architecture it was given."""
 
 
 def reference_names(spec: ModelSpec) -> dict[str, str]:
@@ -131,3 +131,24 @@ def evaluate_checkpoint(model: nn.Module, spec: ModelSpec, downstream: list[Down
     )
     dev = torch.device(device)
     return evaluate.evaluate(model.to(dev), job, dev, 0)
+
+
+def check_choices(protocol: str, probe: str, precision: str) -> None:
+    """--protocol, --probe and --precision name ones the evaluation knows; found before any work."""
+    for value, valid, name in ((protocol, PROTOCOLS, "--protocol"), (probe, PROBES, "--probe"),
+                               (precision, PRECISIONS, "--precision")):
+        if value not in valid:
+            raise BadInput(f"unknown {name} {value!r}; valid choices: {', '.join(valid)}")
+
+
+def parameter_count(model: nn.Module) -> int:
+    """How many numbers the model holds."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def write_metrics(path: Path, checkpoint: Path, spec: ModelSpec, layout: str, evaluation: EvaluationConfig,
+                  metrics: dict[str, float]) -> Path:
+    """A scored checkpoint's metrics as JSON, with what was scored and how."""
+    text = json.dumps({"checkpoint": str(checkpoint), "model": spec.name, "layout": layout,
+                       "evaluation": dataclasses.asdict(evaluation), "metrics": metrics}, indent=1)
+    return write_atomic(Path(path), lambda temp: temp.write_text(text))

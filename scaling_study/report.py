@@ -1,4 +1,5 @@
-"""The written results of `study fit`: reports/fit.json (every number) and reports/report.md (tables)."""
+"""The written results of `study fit`: reports/fit.json (every number) and reports/report.md (tables), and
+the fit that `study fit` and `study report` share (fit_study: select, fit, draw, write)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,19 @@ import datetime as dt
 import json
 import math
 import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import pandas as pd
+
 from . import analysis as fits
 from .analysis import identifiability
+from .checks import output_problem
+from .errors import BadInput, StudyError
 from .files import write_atomic
+from .formatting import estimate_interval, interval, pflops
 
 JSON_NAME = "fit.json"
 MARKDOWN_NAME = "report.md"
@@ -127,13 +135,6 @@ def as_dict(analysis: fits.Analysis, study: str, figures: list[Path], pruned: li
     }
 
 
-def _cell(e: fits.Estimate) -> str:
-    if math.isnan(e.value):
-        return "–"
-    value = f"{e.value:.4g}"
-    return value if math.isnan(e.low) else f"{value} [{e.low:.4g}, {e.high:.4g}]"
-
-
 def _law_section(title: str, law: fits.LawFit | fits.Skipped) -> list[str]:
     lines = [f"### {title}", ""]
     if isinstance(law, fits.Skipped):
@@ -146,7 +147,7 @@ def _law_section(title: str, law: fits.LawFit | fits.Skipped) -> list[str]:
         lines += [f"{law.note[0].upper()}{law.note[1:]}."]
     lines += [f"Bootstrap: {law.bootstrap}; {law.resamples} refits converged.", "",
               "| parameter | estimate [95% interval] |", "|---|---|"]
-    lines += [f"| {name} | {_cell(e)} |" for name, e in law.params.items()]
+    lines += [f"| {name} | {estimate_interval(e)} |" for name, e in law.params.items()]
     return lines + [""]
 
 
@@ -249,7 +250,7 @@ def _pruned_section(pruned: list[dict]) -> list[str]:
               "|---|---|---|---|---|---|---|"]
     for p in pruned:
         lines.append(f"| {p['job_id']} | {p['model']} | {p['examples']:,} | {p['epochs_done']}/{p['epochs']} | "
-                     f"{p['saved_pflops']:.3g} | T = {p['epoch']}: {p['predicted']:.4f} [{p['low']:.4f}, {p['high']:.4f}] "
+                     f"{p['saved_pflops']:.3g} | T = {p['epoch']}: {interval(p['predicted'], p['low'], p['high'], '.4f')} "
                      f"vs {p['envelope']:.4f} ({p['confidence']:.0%}) | {p['decided_at']} by {p['decided_by']} |")
     return lines + [""]
 
@@ -288,7 +289,7 @@ def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path
         f"{f.get('excluded_jobs') or 'none'}, {f.get('dropped_zero_error', 0)} zero-error point(s) dropped "
         "(the fits are in log space).",
         f"- Compute: C = FLOP(f) * 3 * N * T (Eq. 4) in PFLOPs of multiply-accumulates, "
-        f"{frame['compute'].min() / 1e15:.3g} to {frame['compute'].max() / 1e15:.3g}.",
+        f"{pflops(frame['compute'].min())} to {pflops(frame['compute'].max())}.",
         f"- N from {frame['examples'].min():,} to {frame['examples'].max():,}; T in "
         f"{{{', '.join(str(t) for t in sorted(frame['epochs'].unique()))}}}; FLOP(f) = "
         f"{analysis.flops_scale:.3g} P^{analysis.flops_exponent:.3f} across the models.",
@@ -314,7 +315,7 @@ def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path
             lines.append(f"| {a.name} | – | – | not fitted: {a.reason} |")
         else:
             fitted.append(a)
-            lines.append(f"| {a.estimator} | {_cell(a.a)} | {_cell(a.b)} | {a.method} |")
+            lines.append(f"| {a.estimator} | {estimate_interval(a.a)} | {estimate_interval(a.b)} | {a.method} |")
     lines += ["", "Agreement:", "", *_agreement(fitted)]
     unidentified = [(a.estimator, f) for a in fitted for f in identifiability.allocation_flags(a)]
     if unidentified:
@@ -343,10 +344,15 @@ def write_report(analysis: fits.Analysis, study: str, figures: list[Path], out: 
     """fit.json and report.md into `out` (with `pruned`, adaptive.pruned_summary, for an adaptive study)."""
     out = Path(out)
     data = as_dict(analysis, study, figures, pruned)
-    text = json.dumps(_clean(data), indent=2, allow_nan=False)
+    text = json_text(data)
     json_path = write_atomic(out / JSON_NAME, lambda temp: temp.write_text(text + "\n"))
     md_path = write_atomic(out / MARKDOWN_NAME, lambda temp: temp.write_text(markdown(analysis, study, figures, out, pruned)))
     return [json_path, md_path]
+
+
+def json_text(value: object) -> str:
+    """`value` as indented JSON: numpy scalars as numbers, NaN and infinities as null."""
+    return json.dumps(_clean(value), indent=2, allow_nan=False)
 
 
 def _clean(value: object) -> object:
@@ -360,3 +366,75 @@ def _clean(value: object) -> object:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+# ---- The fit of `study fit` and `study report`: select, fit, draw, write ----
+
+@dataclass(frozen=True)
+class WrittenFit:
+    """What fit_study fitted and wrote."""
+
+    points: pd.DataFrame  # the points selected for the fit
+    analysis: fits.Analysis
+    figures: list[Path]
+    files: list[Path]  # fit.json and report.md
+    pruned: list[dict] | None  # an adaptive study's pruned trajectories; None for a plain study
+
+
+def writable_folder(out: Path) -> Path:
+    """`out` when a report can be written there, found before any work; else BadInput."""
+    if problem := output_problem(out, folder=True):
+        raise BadInput(f"cannot write --out {out}: {problem}")
+    return out
+
+
+def _unwritable(out: Path, error: OSError) -> BadInput:
+    return BadInput(f"cannot write --out {out}: {error.strerror or error}; choose another folder")
+
+
+def fit_study(engine, study: str, out: Path, metric: str | None = None, kind: str | None = None,  # noqa: ANN001
+              epochs: int | None = None, exclude: Sequence[int] = (), bootstrap: int = 1000, seed: int = 0,
+              merge_sizes: float = 0.01, budget_tolerance: float = 0.1) -> WrittenFit:
+    """Fit E(C), the bottleneck laws and the allocation to a study's points; write the figures, fit.json and
+    report.md to `out`."""
+    from . import adaptive, db
+    from .plots import write_figures
+
+    # every metric, so that a mistyped --metric is told the ones present
+    points, filters = fits.select(db.evaluations_frame(engine, study, None), metric, kind, exclude or ())
+    analysis = fits.analyse(points, filters, epochs, bootstrap, seed, merge_tolerance=merge_sizes,
+                            budget_tolerance=budget_tolerance)
+    pruned = adaptive.pruned_or_none(engine, study)
+    try:
+        figures = write_figures(analysis, out)
+        files = write_report(analysis, study, figures, out, pruned)
+    except OSError as error:
+        raise _unwritable(out, error) from None
+    return WrittenFit(points, analysis, figures, files, pruned)
+
+
+def refit_if_stale(engine, study: str, out: Path, bootstrap: int = 1000) -> str:  # noqa: ANN001
+    """Refit (fit_study) with the metric, kind and exclusions of the fit in `out` when points landed after it.
+    Returns what the page notes: '' or why it was not refitted (too few points yet, say)."""
+    from . import page
+
+    if not page.fit_is_stale(engine, study, out):
+        return ""
+    last = (page.load_fit(out, study) or {}).get("filters") or {}
+    kind = None if last.get("kind") in (None, "all") else last["kind"]
+    try:
+        fit_study(engine, study, out, last.get("metric"), kind, None, last.get("excluded_jobs") or (), bootstrap, 0)
+    except StudyError as error:
+        return f"not refitted: {error}"
+    return ""
+
+
+def write_study_page(engine, study: str, out: Path, runs_dir: Path, note: str = "",  # noqa: ANN001
+                     refresh_s: float | None = None) -> Path:
+    """The study's page, out/index.html (page.write_page), or BadInput when `out` cannot take it."""
+    from . import page
+
+    try:
+        return page.write_page(engine, study, out, runs_dir, note=note, refresh_s=refresh_s)
+    except OSError as error:
+        raise _unwritable(out, error) from None

@@ -27,9 +27,11 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from . import __version__, db
+from .checks import missing_data
 from .curves import open_curves
 from .errors import BadInput, StudyError
 from .files import job_dir  # noqa: F401 - where it lives now; `runner.job_dir` as before
+from .grid_text import recorded_section
 from .plan import JobSpec
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -127,7 +129,7 @@ def resolve_device(device: str) -> str:
         raise BadInput(f"--device {device!r}: not a device; use auto, cpu, cuda, cuda:N or mps")
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise StudyError(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__}; use cpu")
+            raise BadInput(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__}; use cpu")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise BadInput(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) visible "
                            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
@@ -203,6 +205,23 @@ class Heartbeat(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=30)
+
+
+def preflight(engine, options: RunOptions) -> int:  # noqa: ANN001 - an Engine
+    """How many jobs this run may claim, once every one of them finds its data here; else BadInput:
+    a job is not failed, nor an attempt spent, for a path that is missing on this machine."""
+    pending = [r for r in db.job_rows(engine, options.study, ("pending",)) if options.resume or r["attempts"] == 0]
+    by_path: dict[str, tuple[str, list[int]]] = {}
+    for row in pending:
+        for where, path in missing_data([json.loads(row["spec"])]):
+            by_path.setdefault(path, (where, []))[1].append(row["id"])
+    if by_path:
+        path, (where, ids) = next(iter(by_path.items()))
+        more = f" (and {len(by_path) - 1} more missing path(s))" if len(by_path) > 1 else ""
+        shown = ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
+        raise BadInput(f"no data at {path} ({where} of job(s) {shown}){more} on this machine; nothing was claimed: "
+                       "put the data there (or a link to it), or run with --study for another study")
+    return min(len(pending), options.max_jobs or len(pending))
 
 
 def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSummary:
@@ -382,13 +401,7 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
 
 def logging_setting(engine, study: str) -> bool | None:  # noqa: ANN001 - an Engine
     """The study's `[logging] tensorboard` (validated when planned); None when its grid does not say."""
-    import tomllib
-
-    try:
-        section = tomllib.loads(db.study_grid_text(engine, study) or "").get("logging", {})
-    except tomllib.TOMLDecodeError:
-        return None
-    value = section.get("tensorboard") if isinstance(section, dict) else None
+    value = recorded_section(db.study_grid_text(engine, study), "logging").get("tensorboard")
     return value if isinstance(value, bool) else None
 
 

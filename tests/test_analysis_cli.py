@@ -64,7 +64,7 @@ def test_bad_rows_are_all_reported_and_nothing_is_imported(cli, db_url, tmp_path
         "B-6/Wi-256,100,100,1000,two,0.3\n"      # line 7: epochs not a number
     )
     result = cli("import", path, "--db", db_url)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert [line.split(":")[1] for line in lines[:5]] == ["3", "4", "5", "6", "7"]
     assert "duplicate of line 2" in lines[0] and "examples '-5' is not a positive integer" in lines[1]
@@ -78,10 +78,10 @@ def test_unknown_and_missing_columns_are_named(cli, db_url, tmp_path):
     path = tmp_path / "cols.csv"
     path.write_text("model,params,examples,epochs,error,colour\nB-6/Wi-256,1,1,1,0.5,red\n")
     result = cli("import", path, "--db", db_url)
-    assert result.exit_code == 1 and "missing column(s) flops_per_example" in result.output
+    assert result.exit_code == 2 and "missing column(s) flops_per_example" in result.output
     path.write_text("model,params,flops_per_example,examples,epochs,error,colour\nB-6/Wi-256,1,1,1,1,0.5,red\n")
     result = cli("import", path, "--db", db_url)
-    assert result.exit_code == 1 and "unknown column(s) colour; valid columns: model," in result.output
+    assert result.exit_code == 2 and "unknown column(s) colour; valid columns: model," in result.output
 
 
 def test_conflicting_reimport_changes_nothing(cli, db_url, tmp_path, grid):
@@ -90,7 +90,7 @@ def test_conflicting_reimport_changes_nothing(cli, db_url, tmp_path, grid):
     changed = grid.copy()
     changed.loc[5, "error"] += 0.01
     result = cli("import", write_csv(changed, tmp_path / "grid.csv"), "--db", db_url)
-    assert result.exit_code == 1 and "1 imported point(s) differ from points already recorded" in result.output
+    assert result.exit_code == 2 and "1 imported point(s) differ from points already recorded" in result.output
     stored = db.evaluations_frame(db.connect(db_url))
     assert len(stored) == 650 and not stored["error"].isin([changed.loc[5, "error"]]).any()
 
@@ -108,7 +108,7 @@ def test_export_round_trip_csv_and_parquet(cli, db_url, tmp_path, grid):
     parquet = tmp_path / "out.parquet"
     assert cli("export", "--db", db_url, "--format", "parquet", "--out", parquet, "--metric", "synthetic/linear").exit_code == 0
     pd.testing.assert_frame_equal(pd.read_parquet(parquet), db.evaluations_frame(db.connect(db_url)))
-    assert cli("export", "--db", db_url, "--format", "xlsx").exit_code == 1
+    assert cli("export", "--db", db_url, "--format", "xlsx").exit_code == 2
 
 
 def test_fit_writes_figures_report_and_numbers(cli, db_url, tmp_path, grid):
@@ -138,7 +138,7 @@ def test_fit_refuses_too_few_points_in_one_line(cli, db_url, tmp_path):
                     "m,100,100,1000,50,0.5\nm,100,100,1000,100,0.4\nm,100,100,1000,200,0.35\n")
     cli("import", path, "--db", db_url)
     result = cli("fit", "--db", db_url, "--bootstrap", "0", "--out", tmp_path / "r")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "error: cannot fit E(C) = a (b + C)^-alpha + E_inf: only 3 compute-optimal point(s) among 3 evaluation "
         "points; the law has 4 parameters"
@@ -156,7 +156,7 @@ def test_fit_option_errors_are_one_line(cli, db_url, tmp_path, grid):
                           (["--epochs", "3"], "no evaluation points at T = 3 epochs"),
                           (["--exclude", "999"], "--exclude: no job 999 among the points")):
         result = cli("fit", "--db", db_url, "--study", "grid", *args)
-        assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1 and message in result.output
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1 and message in result.output
 
 
 @pytest.mark.parametrize("command", ["import", "export", "fit"])

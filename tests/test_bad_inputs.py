@@ -147,7 +147,7 @@ def test_equal_subset_sizes_are_refused_as_duplicates(here):
 
 def test_a_mistyped_metric_names_the_metrics_present(here):
     result = unchanged(here, lambda: invoke("fit", *DB, "--study", "points", "--metric", "nope/linear", cwd=here))
-    refused(result, 1, "'nope/linear'", "metrics present: imported")
+    refused(result, 2, "'nope/linear'", "metrics present: imported")
 
 
 def test_device_text_is_printed_without_emoji(here):
@@ -168,7 +168,7 @@ def test_a_failed_prepare_leaves_no_partial_files(tmp_path):
     for image in (tmp_path / "raw").rglob("*.png"):
         image.write_bytes(b"not an image")
     result = invoke("data", "prepare", "raw", "--out", "store", "--resolution", "8", cwd=tmp_path)
-    refused(result, 1, "no readable images", "unreadable, e.g.", "nothing kept")
+    refused(result, 2, "no readable images", "unreadable, e.g.", "nothing kept")
     assert not (tmp_path / "store").exists()
 
 
@@ -409,7 +409,7 @@ def test_import_of_a_binary_file(here):
 def test_import_of_params_beyond_int64_is_a_bad_row(here):
     (here / "huge.csv").write_text("model,params,flops_per_example,examples,epochs,error\nB-1/Wi-8,1e30,100,1000,1,0.5\n")
     result = unchanged(here, lambda: invoke("import", "huge.csv", *DB, cwd=here))
-    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert "huge.csv:2: params '1e30' is not a positive integer of at most 2**63 - 1" in lines[0]
     assert lines[1] == "error: 1 bad row(s) of 1 in huge.csv; nothing imported"

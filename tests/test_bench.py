@@ -9,7 +9,7 @@ import torch
 
 from scaling_study import db
 from scaling_study.bench import gemm_shapes, train_flops_per_example
-from scaling_study.cli import _hours
+from scaling_study.formatting import hours as _hours
 from scaling_study.models import parse_model
 
 from tiny_datasets import write_idx
@@ -144,7 +144,7 @@ def test_plan_estimates_from_one_device_and_on_picks_it(cli, db_url, grid):
 
 def test_bench_refuses_a_model_not_in_the_grid(cli, db_url, grid):
     result = cli("bench", grid, "--models", "B-9/Wi-7", "--db", db_url)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "model 'B-9/Wi-7' is not in" in flat(result) and "B-1/Wi-32, B-1/Wi-16" in flat(result)
     assert "Traceback" not in result.output
 
@@ -152,7 +152,7 @@ def test_bench_refuses_a_model_not_in_the_grid(cli, db_url, grid):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_bench_refuses_cuda_where_there_is_none(cli, db_url, grid):
     result = cli("bench", grid, "--device", "cuda", "--db", db_url)
-    assert result.exit_code == 1 and "no CUDA GPU" in flat(result)
+    assert result.exit_code == 2 and "no CUDA GPU" in flat(result)
 
 
 def test_train_flops_are_the_gemms_flops():

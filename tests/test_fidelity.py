@@ -231,7 +231,7 @@ def test_keep_aspect_store_keeps_the_longest_side_and_crops_inside_each_image(tm
     assert data.load_split("pets", str(tmp_path / "squashed"), "train", 8).sizes is None
     again = cli("data", "prepare", tmp_path / "raw", "--out", tmp_path / "squashed", "--format", "folders",
                 "--resolution", "8", "--resize", "keep-aspect")
-    assert again.exit_code == 1 and "already holds" in again.stderr and "(squash)" in again.stderr
+    assert again.exit_code == 2 and "already holds" in again.stderr and "(squash)" in again.stderr
 
 
 # ---------------------------------------------------------------- the reference probe

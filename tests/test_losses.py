@@ -61,22 +61,22 @@ def test_value_columns_and_kinds_are_checked_in_one_line(cli, db_url, tmp_path):
     path = tmp_path / "a.csv"
     path.write_text(f"{head},error\nm,100,100,1000,50,2.5\n")
     result = cli("import", path, "--db", db_url)
-    assert result.exit_code == 1 and "error '2.5' is not an error rate in [0, 1]" in result.output
+    assert result.exit_code == 2 and "error '2.5' is not an error rate in [0, 1]" in result.output
     path.write_text(f"{head},loss,value\nm,100,100,1000,50,2.5,2.5\n")
     result = cli("import", path, "--db", db_url)
-    assert result.exit_code == 1 and "value columns loss, value" in result.output
+    assert result.exit_code == 2 and "value columns loss, value" in result.output
     path.write_text(f"{head}\nm,100,100,1000,50\n")
     result = cli("import", path, "--db", db_url)
-    assert result.exit_code == 1 and "missing column(s) error (or loss, or value)" in result.output
+    assert result.exit_code == 2 and "missing column(s) error (or loss, or value)" in result.output
     path.write_text(f"{head},value\nm,100,100,1000,50,-1\nm,100,100,1000,100,inf\n")
     result = cli("import", path, "--db", db_url)
-    assert result.exit_code == 1 and "value '-1' is not a finite number >= 0" in result.output
+    assert result.exit_code == 2 and "value '-1' is not a finite number >= 0" in result.output
     assert "value 'inf' is not a finite number >= 0" in result.output
     path.write_text(f"{head},value,metric\nm,100,100,1000,50,12.5,ppl\n")
     assert cli("import", path, "--db", db_url, "--study", "s").exit_code == 0
     path.write_text(f"{head},error,metric\nm,100,100,1000,100,0.5,ppl\n")
     result = cli("import", path, "--db", db_url, "--study", "s")
-    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
     assert "metric 'ppl' of study 's' is recorded with kind value, not error" in result.output
     frame = db.evaluations_frame(db.connect(db_url))
     assert frame["error"].tolist() == [12.5] and frame["metric_kind"].tolist() == ["value"]

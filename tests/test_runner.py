@@ -273,7 +273,7 @@ def test_diverged_and_failed_jobs_are_rows_and_the_study_goes_on(tmp_path, cli):
     assert "failed" in study("logs", 3, "--db", url, cwd=tmp_path).stdout
     assert "failed -> pending" in study("retry", 3, "--db", url, cwd=tmp_path).stdout
     assert "pending -> cancelled" in study("cancel", 3, "--db", url, cwd=tmp_path).stdout
-    assert study("cancel", 3, "--db", url, cwd=tmp_path, check=False).returncode == 1
+    assert study("cancel", 3, "--db", url, cwd=tmp_path, check=False).returncode == 2
 
 
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path):

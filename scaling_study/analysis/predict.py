@@ -10,11 +10,13 @@ cell's mean. With no bootstrap, the noise alone makes the interval.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 from ..budget import PFLOP
-from ..errors import BadInput
+from ..errors import BadInput, StudyError
 from .envelope import compute_law
 from .forms import law_value
 from .results import Allocation, Analysis, LawFit
@@ -136,3 +138,41 @@ def predict_compute(analysis: Analysis, pflops: float, seed: int = 0) -> dict:
             "compute_law": {**_interval(point, draws, _noise(law, analysis), rng), "formula": law.formula},
             "epochs_for_allocation": analysis.epochs, "allocation": allocations,
             "value_there_by": None if chosen is None else chosen.name}
+
+
+def check_question(model: str | None, examples: int | None, epochs: int | None, compute: float | None) -> None:
+    """`study predict` asks for a run (model, N and T), a compute, or both; found before any work."""
+    if model is None and compute is None:
+        raise BadInput("say what to predict: --model M --examples N --epochs T, and/or --compute PFLOPS")
+    if model is not None and (examples is None or epochs is None):
+        raise BadInput("--model needs --examples N and --epochs T")
+    if compute is not None and not (compute > 0 and compute < float("inf")):
+        raise BadInput(f"--compute must be a positive number of PFLOPs, not {compute:g}")
+
+
+def answer(frame: pd.DataFrame, study: str, metric: str | None = None, kind: str | None = None,
+           exclude: Sequence[int] = (), model: str | None = None, examples: int | None = None,
+           epochs: int | None = None, compute: float | None = None, bootstrap: int = 300, seed: int = 0) -> dict:
+    """`study predict`'s answer from a study's evaluation points: {"study", and "run" and/or "compute"}."""
+    from . import analyse
+    from .select import select
+
+    if frame.empty:
+        raise BadInput(f"study {study!r} has no evaluation points" + (f" for metric {metric!r}" if metric else "")
+                       + ": nothing to fit a prediction to")
+    selected, filters = select(frame, metric, kind, exclude)
+    if model is not None and model not in set(selected["model"]):
+        raise BadInput(f"unknown model {model!r}; models in the study: {', '.join(sorted(set(selected['model'])))}")
+    allocation_epochs = epochs if compute is not None and model is None else None
+    try:
+        analysis = analyse(selected, filters, allocation_epochs, bootstrap, seed)
+    except BadInput:
+        raise
+    except StudyError as error:
+        raise BadInput(f"study {study!r} cannot be fitted: {error}") from None
+    result: dict = {"study": study}
+    if model is not None:
+        result["run"] = predict_run(analysis, model, examples, epochs, seed)
+    if compute is not None:
+        result["compute"] = predict_compute(analysis, compute, seed)
+    return result

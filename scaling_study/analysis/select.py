@@ -6,7 +6,16 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
-from ..errors import StudyError
+from ..errors import BadInput, StudyError
+
+MODEL_KINDS = ("bottleneck", "standard")
+
+
+def check_kind(kind: str | None) -> None:
+    """A --kind is one of MODEL_KINDS (or none: every kind)."""
+    if kind and kind not in MODEL_KINDS:
+        raise BadInput(f"unknown --kind {kind!r}; valid kinds: {', '.join(MODEL_KINDS)}")
+
 
 def default_metric(metrics: Iterable[str]) -> str:
     """The first downstream linear-probe metric, else upstream top-1, else the only metric there is."""
