@@ -324,6 +324,7 @@ attempts = sa.Table(
     sa.Column("ended_at", sa.DateTime),
     sa.Column("outcome", sa.String(20)),  # done | diverged | failed | released | lost | cancelled
     sa.Column("message", sa.Text),
+    sa.Column("slurm_job", sa.String(40)),  # the SLURM job (12345, or 12345_3 in an array) the worker ran in
     sa.UniqueConstraint("job_id", "attempt", name="uq_job_attempts"),
 )
 
@@ -397,11 +398,12 @@ def reclaim_lost(engine: Engine, host: str, max_attempts: int) -> list[tuple[int
 
 def claim_job(
     engine: Engine, worker: str, lease_s: float, study: str | None = None, resume: bool = True,
-    provenance: dict | None = None, order: dict[int, int] | None = None,
+    provenance: dict | None = None, order: dict[int, int] | None = None, slurm_job: str | None = None,
 ) -> dict | None:
     """Atomically take the next pending job: BEGIN IMMEDIATE on SQLite, FOR UPDATE SKIP LOCKED on
     PostgreSQL. Without `resume`, jobs that ran before (and may have a checkpoint) are left alone.
-    `order` ({job id: rank}, an adaptive study's coarse-to-fine order) claims by rank, then id."""
+    `order` ({job id: rank}, an adaptive study's coarse-to-fine order) claims by rank, then id.
+    `slurm_job`: the SLURM job the worker runs in, recorded with the attempt."""
     with engine.begin() as conn:
         ranked = [jobs.c.id]
         if order:
@@ -428,7 +430,8 @@ def claim_job(
         )
         if claimed.rowcount != 1:  # another dialect without row locks lost the race
             return None
-        conn.execute(attempts.insert().values(job_id=row["id"], attempt=attempt, worker=worker, started_at=now()))
+        conn.execute(attempts.insert().values(job_id=row["id"], attempt=attempt, worker=worker, started_at=now(),
+                                              slurm_job=slurm_job))
         study_name, study_created = conn.execute(
             sa.select(studies.c.name, studies.c.created_at).where(studies.c.id == row["study_id"])).one()
     job = dict(row)
@@ -566,9 +569,13 @@ def job_rows(engine: Engine, study: str | None = None, states: tuple[str, ...] |
 
 def job_listing(engine: Engine, study: str | None = None, states: tuple[str, ...] | None = None,
                 limit: int | None = None) -> list[dict]:
-    """What `study status` lists, in one query: the first `limit` jobs by id, without their specs."""
+    """What `study status` lists, in one query: the first `limit` jobs by id, without their specs, each
+    with the SLURM job of its running attempt (`slurm_job`, None outside SLURM or when not running)."""
     columns = [c for c in jobs.c if c.name not in ("spec", "provenance")]
-    query = sa.select(*columns, studies.c.name.label("study")).select_from(jobs.join(studies)).order_by(jobs.c.id)
+    running_in = (sa.select(attempts.c.slurm_job).where(attempts.c.job_id == jobs.c.id, attempts.c.outcome.is_(None))
+                  .order_by(attempts.c.attempt.desc()).limit(1).scalar_subquery().label("slurm_job"))
+    query = (sa.select(*columns, studies.c.name.label("study"), running_in).select_from(jobs.join(studies))
+             .order_by(jobs.c.id))
     if study:
         query = query.where(studies.c.name == study)
     if states:
@@ -925,3 +932,12 @@ def study_grid_text(engine: Engine, study: str) -> str:
 
 
 MIGRATIONS.append(("0005_metric_kinds", _metric_kinds_table))  # after 0004_pruning: the list is in name order
+
+
+def _attempts_slurm_job(conn: Connection) -> None:
+    """job_attempts.slurm_job (0002 creates it in a new database)."""
+    if "slurm_job" not in {column["name"] for column in sa.inspect(conn).get_columns("job_attempts")}:
+        conn.execute(sa.text("ALTER TABLE job_attempts ADD COLUMN slurm_job VARCHAR(40)"))
+
+
+MIGRATIONS.append(("0006_attempts_slurm_job", _attempts_slurm_job))
