@@ -297,7 +297,7 @@ def submit(
         submission.check_slurm(resources)
     for warning in (submission.network_warning(url, slurm), slurm and submission.local_database_warning(url, partition)):
         if warning:
-            console.print(warning)
+            console.print(warning, soft_wrap=True)
     engine = db.connect(url)  # fail here, not in the workers, on a bad URL
     if study:
         one_study(engine, study)
