@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from scaling_study import db
 from test_runner import attempts_per_job, points, states, study
+from test_runner import grid_text as runner_grid
 from tiny_datasets import FASHION, fashion_subset
 
 pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="apt-get install dataset-fashion-mnist")
@@ -45,34 +46,7 @@ def cluster() -> None:
 
 
 def grid_text(data: Path, name: str = "slurm", examples: str = "[400, 600, 800, 1000]", epochs: str = "[1, 3]") -> str:
-    return f"""
-[study]
-name = "{name}"
-seed = 0
-
-[data.pretrain]
-dataset = "fashion-mnist"
-path = "{data}"
-
-[[data.downstream]]
-dataset = "fashion-mnist"
-path = "{data}"
-protocol = "linear"
-
-[grid]
-models = ["B-1/Wi-16"]
-examples = {examples}
-epochs = {epochs}
-
-[train]
-optimizer = "lion"
-lr = 1e-3
-batch_size = 20
-precision = "fp32"
-
-[evaluation]
-probe = "fast"
-"""
+    return runner_grid(name=name, examples=examples, epochs=epochs, batch=20, data=data)
 
 
 def slurm(*args: str) -> str:
