@@ -103,13 +103,16 @@ def test_two_workers_finish_the_study_through_requeue_time_limits_and_scancel(cl
     assert len(ids) == 2
     requeued, other = ids
     try:
-        # mid-job: once the worker holds a job, `scontrol requeue` stops it (SIGTERM) and queues it again
-        held = wait_until(lambda: open_attempts(postgres_url).get(requeued), f"{requeued} to claim a job")
+        # mid-job: once the worker holds a job, `scontrol requeue` stops it (SIGTERM) and queues it again.
+        # A time-limit warning may come first (the worker then requeues itself): try again at its next claim.
         wide = dict(os.environ, COLUMNS="200")
-        assert requeued in study("status", "--db", postgres_url, cwd=tmp_path, env=wide).stdout  # its SLURM job id
-        slurm("scontrol", "requeue", requeued)
-        wait_until(lambda: any(a["job_id"] == held and a["outcome"] == "released" and a["slurm_job"] == requeued
-                               for a in attempt_rows(postgres_url)), f"{requeued} to release job {held}")
+        while not any(a["slurm_job"] == requeued and "SIGTERM" in (a["message"] or "") for a in attempt_rows(postgres_url)):
+            held = wait_until(lambda: open_attempts(postgres_url).get(requeued), f"{requeued} to claim a job")
+            assert requeued in study("status", "--db", postgres_url, cwd=tmp_path, env=wide).stdout  # its SLURM job
+            if subprocess.run(["scontrol", "requeue", requeued], capture_output=True).returncode == 0:
+                wait_until(lambda: open_attempts(postgres_url).get(requeued) != held, f"{requeued} to release {held}")
+            else:  # not running: it requeued itself meanwhile
+                wait_until(lambda: not open_attempts(postgres_url).get(requeued), f"{requeued} to stop")
         # back from the queue, it claims again; then `scancel` ends it for good, its job released
         wait_until(lambda: open_attempts(postgres_url).get(requeued), f"{requeued} to claim again after its requeue")
         slurm("scancel", requeued)
@@ -131,7 +134,7 @@ def test_two_workers_finish_the_study_through_requeue_time_limits_and_scancel(cl
     by = {slurm_job: [a for a in history if a["slurm_job"] == slurm_job] for slurm_job in ids}
     assert {a["slurm_job"] for a in history} == set(ids), "every attempt records the SLURM job that made it"
     released = [a["message"] for a in history if a["outcome"] == "released"]
-    assert sum("SIGTERM" in m for m in released) >= 2, released  # the requeue and the scancel
+    assert any("SIGTERM" in m for m in released), released  # the requeue (and the scancel, unless a warning came first)
     assert any("SIGUSR2" in m for m in released), released  # a time-limit warning: checkpointed, requeued
     assert all(a["outcome"] in ("released", "done") for a in history), history  # nobody lost a job
     assert len(by[requeued]) >= 2 and by[requeued][-1]["outcome"] == "released"
