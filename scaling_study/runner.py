@@ -82,7 +82,10 @@ class Events:
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT/SIGUSR1, by --until, or by a lost lease; a second Ctrl-C exits at once."""
+    """Set by SIGTERM/SIGINT/SIGUSR1/SIGUSR2, by --until, or by a lost lease; a second Ctrl-C exits at once.
+
+    SIGUSR1 also requeues the SLURM job the worker runs in (a job script of one's own: `--signal=B:USR1@120`);
+    SIGUSR2 is the warning submitit asks SLURM for (`study submit --slurm`), whose job requeues itself."""
 
     def __init__(self, until: dt.datetime | None = None):
         self.reason = ""
@@ -108,9 +111,16 @@ class StopFlag:
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for name in ("SIGTERM", "SIGINT", "SIGUSR1"):
+        for name in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2"):
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), self.handle)
+
+
+def slurm_job() -> str | None:
+    """The SLURM job this process runs in, as squeue and scancel name it (12345, or 12345_3 in an array)."""
+    if array := os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+    return os.environ.get("SLURM_JOB_ID") or None
 
 
 def resolve_device(device: str) -> str:
@@ -246,7 +256,7 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
             adaptive_studies = _adaptive_studies(engine, options)
             order = _claim_order(engine, adaptive_studies) if adaptive_studies else None
             job = db.claim_job(engine, worker, options.lease_s, options.study, options.resume, provenance(device, worker),
-                               order=order)
+                               order=order, slurm_job=slurm_job())
         except Exception as error:  # noqa: BLE001 - the claim rolled back: every job is as it was
             words = str(getattr(error, "orig", None) or error).strip().splitlines()
             summary.fatal = (f"could not claim a job ({type(error).__name__}: {words[0] if words else ''}); "

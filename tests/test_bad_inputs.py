@@ -413,3 +413,16 @@ def test_import_of_params_beyond_int64_is_a_bad_row(here):
     lines = result.stderr.strip().splitlines()
     assert "huge.csv:2: params '1e30' is not a positive integer of at most 2**63 - 1" in lines[0]
     assert lines[1] == "error: 1 bad row(s) of 1 in huge.csv; nothing imported"
+
+
+def test_submit_slurm_refuses_what_the_workers_could_not_use(here, monkeypatch):
+    """Nothing is submitted, no log folder made: a SQLite path each compute node would resolve on its own,
+    then (with an absolute one) no sbatch to submit with."""
+    refused(unchanged(here, lambda: invoke("submit", "--slurm", *DB, cwd=here)), 2, "relative path",
+            "nothing submitted")
+    monkeypatch.setenv("PATH", str(here / "nowhere"))
+    absolute = ("--db", f"sqlite:///{here / 'results.db'}")
+    refused(unchanged(here, lambda: invoke("submit", "--slurm", *absolute, cwd=here)), 2, "no sbatch on PATH",
+            "nothing submitted")
+    refused(unchanged(here, lambda: invoke("submit", "--slurm", "--sbatch=--signal=USR1@9", *absolute, cwd=here)), 2,
+            "--signal-delay")

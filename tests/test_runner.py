@@ -39,7 +39,7 @@ DATA = FASHION
 
 
 def grid_text(name="runner", models=('"B-1/Wi-16"',), examples="[300, 600]", epochs="[1, 2, 3]", lr="1e-3",
-              optimizer="lion", batch=50) -> str:
+              optimizer="lion", batch=50, data=None) -> str:
     return f"""
 [study]
 name = "{name}"
@@ -47,11 +47,11 @@ seed = 0
 
 [data.pretrain]
 dataset = "fashion-mnist"
-path = "{DATA}"
+path = "{data or DATA}"
 
 [[data.downstream]]
 dataset = "fashion-mnist"
-path = "{DATA}"
+path = "{data or DATA}"
 protocol = "linear"
 
 [grid]

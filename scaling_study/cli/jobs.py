@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from .. import db
+from .. import submit as submission
 from ..checks import printable
 from ..errors import BadInput, Fault, StudyError
 from ..formatting import estimate_interval, pflops
@@ -49,7 +50,8 @@ def status(
     if not rows:
         return
     jobs_table = Table(title="jobs" if all_jobs else "running and failed jobs")
-    for column in ("id", "study", "model", "N", "state", "epochs", "worker", "ETA"):
+    in_slurm = any(row["slurm_job"] for row in rows)  # the column only for workers that run in SLURM jobs
+    for column in ("id", "study", "model", "N", "state", "epochs", "worker", *(["SLURM job"] if in_slurm else []), "ETA"):
         jobs_table.add_column(column, no_wrap=True)
     jobs_table.add_column("reason", overflow="fold", min_width=30)
     for row in rows:
@@ -57,7 +59,8 @@ def status(
         eta = "" if left is None else str(dt.timedelta(seconds=round(left)))
         jobs_table.add_row(
             str(row["id"]), printable(row["study"]), printable(row["model"]), f"{row['examples']:,}", row["state"],
-            f"{row['epochs_done']}/{row['epochs']}", printable(row["worker"] or ""), eta, printable(row["error"] or ""),
+            f"{row['epochs_done']}/{row['epochs']}", printable(row["worker"] or ""),
+            *([printable(row["slurm_job"] or "")] if in_slurm else []), eta, printable(row["error"] or ""),
         )
     console.print(jobs_table)
     if len(rows) < total:
@@ -228,7 +231,9 @@ def logs(job: Annotated[int, typer.Argument(help="Job id (see `study status --jo
     path = job_dir(runs_dir, row) / "log.txt"
     for attempt in db.attempt_rows(engine, job):
         console.print(
-            f"attempt {attempt['attempt']}: {printable(attempt['worker'])} {attempt['started_at']:%Y-%m-%d %H:%M:%S} -> "
+            f"attempt {attempt['attempt']}: {printable(attempt['worker'])}"
+            + (f" (SLURM job {printable(attempt['slurm_job'])})" if attempt["slurm_job"] else "")
+            + f" {attempt['started_at']:%Y-%m-%d %H:%M:%S} -> "
             f"{attempt['outcome'] or 'running'}" + (f" ({printable(attempt['message'])})" if attempt["message"] else ""),
             markup=False, highlight=False,
         )
@@ -258,24 +263,57 @@ def cancel(job: Annotated[int, typer.Argument(help="Job id")], db_url: DbOption 
 def submit(
     workers: Annotated[int, typer.Option(min=1, help="How many `study run --resume` workers to start")] = 1,
     slurm: Annotated[bool, typer.Option("--slurm", help="Submit to SLURM (otherwise submitit's local executor)")] = False,
-    partition: Annotated[Optional[str], typer.Option(help="SLURM partition")] = None,
-    gpus_per_worker: Annotated[int, typer.Option(min=0)] = 1,
-    hours: Annotated[float, typer.Option(help="Time limit of each worker, hours", min=0.01)] = 24.0,
+    partition: Annotated[Optional[str], typer.Option(help="SLURM partition (default: the cluster's)")] = None,
+    account: Annotated[Optional[str], typer.Option(help="SLURM account (default: yours)")] = None,
+    qos: Annotated[Optional[str], typer.Option(help="SLURM quality of service (default: the partition's)")] = None,
+    cpus_per_worker: Annotated[int, typer.Option(min=1, help="CPUs of each worker: the loader and "
+                                                 "evaluation beside its GPU")] = submission.SlurmResources.cpus_per_worker,
+    gpus_per_worker: Annotated[int, typer.Option(min=0, help="GPUs of each worker")] = submission.SlurmResources.gpus_per_worker,
+    mem_gb: Annotated[Optional[float], typer.Option(min=0.001, help="Memory of each worker, GB (default: the "
+                                                    "partition's)")] = None,
+    hours: Annotated[float, typer.Option(help="Time limit of each worker, hours, at least 0.0167 (one minute); a "
+                                         "worker that reaches it requeues itself", min=0.0167)] = submission.SlurmResources.hours,
+    signal_delay: Annotated[int, typer.Option(help="Seconds before the time limit that SLURM warns a worker, to "
+                                              "checkpoint and requeue", min=1)] = submission.SlurmResources.signal_delay_s,
+    sbatch: Annotated[Optional[list[str]], typer.Option(help="Another sbatch option for each worker, e.g. "
+                                                        "--sbatch=--constraint=a100 (repeat for more)")] = None,
+    device: Annotated[str, typer.Option(help="The workers' --device: auto (CUDA if present), cpu, cuda, cuda:1, ...")] = "auto",
     db_url: DbOption = None,
     study: Annotated[Optional[str], typer.Option(help="Only jobs of this study")] = None,
     runs_dir: Annotated[Path, typer.Option(envvar="STUDY_RUNS")] = Path("runs"),
-    wait: Annotated[bool, typer.Option("--wait", help="Wait for the workers and report their exit")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the workers have ended (requeues included) and "
+                                       "report them and the study")] = False,
 ) -> None:
     """Start workers through submitit: SLURM jobs, or local processes. They share one database."""
-    from .. import submit as submission
-
     url = db.database_url(db_url)
-    if warning := submission.network_warning(url, slurm):
-        console.print(warning)
-    db.connect(url)  # fail here, not in the workers, on a bad URL
-    handles, folder = submission.start_workers(workers, url, runs_dir, study, slurm, partition, gpus_per_worker,
-                                               hours)
+    resources = submission.SlurmResources(partition=partition, account=account, qos=qos, cpus_per_worker=cpus_per_worker,
+                               gpus_per_worker=gpus_per_worker, mem_gb=mem_gb, hours=hours, signal_delay_s=signal_delay,
+                               sbatch_flags=tuple(sbatch or ()))
+    if slurm:
+        submission.check_reachable(url)
+        resources.extra_options()
+    command = submission.worker_command(url, runs_dir, study, device)
+    if slurm:
+        submission.check_slurm(resources)
+    for warning in (submission.network_warning(url, slurm), slurm and submission.local_database_warning(url, partition)):
+        if warning:
+            console.print(warning, soft_wrap=True)
+    engine = db.connect(url)  # fail here, not in the workers, on a bad URL
+    if study:
+        one_study(engine, study)
+    handles, folder = submission.start_workers(workers, command, runs_dir, resources, slurm)
     console.print(f"submitted {workers} workers: {', '.join(h.job_id for h in handles)} (logs in {folder})")
-    if wait:
-        submission.wait_for(handles)
-        console.print("all workers finished")
+    if not wait:
+        return
+    for job_id, ending in submission.wait_for(handles, slurm).items():
+        console.print(f"worker {job_id}: {ending}", markup=False, highlight=False)
+    counts: dict[str, int] = {}
+    for by_state in db.job_counts(engine, study).values():
+        for state, count in by_state.items():
+            counts[state] = counts.get(state, 0) + count
+    console.print("all workers finished: " + ", ".join(f"{counts[s]} {s}" for s in db.JOB_STATES if counts.get(s)))
+    if left := counts.get("pending", 0) + counts.get("running", 0):
+        raise Fault(f"the workers ended with {left} jobs not done: `study status` shows them, `study submit` "
+                    "starts more workers")
+    if counts.get("failed"):
+        raise Fault(f"{counts['failed']} jobs failed: `study status` shows why")

@@ -65,7 +65,7 @@ def reclaim_lost(engine: Engine, host: str, max_attempts: int,
 
 def claim_job(
     engine: Engine, worker: str, lease_s: float, study: str | None = None, resume: bool = True,
-    provenance: dict | None = None, order: dict[int, int] | None = None,
+    provenance: dict | None = None, order: dict[int, int] | None = None, slurm_job: str | None = None,
 ) -> dict | None:
     """Atomically take the next pending job: BEGIN IMMEDIATE on SQLite, FOR UPDATE SKIP LOCKED on
     PostgreSQL. Without `resume`, jobs that ran before (and may have a checkpoint) are left alone.
@@ -96,7 +96,8 @@ def claim_job(
         )
         if claimed.rowcount != 1:  # another dialect without row locks lost the race
             return None
-        conn.execute(attempts.insert().values(job_id=row["id"], attempt=attempt, worker=worker, started_at=now()))
+        conn.execute(attempts.insert().values(job_id=row["id"], attempt=attempt, worker=worker, started_at=now(),
+                                              slurm_job=slurm_job))
         study_name, study_created = conn.execute(
             sa.select(studies.c.name, studies.c.created_at).where(studies.c.id == row["study_id"])).one()
     job = dict(row)

@@ -112,9 +112,13 @@ def job_rows(engine: Engine, study: str | None = None, states: tuple[str, ...] |
 
 def job_listing(engine: Engine, study: str | None = None, states: tuple[str, ...] | None = None,
                 limit: int | None = None) -> list[dict]:
-    """What `study status` lists, in one query: the first `limit` jobs by id, without their specs."""
+    """What `study status` lists, in one query: the first `limit` jobs by id, without their specs, each
+    with the SLURM job of its running attempt (`slurm_job`, None outside SLURM or when not running)."""
     columns = [c for c in jobs.c if c.name not in ("spec", "provenance")]
-    query = sa.select(*columns, studies.c.name.label("study")).select_from(jobs.join(studies)).order_by(jobs.c.id)
+    running_in = (sa.select(attempts.c.slurm_job).where(attempts.c.job_id == jobs.c.id, attempts.c.outcome.is_(None))
+                  .order_by(attempts.c.attempt.desc()).limit(1).scalar_subquery().label("slurm_job"))
+    query = (sa.select(*columns, studies.c.name.label("study"), running_in).select_from(jobs.join(studies))
+             .order_by(jobs.c.id))
     query = _selected(query, study, states)
     if limit:
         query = query.limit(limit)

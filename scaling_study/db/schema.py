@@ -84,6 +84,7 @@ attempts = sa.Table(
     sa.Column("ended_at", sa.DateTime),
     sa.Column("outcome", sa.String(20)),  # done | diverged | failed | released | lost | cancelled
     sa.Column("message", sa.Text),
+    sa.Column("slurm_job", sa.String(40)),  # the SLURM job (12345, or 12345_3 in an array) the worker ran in
     sa.UniqueConstraint("job_id", "attempt", name="uq_job_attempts"),
 )
 
@@ -182,6 +183,12 @@ def _pruning(conn: Connection) -> None:
     _create_if_missing(prunings)(conn)
 
 
+def _attempts_slurm_job(conn: Connection) -> None:
+    """job_attempts.slurm_job (0001/0002 already create it in a new database)."""
+    if "slurm_job" not in {column["name"] for column in sa.inspect(conn).get_columns("job_attempts")}:
+        conn.execute(sa.text("ALTER TABLE job_attempts ADD COLUMN slurm_job VARCHAR(40)"))
+
+
 # Every migration, in the order it runs. A database records the names it has applied
 # (schema_migrations), so a name, once shipped, never changes and its migration is never edited.
 # To change the schema: edit the table above, then append ("000N_what", function) here; 0001
@@ -193,6 +200,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0003_calibrations", _create_if_missing(calibrations)),
     ("0004_pruning", _pruning),
     ("0005_metric_kinds", _create_if_missing(metric_kinds)),
+    ("0006_attempts_slurm_job", _attempts_slurm_job),
 ]
 
 
