@@ -202,22 +202,16 @@ class PlanSummary:
     """What a plan costs: per model and in total, naive (one run per T) and as run."""
 
     rows: tuple[ModelRow, ...]
+    jobs: int = 0
+    points: int = 0
+    naive_compute: float = 0.0
+    compute: float = 0.0
 
-    @property
-    def jobs(self) -> int:
-        return sum(r.jobs for r in self.rows)
-
-    @property
-    def points(self) -> int:
-        return sum(r.points for r in self.rows)
-
-    @property
-    def naive_compute(self) -> float:
-        return sum(r.naive_compute for r in self.rows)
-
-    @property
-    def compute(self) -> float:
-        return sum(r.compute for r in self.rows)
+    @classmethod
+    def of(cls, rows: tuple[ModelRow, ...]) -> PlanSummary:
+        """The rows with their totals."""
+        totals = {key: sum(getattr(r, key) for r in rows) for key in ("jobs", "points", "naive_compute", "compute")}
+        return cls(rows, **totals)
 
 
 def summarize(jobs: list[JobSpec]) -> PlanSummary:
@@ -235,7 +229,7 @@ def summarize(jobs: list[JobSpec]) -> PlanSummary:
             naive_compute=(old.naive_compute if old else 0.0) + naive,
             compute=(old.compute if old else 0.0) + job.compute,
         )
-    return PlanSummary(tuple(rows.values()))
+    return PlanSummary.of(tuple(rows.values()))
 
 
 def estimated_seconds(jobs: list[JobSpec], calibrations: dict[str, dict]) -> dict[str, tuple[float, float | None]]:

@@ -63,3 +63,12 @@ def multinomial(rng: np.random.Generator, resamples: int, n: int) -> np.ndarray:
     """Bootstrap resamples as counts: row i says how often each of n points was drawn."""
     # float32 holds every count exactly, in half the memory of float64 (resamples x points values)
     return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float32)
+
+
+def resampled(law: Callable, theta: np.ndarray, x, logy: np.ndarray, rng: np.random.Generator, resamples: int,
+              lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The law refitted to `resamples` bootstrap resamples of its points, from `theta`: (thetas, converged),
+    or (None, None) when no bootstrap was asked for."""
+    if not resamples:
+        return None, None
+    return refit_resamples(law, theta, x, logy, multinomial(rng, resamples, len(logy)), lower, upper)

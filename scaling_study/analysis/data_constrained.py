@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .bootstrap import estimates, multinomial, refit_resamples
+from .bootstrap import estimates, resampled
 from .optimize import bound_status, multistart, one_blas_thread, status_of
 from .parametric import fit_parametric, log_sum_exp3
 from .results import Estimate, LawFit, Skipped
@@ -100,11 +100,8 @@ def fit_data_constrained(frame: pd.DataFrame, bootstrap: int, rng: np.random.Gen
     weights = np.ones_like(error)
     theta, loss, converged = multistart(log_data_constrained_law, np.vstack([warm, coarse]), x, logy, weights,
                                         lower, upper)
-    samples = ok = None
-    if bootstrap:
-        counts = multinomial(rng, bootstrap, len(error))
-        thetas, ok = refit_resamples(log_data_constrained_law, theta, x, logy, counts, lower, upper)
-        samples = _named(thetas, p0, d0, gamma)
+    thetas, ok = resampled(log_data_constrained_law, theta, x, logy, rng, bootstrap, lower, upper)
+    samples = None if thetas is None else _named(thetas, p0, d0, gamma)
     bound = bound_status(theta, lower, upper, ["log E_inf", "log A", "log B", "alpha", "beta", "log R*"], {
         ("log E_inf", "upper"): "E_inf = the lowest observed value",
         ("log E_inf", "lower"): "E_inf -> 0",

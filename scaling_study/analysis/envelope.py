@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..budget import PFLOP
 from ..errors import StudyError
-from .bootstrap import estimates, multinomial, refit_resamples
+from .bootstrap import estimates, resampled
 from .identifiability import bound_shares
 from .optimize import bound_status, multistart, one_blas_thread, status_of
 from .results import LawFit
@@ -90,13 +90,9 @@ def fit_compute_law(frame: pd.DataFrame, bootstrap: int = 1000, rng: np.random.G
         return {"alpha": t[..., 2], "E_inf": t[..., 3], "a": np.exp(t[..., 0] + t[..., 2] * math.log(c0)),
                 "b": np.exp(t[..., 1]) * c0}
 
-    samples = ok = None
-    shares: dict[str, float] = {}
-    if bootstrap:
-        counts = multinomial(rng, bootstrap, len(x))
-        thetas, ok = refit_resamples(log_compute_law, theta, x, logy, counts, lower, upper)
-        samples = named(thetas)
-        shares = bound_shares(thetas, ok, lower, upper, ["a", "b", "alpha", "E_inf"])
+    thetas, ok = resampled(log_compute_law, theta, x, logy, rng, bootstrap, lower, upper)
+    samples = None if thetas is None else named(thetas)
+    shares = {} if thetas is None else bound_shares(thetas, ok, lower, upper, ["a", "b", "alpha", "E_inf"])
     bound = bound_status(theta, lower, upper, ["log a", "log b", "alpha", "E_inf"], {
         ("log b", "lower"): "b -> 0 (a pure power law plus E_inf)",
         ("E_inf", "lower"): "E_inf = 0",

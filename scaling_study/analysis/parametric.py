@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .bootstrap import estimates, multinomial, refit_resamples
+from .bootstrap import estimates, resampled
 from .identifiability import bound_shares
 from .optimize import bound_status, multistart, one_blas_thread, status_of
 from .results import LawFit, Skipped
@@ -81,13 +81,9 @@ def fit_parametric(frame: pd.DataFrame, bootstrap: int, rng: np.random.Generator
                 "A": np.exp(t[..., 1] + alpha * math.log(p0)), "B": np.exp(t[..., 2] + beta * math.log(d0)),
                 "a": beta / (alpha + gamma * beta), "b": alpha / (alpha + gamma * beta)}
 
-    samples = ok = None
-    shares: dict[str, float] = {}
-    if bootstrap:
-        counts = multinomial(rng, bootstrap, len(error))
-        thetas, ok = refit_resamples(log_parametric_law, theta, x, logy, counts, lower, upper)
-        samples = named(thetas)
-        shares = bound_shares(thetas, ok, lower, upper, ["E_inf", "A", "B", "alpha", "beta"])
+    thetas, ok = resampled(log_parametric_law, theta, x, logy, rng, bootstrap, lower, upper)
+    samples = None if thetas is None else named(thetas)
+    shares = {} if thetas is None else bound_shares(thetas, ok, lower, upper, ["E_inf", "A", "B", "alpha", "beta"])
     bound = bound_status(theta, lower, upper, ["log E_inf", "log A", "log B", "alpha", "beta"], {
         ("log E_inf", "upper"): "E_inf = the lowest observed value",
         ("log E_inf", "lower"): "E_inf -> 0",
