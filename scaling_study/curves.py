@@ -136,7 +136,12 @@ def read_csv_curve(folder: Path) -> list[tuple[int, float]]:
 
 class TensorBoardCurve:
     """Scalars in TensorBoard event files (torch.utils.tensorboard); a resumed job appends a new
-    events file to the same run and skips the steps that the earlier ones already hold."""
+    events file to the same run and skips the steps that the earlier ones already hold.
+
+    Scalars wait in a list until flush(): handed to the writer one by one, each would wake its
+    writer thread, which on a CPU with as many cores as training threads stalls the step's
+    parallel work (a few scalars per step, hundreds of wake-ups a second for a small model).
+    """
 
     def __init__(self, folder: Path, description: str):
         from torch.utils.tensorboard import SummaryWriter
@@ -146,16 +151,21 @@ class TensorBoardCurve:
         self.writer = SummaryWriter(str(folder), max_queue=1000, flush_secs=3600)  # Curves flushes
         if "job" not in self.last:
             self.writer.add_text("job", description, 0)
+        self.pending: list[tuple[str, float, int]] = []
 
     def scalar(self, tag: str, step: int, value: float) -> None:
         if step > self.last.get(tag, 0):
-            self.writer.add_scalar(tag, value, step)
+            self.pending.append((tag, value, step))
             self.last[tag] = step
 
     def flush(self) -> None:
+        for tag, value, step in self.pending:
+            self.writer.add_scalar(tag, value, step)
+        self.pending.clear()
         self.writer.flush()
 
     def close(self) -> None:
+        self.flush()
         self.writer.close()
 
 

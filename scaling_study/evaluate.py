@@ -162,6 +162,23 @@ def load_real_labels(path: str) -> list[list[int]]:
 
 
 @torch.no_grad()
+def predict_with_features(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], precision: str,
+                          device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The frozen body's features (float32), the model's logits (its head on them, batch by batch, as
+    its forward computes them) and the labels, in one pass: the test split's upstream error and its
+    linear-probe features from the same forward."""
+    features, logits, labels = [], [], []
+    for x, y in batches:
+        with autocast(precision, device):
+            body = model.features(x)
+            out = model.head(body)
+        features.append(body.float())
+        logits.append(out.float())
+        labels.append(y)
+    return torch.cat(features), torch.cat(logits), torch.cat(labels)
+
+
+@torch.no_grad()
 def extract_features(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                      precision: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen body's features (float32, on device) and labels, computed once."""
@@ -311,13 +328,15 @@ def evaluate(model: nn.Module, spec: JobSpec, device: torch.device, epoch: int) 
     metrics: dict[str, float] = {}
     was_training = model.training
     model.eval()
+    upstream_pass = None  # (test split, its features, labels): reused by a probe on the same split
     try:
         if ev.upstream:
             test = data.load_split(spec.pretrain.dataset, spec.pretrain.path, "test", spec.resolution)
             batches = loader.eval_batches(test, batch, device, spec.resolution)
-            logits, labels = predict(model, batches, precision, device)
+            features, logits, labels = predict_with_features(model, batches, precision, device)
             finite(logits, f"the model's logits on {spec.pretrain.dataset}")
             metrics["upstream/top1"], metrics["upstream/top5"] = topk_errors(logits, labels)
+            upstream_pass = (test, features, labels)
         real = load_real_labels(ev.real_labels) if ev.real_labels else None
         finetuned = {ds.dataset for ds in spec.downstream if ds.protocol == "finetune"}
         for ds in spec.downstream:
@@ -344,8 +363,11 @@ def evaluate(model: nn.Module, spec: JobSpec, device: torch.device, epoch: int) 
                         head = probe_paper(feats, labels, classes, epochs=ev.probe_epochs, lr=ev.probe_lr,
                                            batch_size=batch, label_smoothing=spec.train.label_smoothing, seed=seed)
                     del feats
-                test_feats, test_labels = extract_features(
-                    model, loader.eval_batches(test_split, batch, device, spec.resolution), precision, device)
+                if upstream_pass is not None and upstream_pass[0] is test_split:  # the same cached split
+                    _, test_feats, test_labels = upstream_pass
+                else:
+                    test_feats, test_labels = extract_features(
+                        model, loader.eval_batches(test_split, batch, device, spec.resolution), precision, device)
                 logits = head(finite(test_feats, f"the model's features on {ds.dataset}'s test split"))
 
                 def classifier(x: torch.Tensor, head: nn.Module = head) -> torch.Tensor:

@@ -2,9 +2,10 @@
 
 A job is claimed in one transaction and held by a lease that a heartbeat thread renews; a worker
 that dies loses its lease and the job goes back to pending (or to failed after `max_attempts`).
-Each epoch's progress and evaluation points are one transaction, written after the checkpoint,
-and the final points are re-inserted idempotently when the job ends, so a crash between the two
-loses nothing and records nothing twice.
+Each epoch's progress and evaluation points are one transaction, written after the epoch's
+checkpoint when it has one (every evaluation epoch does), and the final points are re-inserted
+idempotently when the job ends, so a crash between the two loses nothing and records nothing
+twice (a resumed job may redo, bit for bit, epochs that its progress had counted).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .errors import BadInput, GridError, StudyError
 from .files import job_dir  # noqa: F401 - where it lives now; `runner.job_dir` as before
 from .grid_text import recorded_section
 from .plan import JobSpec
+from .timing import EpochClock, describe
 from .workers import worker_alive, worker_name
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -330,8 +332,18 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
             f"T={list(spec.epochs)}, seed={spec.seed}" + (f", resuming from {checkpoint}" if checkpoint.exists() else ""))
     except Exception as error:  # noqa: BLE001 - e.g. OSError: File name too long, a folder that is a file
         return _failed(engine, job, worker, None, events, error, "set-up failed: ")
+    # Each epoch's line in the log (`study logs <job>`) ends with its wall time by part, as the curves'
+    # time/*_s scalars hold it (train()), so that a slow run can be explained.
+    new_points: dict[int, list] = {}
+
+    def on_lap(epoch: int, times: dict[str, float]) -> None:
+        points = new_points.pop(epoch, [])
+        log(f"epoch {epoch}: " + "".join(f"{p.metric}={p.value:.4f}, " for p in points) + describe(times))
+
+    clock = EpochClock(on_lap=on_lap)
     try:
-        curves = open_curves(folder, spec, logging_setting(engine, job["study"]))
+        with clock.part("curves"):
+            curves = open_curves(folder, spec, logging_setting(engine, job["study"]))
     except StudyError as error:
         message = f"{error}; job {job['id']} released"
         log(message)
@@ -348,22 +360,24 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
     pruned = []  # set when this job was pruned: it stops at the end of the epoch
 
     def on_epoch(epochs_done: int, points: list) -> None:
-        if not db.record_epoch(engine, job, worker, epochs_done, points, options.lease_s):
+        with clock.part("database"):
+            recorded = db.record_epoch(engine, job, worker, epochs_done, points, options.lease_s)
+        if not recorded:
             beat.lost = True
-        log(f"epoch {epochs_done}: " + ", ".join(f"{p.metric}={p.value:.4f}" for p in points) if points
-            else f"epoch {epochs_done}")
+        new_points[epochs_done] = points  # logged with the epoch's times (on_lap)
         if adaptive_config is None or beat.lost:
             return
-        if points:
-            _prune(engine, job, worker, adaptive_config, log)
-        if db.job_row(engine, job["id"])["state"] == "pruned":
-            pruned.append(epochs_done)
+        with clock.part("adaptive"):
+            if points:
+                _prune(engine, job, worker, adaptive_config, log)
+            if db.job_row(engine, job["id"])["state"] == "pruned":
+                pruned.append(epochs_done)
 
     try:
         result = train(
             spec, device=device, checkpoint=checkpoint, checkpoint_every_s=options.checkpoint_every_s,
             on_progress=lambda progress: events.progress(job, progress), on_epoch=on_epoch, should_stop=should_stop,
-            curves=curves,
+            curves=curves, clock=clock,
             **({"stop_after_epoch": lambda: bool(pruned)} if adaptive_config is not None else {}),
         )
     except Exception as error:  # noqa: BLE001 - a failed job is a row with its reason; the study goes on
@@ -387,6 +401,7 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
         return _failed(engine, job, worker, log, events, error)
     beat.stop()
     _close_quietly(curves)
+    spent = f"; this attempt's {clock.epochs} epochs: {describe(clock.total)}" if clock.epochs else ""
     if for_notes := "; ".join(result.notes):
         log(f"notes: {for_notes}")
     if pruned and not beat.lost:
@@ -405,13 +420,13 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
     if result.status == "interrupted":
         message = f"interrupted after {result.epochs_done} epochs ({stop.reason}); checkpoint kept"
         db.finish_job(engine, job, worker, "pending", result.epochs_done, result.evaluations, message, outcome="released")
-        log(message)
+        log(message + spent)
         events.job_ended(job, "released", message)
         return "released"
     state = "diverged" if result.status == "diverged" else "done"
     message = result.message if state == "diverged" else ""
     db.finish_job(engine, job, worker, state, result.epochs_done, result.evaluations, message)
-    log(f"{state}" + (f": {message}" if message else f" after {result.epochs_done} epochs"))
+    log(f"{state}" + (f": {message}" if message else f" after {result.epochs_done} epochs") + spent)
     events.job_ended(job, state, message)
     return state
 

@@ -2,8 +2,9 @@
 
 `train(spec)` trains to spec.total_epochs and evaluates at every epoch of spec.epochs. Its
 checkpoint (model, optimizer, position, RNG states, evaluations so far, the spec) is written
-atomically at the end of every epoch, every `checkpoint_every_s` and when asked to stop;
-resuming from any of them on the CPU gives bit-identical weights and metrics.
+atomically at the end of every evaluation epoch and of the last, at the end of any epoch a
+minute or more after the previous checkpoint, every `checkpoint_every_s` and when asked to
+stop; resuming from any of them on the CPU gives bit-identical weights and metrics.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from .files import write_atomic
 from .models import build
 from .optim import make_optimizer
 from .plan import JobSpec
+from .timing import EpochClock
 
 CHECKPOINT_FORMAT = 1
 LOSS_READS_EVERY_CUDA = 16  # steps between host reads of the loss on a GPU (see train())
+EPOCH_CHECKPOINT_S = 60.0  # an epoch's end is checkpointed when the last checkpoint is older than this (see train())
 
 
 def default_loss_reads(device: torch.device) -> int:
@@ -269,15 +272,20 @@ def train(spec: JobSpec, *, device: str = "cpu", checkpoint: Path | None = None,
           on_progress: Callable[[Progress], None] | None = None,
           on_epoch: Callable[[int, list[EvalPoint]], None] | None = None,
           should_stop: Callable[[], bool] = lambda: False, loss_reads_every: int | None = None,
-          curves=None, stop_after_epoch: Callable[[], bool] | None = None) -> Result:
+          curves=None, stop_after_epoch: Callable[[], bool] | None = None, clock: EpochClock | None = None) -> Result:
     """Train one trajectory to spec.total_epochs, evaluating at every epoch in spec.epochs.
 
     stop_after_epoch() is asked after each epoch's on_epoch: True ends the run there, "interrupted",
     with that epoch's checkpoint (a pruned job stops at its epoch boundary this way).
 
     Resumes from `checkpoint` when it exists (refused if written for another spec). At the end
-    of every epoch: evaluate (at evaluation epochs), write the checkpoint atomically, then call
-    on_epoch(epochs_done, new_points). should_stop() is polled after every optimizer step.
+    of every epoch: evaluate (at evaluation epochs), write the checkpoint atomically (at
+    evaluation epochs, the last, and epochs that end min(checkpoint_every_s, EPOCH_CHECKPOINT_S)
+    or more after the previous checkpoint: a demo epoch takes seconds, and a durable checkpoint
+    of each was a few percent of the run for nothing a resume needs), then call
+    on_epoch(epochs_done, new_points). A kill -9 between checkpoints costs the epochs since the
+    last one, which the resumed run redoes bit for bit. should_stop() is polled after every
+    optimizer step.
 
     Step losses are read back to the host (for the divergence check, the mean train loss and
     the progress bar) every `loss_reads_every` steps, and always before a checkpoint, an
@@ -288,69 +296,84 @@ def train(spec: JobSpec, *, device: str = "cpu", checkpoint: Path | None = None,
 
     curves (a curves.Curves, optional) gets every step's loss, lr and img/s and every evaluation
     point, and is flushed before each checkpoint is written.
+
+    clock (a timing.EpochClock, optional; the caller may time its own parts on it, as the runner
+    does its database writes in on_epoch) gets this run's set-up, training steps, evaluation,
+    checkpoints and curves, and a lap after each epoch's on_epoch; each lap also goes to curves
+    as time/<part>_s scalars at the epoch's last step.
     """
     dev = torch.device(device)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
-    keep_freed_memory(dev)
+    clock = clock or EpochClock()
     reads_every = loss_reads_every or default_loss_reads(dev)
-    with _deterministic(dev):
+    with contextlib.ExitStack() as restore:
+        with clock.part("setup"):  # the first switch to deterministic kernels imports much of torch
+            keep_freed_memory(dev)
+            restore.enter_context(_deterministic(dev))
         return _train(spec, dev, checkpoint, checkpoint_every_s, on_progress, on_epoch, should_stop, reads_every,
-                      curves, stop_after_epoch)
+                      curves, stop_after_epoch, clock)
 
 
 def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpoint_every_s: float,
            on_progress: Callable[[Progress], None] | None,
            on_epoch: Callable[[int, list[EvalPoint]], None] | None,
-           should_stop: Callable[[], bool], reads_every: int, curves=None,
-           stop_after_epoch: Callable[[], bool] | None = None) -> Result:
+           should_stop: Callable[[], bool], reads_every: int, curves, stop_after_epoch: Callable[[], bool] | None,
+           clock: EpochClock) -> Result:
     tc = spec.train
-    state = load_checkpoint(checkpoint, spec) if checkpoint is not None and checkpoint.exists() else None
+    with clock.part("setup"):  # reading the data, building the loader and model, loading a checkpoint
+        state = load_checkpoint(checkpoint, spec) if checkpoint is not None and checkpoint.exists() else None
 
-    split = data.load_split(spec.pretrain.dataset, spec.pretrain.path, "train", spec.resolution)
-    if len(split.mean) != spec.channels or len(split.classes) != spec.classes:
-        raise StudyError(
-            f"{spec.pretrain.dataset} at {spec.pretrain.path!r} has {len(split.mean)} channels and "
-            f"{len(split.classes)} classes; the job was planned for {spec.channels} and {spec.classes} "
-            f"(set classes and channels in [data.pretrain], or prepare it with `study data prepare`, and plan again)"
-        )
-    evaluate.check_downstream(spec)
-    indices = data.stratified_subset(split.labels, spec.examples, spec.subset_seed)
-    batches = loader.TrainLoader(split, indices, tc.batch_size, device, spec.seed, tc.augmentation, spec.resolution,
-                                 drop_last=tc.drop_last)
-    steps_per_epoch = budget.steps_per_epoch(spec.examples, tc.batch_size, tc.drop_last)
-    total_steps = budget.total_steps(spec.examples, tc.batch_size, spec.total_epochs, tc.drop_last)
-    if steps_per_epoch == 0:
-        raise StudyError(f"drop_last with batch size {tc.batch_size} leaves no step for {spec.examples} examples")
-    if len(batches) != steps_per_epoch:
-        raise StudyError(f"the loader gives {len(batches)} batches per epoch, the budget {steps_per_epoch}")
-    warmup_steps = round(tc.warmup_epochs * steps_per_epoch)
+        split = data.load_split(spec.pretrain.dataset, spec.pretrain.path, "train", spec.resolution)
+        if len(split.mean) != spec.channels or len(split.classes) != spec.classes:
+            raise StudyError(
+                f"{spec.pretrain.dataset} at {spec.pretrain.path!r} has {len(split.mean)} channels and "
+                f"{len(split.classes)} classes; the job was planned for {spec.channels} and {spec.classes} "
+                f"(set classes and channels in [data.pretrain], or prepare it with `study data prepare`, and plan again)"
+            )
+        evaluate.check_downstream(spec)
+        indices = data.stratified_subset(split.labels, spec.examples, spec.subset_seed)
+        batches = loader.TrainLoader(split, indices, tc.batch_size, device, spec.seed, tc.augmentation, spec.resolution,
+                                     drop_last=tc.drop_last)
+        steps_per_epoch = budget.steps_per_epoch(spec.examples, tc.batch_size, tc.drop_last)
+        total_steps = budget.total_steps(spec.examples, tc.batch_size, spec.total_epochs, tc.drop_last)
+        if steps_per_epoch == 0:
+            raise StudyError(f"drop_last with batch size {tc.batch_size} leaves no step for {spec.examples} examples")
+        if len(batches) != steps_per_epoch:
+            raise StudyError(f"the loader gives {len(batches)} batches per epoch, the budget {steps_per_epoch}")
+        warmup_steps = round(tc.warmup_epochs * steps_per_epoch)
 
-    notes: list[str] = []
-    stepper = build_stepper(spec, device, notes)
-    model, optimizer = stepper.model, stepper.optimizer
+        notes: list[str] = []
+        stepper = build_stepper(spec, device, notes)
+        model, optimizer = stepper.model, stepper.optimizer
 
-    epoch, batch_index, step = 0, 0, 0  # epochs done, batches done in the current epoch, steps done
-    loss_sum, loss_count, last_loss = 0.0, 0, float("nan")
-    evaluations: list[EvalPoint] = []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        stepper.scaler.load_state_dict(state["scaler"])
-        stepper.micro_batch_size = state["micro_batch_size"]
-        epoch, batch_index, step = state["epoch"], state["batch"], state["step"]
-        loss_sum, loss_count, last_loss = state["loss_sum"], state["loss_count"], state["last_loss"]
-        evaluations = [EvalPoint(int(e), str(m), float(v)) for e, m, v in state["evaluations"]]
-        notes.extend(state["notes"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        epoch, batch_index, step = 0, 0, 0  # epochs done, batches done in the current epoch, steps done
+        loss_sum, loss_count, last_loss = 0.0, 0, float("nan")
+        evaluations: list[EvalPoint] = []
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            stepper.scaler.load_state_dict(state["scaler"])
+            stepper.micro_batch_size = state["micro_batch_size"]
+            epoch, batch_index, step = state["epoch"], state["batch"], state["step"]
+            loss_sum, loss_count, last_loss = state["loss_sum"], state["loss_count"], state["last_loss"]
+            evaluations = [EvalPoint(int(e), str(m), float(v)) for e, m, v in state["evaluations"]]
+            notes.extend(state["notes"])
+            torch.set_rng_state(state["rng"]["torch"])
+            if device.type == "cuda" and state["rng"]["cuda"]:
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
     def save() -> None:
         if curves is not None:
-            curves.flush()  # before the checkpoint: every step up to it is on disk (curves.py)
+            with clock.part("curves"):
+                curves.flush()  # before the checkpoint: every step up to it is on disk (curves.py)
         if checkpoint is None:
             return
-        save_checkpoint(checkpoint, {
+        with clock.part("checkpoint"):
+            save_checkpoint(checkpoint, position())
+
+    def position() -> dict:
+        """Everything a resume needs, as the checkpoint holds it."""
+        return {
             "format": CHECKPOINT_FORMAT,
             "spec": spec.to_dict(),
             "model": model.state_dict(),
@@ -363,7 +386,7 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
             "notes": list(notes),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-        })
+        }
 
     def result(status: str, message: str = "", at_step: int | None = None) -> Result:
         return Result(status, epoch, list(evaluations), message, step if at_step is None else at_step, last_loss,
@@ -379,7 +402,8 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
         for value, (_, size, at_step) in zip(values, unread):
             last_loss = value
             if curves is not None:
-                curves.scalar("step/loss", at_step, value)
+                with clock.part("curves"):
+                    curves.scalar("step/loss", at_step, value)
             if not math.isfinite(value) or value > tc.divergence_loss:
                 limit = "" if not math.isfinite(value) else f" (above divergence_loss {tc.divergence_loss:g})"
                 return result("diverged", f"loss {value:.6g}{limit} at step {at_step} (epoch {epoch + 1})", at_step)
@@ -392,37 +416,40 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
     model.train()
     while epoch < spec.total_epochs:
         started, images = time.perf_counter(), 0
-        for batch in batches.epoch(epoch, start_batch=batch_index):
-            size = len(batch.y)
-            unread.append((stepper.backward(batch), size, step + 1))
-            if len(unread) >= reads_every and (diverged := read_losses()):
-                return diverged  # read before the step: on the CPU a diverged batch is never applied
-            lr = lr_at(step, total_steps, lr=tc.lr, schedule=tc.schedule, warmup_steps=warmup_steps,
-                       decay_fraction=tc.decay_fraction)
-            stepper.step(lr)
-            step += 1
-            batch_index += 1
-            images += size
-            if curves is not None:
-                elapsed = time.perf_counter() - started
-                curves.scalar("step/lr", step, lr)
-                curves.scalar("step/images_per_s", step, images / elapsed if elapsed > 0 else 0.0)
-            if on_progress is not None:
-                elapsed = time.perf_counter() - started
-                on_progress(Progress(epoch + 1, step, steps_per_epoch, spec.total_epochs, last_loss,
-                                     images / elapsed if elapsed > 0 else 0.0))
-            if should_stop():
-                if diverged := read_losses():
-                    return diverged
-                save()
-                return result("interrupted", f"stopped at step {step} (epoch {epoch + 1})")
-            if checkpoint is not None and time.monotonic() - last_save >= checkpoint_every_s:
-                if diverged := read_losses():
-                    return diverged
-                save()
-                last_save = time.monotonic()
-        if diverged := read_losses():
-            return diverged
+        with clock.part("train"):  # the steps, with the loader's batches; curves and checkpoints are their own parts
+            for batch in batches.epoch(epoch, start_batch=batch_index):
+                size = len(batch.y)
+                unread.append((stepper.backward(batch), size, step + 1))
+                if len(unread) >= reads_every and (diverged := read_losses()):
+                    return diverged  # read before the step: on the CPU a diverged batch is never applied
+                lr = lr_at(step, total_steps, lr=tc.lr, schedule=tc.schedule, warmup_steps=warmup_steps,
+                           decay_fraction=tc.decay_fraction)
+                stepper.step(lr)
+                step += 1
+                batch_index += 1
+                images += size
+                if curves is not None:
+                    elapsed = time.perf_counter() - started
+                    with clock.part("curves"):
+                        curves.scalar("step/lr", step, lr)
+                        curves.scalar("step/images_per_s", step, images / elapsed if elapsed > 0 else 0.0)
+                if on_progress is not None:
+                    elapsed = time.perf_counter() - started
+                    with clock.part("other"):  # the caller's display, not training
+                        on_progress(Progress(epoch + 1, step, steps_per_epoch, spec.total_epochs, last_loss,
+                                             images / elapsed if elapsed > 0 else 0.0))
+                if should_stop():
+                    if diverged := read_losses():
+                        return diverged
+                    save()
+                    return result("interrupted", f"stopped at step {step} (epoch {epoch + 1})")
+                if checkpoint is not None and time.monotonic() - last_save >= checkpoint_every_s:
+                    if diverged := read_losses():
+                        return diverged
+                    save()
+                    last_save = time.monotonic()
+            if diverged := read_losses():
+                return diverged
         if batch_index != steps_per_epoch:
             raise StudyError(f"epoch {epoch + 1} ended after {batch_index} of {steps_per_epoch} batches")
         epoch += 1
@@ -430,20 +457,32 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
         new: list[EvalPoint] = []
         if epoch in spec.epochs:
             try:
-                metrics = evaluate.evaluate(model, spec, device, epoch)
+                with clock.part("eval"):
+                    metrics = evaluate.evaluate(model, spec, device, epoch)
             except evaluate.NonFiniteModel as error:  # finite losses, but features that overflow: no score
                 return result("diverged", f"{error} (epoch {epoch})")
             new = [EvalPoint(epoch, name, value) for name, value in metrics.items()]
             new.append(EvalPoint(epoch, "train/loss", loss_sum / loss_count))
             evaluations.extend(new)
             if curves is not None:
-                for point in new:
-                    curves.scalar(f"eval/{point.metric}", step, point.value)
+                with clock.part("curves"):
+                    for point in new:
+                        curves.scalar(f"eval/{point.metric}", step, point.value)
         loss_sum, loss_count = 0.0, 0
-        save()
-        last_save = time.monotonic()
+        saved = (epoch in spec.epochs or epoch == spec.total_epochs
+                 or time.monotonic() - last_save >= min(checkpoint_every_s, EPOCH_CHECKPOINT_S))
+        if saved:
+            save()
+            last_save = time.monotonic()
         if on_epoch is not None:
             on_epoch(epoch, new)
+        times = clock.lap(epoch)
+        if curves is not None:
+            with clock.part("curves"):  # on disk at the next flush: a kill -9 before it loses these, never a step
+                for name, value in times.items():
+                    curves.scalar(f"time/{name}_s", step, value)
         if stop_after_epoch is not None and epoch < spec.total_epochs and stop_after_epoch():
+            if not saved:
+                save()
             return result("interrupted", f"stopped at the end of epoch {epoch}")
     return result("done")

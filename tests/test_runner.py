@@ -428,3 +428,34 @@ def test_the_grid_turns_tensorboard_curves_on_or_off(tmp_path, cli):
         curves.close()
         assert kinds == ([CsvCurve] if expected is False else [CsvCurve, TensorBoardCurve])  # tensorboard is installed
         assert (tmp_path / name / "tensorboard").exists() is (expected is None)
+
+
+def test_each_epoch_records_its_time_by_part_in_the_log_and_the_curves(tmp_path):
+    """A slow run can be explained: every epoch's line in the job's log, and its TensorBoard
+    time/*_s scalars at the epoch's last step, give its seconds by part, which add up to its wall
+    time; evaluation and checkpoint time fall in the epochs that evaluate and checkpoint."""
+    from scaling_study.curves import TENSORBOARD_DIR, read_events, run_name
+    from scaling_study.timing import PARTS
+
+    text = grid_text(name="timing", examples="[600]", epochs="[1, 3]") + "\n[logging]\ntensorboard = true\n"
+    (tmp_path / "grid.toml").write_text(text)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    study("plan", "grid.toml", "--db", url, cwd=tmp_path)
+    study("run", "--db", url, cwd=tmp_path)
+    folder = folder_of(url, tmp_path / "runs", 1)
+    times = read_events(folder / TENSORBOARD_DIR / run_name("B-1/Wi-16", 600, 0))
+    steps = [12, 24, 36]  # 600 examples in batches of 50: the last step of each epoch
+    by_epoch = [{part: dict(times[f"time/{part}_s"])[step] for part in (*PARTS, "wall")} for step in steps]
+    for epoch in by_epoch:
+        assert sum(epoch[part] for part in PARTS) == pytest.approx(epoch["wall"], rel=1e-4)
+        assert epoch["train"] > 0 and epoch["curves"] > 0 and epoch["database"] > 0
+    first, second, third = by_epoch
+    assert first["setup"] > 0 and second["setup"] == third["setup"] == 0  # data, loader and model: once per attempt
+    assert first["eval"] > 0 and third["eval"] > 0 and second["eval"] == 0  # T = [1, 3]
+    assert first["checkpoint"] > 0 and third["checkpoint"] > 0 and second["checkpoint"] == 0  # seconds after epoch 1's
+    log = (folder / "log.txt").read_text()  # what `study logs 1` prints (wrapped to the terminal)
+    lines = [line for line in log.splitlines() if " epoch " in line and " s = " in line]
+    assert [line.split(" epoch ")[1].split(":")[0] for line in lines] == ["1", "2", "3"]
+    assert "fashion-mnist/linear=" in lines[0] and "fashion-mnist/linear=" not in lines[1]
+    assert all(f"{part} " in lines[0] for part in ("setup", "train", "eval", "checkpoint", "database", "curves"))
+    assert "done after 3 epochs; this attempt's 3 epochs: " in log

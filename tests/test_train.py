@@ -144,6 +144,32 @@ def test_resume_mid_epoch_and_end_of_epoch_is_bit_identical(tmp_path):
 
 
 @needs_fashion
+def test_an_epoch_between_evaluations_is_not_checkpointed_and_a_resume_from_before_it_is_bit_identical(tmp_path):
+    """T = [1, 3]: epoch 2 ends seconds after epoch 1's checkpoint, so it writes none; a run killed
+    after it resumes from the end of epoch 1 and redoes epoch 2 bit for bit. The epochs' times by
+    part go to the clock, with evaluation and checkpoint time only where there was either."""
+    from scaling_study.timing import EpochClock
+
+    spec = grid_spec(**{**RESUME, "epochs": "[1, 3]"})
+    whole, killed = tmp_path / "whole.pt", tmp_path / "killed.pt"
+    laps = []
+
+    def on_epoch(epoch, points):
+        if epoch == 2:  # what a kill -9 now would leave on disk
+            shutil.copy(whole, killed)
+
+    reference = train(spec, checkpoint=whole, on_epoch=on_epoch,
+                      clock=EpochClock(on_lap=lambda epoch, times: laps.append(times)))
+    assert torch.load(killed, weights_only=True)["epoch"] == 1
+    assert [times["checkpoint"] > 0 for times in laps] == [True, False, True]
+    assert [times["eval"] > 0 for times in laps] == [True, False, True]
+    resumed = train(spec, checkpoint=killed)
+    assert resumed.status == "done" and resumed.evaluations == reference.evaluations and resumed.loss == reference.loss
+    expected = final_weights(whole)
+    assert all(torch.equal(final_weights(killed)[k], expected[k]) for k in expected)
+
+
+@needs_fashion
 def test_resume_with_a_different_spec_is_refused(tmp_path):
     spec = grid_spec(**RESUME)
     checkpoint = tmp_path / "ck.pt"
