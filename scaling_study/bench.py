@@ -297,7 +297,7 @@ def measure(spec: JobSpec, device: str | torch.device, steps: int = 10, warmup: 
 
     def build() -> tuple[TrainLoader, Callable[[], None]]:
         loader = TrainLoader(split, np.arange(len(split)), tc.batch_size, dev, spec.seed, tc.augmentation,
-                             spec.resolution)
+                             spec.resolution, dtype=precision_dtype(tc.precision, dev))
         stepper, batches = make_stepper(spec, dev), endless(loader)
         taken = itertools.count(1)
         reads_every = default_loss_reads(dev)

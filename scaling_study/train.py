@@ -24,7 +24,7 @@ from torch import nn
 
 from . import budget, data, evaluate, loader
 from .errors import StudyError
-from .evaluate import autocast, compiled_mixed_loss, derive_seed, mixed_loss
+from .evaluate import autocast, compiled_mixed_loss, derive_seed, mixed_loss, precision_dtype
 from .files import write_atomic
 from .models import build
 from .optim import make_optimizer
@@ -161,10 +161,11 @@ class Stepper:
         size = len(batch.y)
         total = torch.zeros((), device=self.device)
         for start in range(0, size, micro):
-            part = slice(start, start + micro)
+            rows = min(micro, size - start)
+            x, y, y_mix, lam = (t.narrow(0, start, rows) for t in (batch.x, batch.y, batch.y_mix, batch.lam))
             with autocast(self.precision, self.device):
-                logits = self.forward(batch.x[part])
-            loss = self.loss(logits, batch.y[part], batch.y_mix[part], batch.lam[part], self.label_smoothing)
+                logits = self.forward(x)
+            loss = self.loss(logits, y, y_mix, lam, self.label_smoothing)
             loss = loss.sum() / size
             self.scaler.scale(loss).backward()
             total += loss.detach()
@@ -343,7 +344,7 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
     evaluate.check_downstream(spec)
     indices = data.stratified_subset(split.labels, spec.examples, spec.subset_seed)
     batches = loader.TrainLoader(split, indices, tc.batch_size, device, spec.seed, tc.augmentation, spec.resolution,
-                                 drop_last=tc.drop_last)
+                                 drop_last=tc.drop_last, dtype=precision_dtype(tc.precision, device))
     steps_per_epoch = budget.steps_per_epoch(spec.examples, tc.batch_size, tc.drop_last)
     total_steps = budget.total_steps(spec.examples, tc.batch_size, spec.total_epochs, tc.drop_last)
     if steps_per_epoch == 0:

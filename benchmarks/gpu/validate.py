@@ -131,6 +131,7 @@ def part_streamed(part: Part) -> None:
 
     from scaling_study.bench import endless, sync
     from scaling_study.data import Split
+    from scaling_study.evaluate import precision_dtype
     from scaling_study.grid import Augmentation
     from scaling_study.loader import TrainLoader
 
@@ -146,7 +147,8 @@ def part_streamed(part: Part) -> None:
         del images
         split = Split(np.load(path, mmap_mode="r"), np.arange(count) % 1000, tuple(map(str, range(1000))),
                       (0.5,) * 3, (0.29,) * 3, str(path))
-        loader = TrainLoader(split, np.arange(count), s["batch"], device, 0, Augmentation(), side, resident=False)
+        loader = TrainLoader(split, np.arange(count), s["batch"], device, 0, Augmentation(), side, resident=False,
+                             dtype=precision_dtype("auto", device))
         batches = endless(loader)
         next(batches)
         sync(device)
