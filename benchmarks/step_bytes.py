@@ -46,6 +46,9 @@ aten = torch.ops.aten
 GEMMS = {aten.mm.default, aten.addmm.default, aten.bmm.default}
 SCATTERS = {"scatter_", "scatter_add_", "index_put_", "index_add_", "index_copy_"}
 FUSED_LION_BYTES_PER_PARAMETER = 5 * 4  # the compiled update reads p, g, m and writes p, m, all fp32
+# loader_batch of the loader as written before its MixUp blended out of place and its batches came in
+# the model's dtype (commit 8c84279; 64x64x3, the paper's augmentation): 11.55 GB per 16384 images
+AS_WRITTEN_LOADER_BYTES_PER_IMAGE = 11_552_294_400 / 16384
 
 
 @dataclass
@@ -124,7 +127,7 @@ def old_loss(logits: torch.Tensor, *rest) -> torch.Tensor:
 
 
 def eager_step(name: str, classes: int, batch: int, resolution: int, *, loss: Callable, pad_classes_to: int,
-               lion: str) -> tuple[Count, Count]:
+               lion: str, x_dtype: torch.dtype) -> tuple[Count, Count]:
     """(forward + loss + backward, optimizer) counts of the eager Stepper at the full batch, on meta
     tensors under CUDA's autocast policy. lion: 'eager' (counted) or 'fused' (its one kernel's bytes)."""
     model = meta_model(name, classes, resolution, pad_classes_to)
@@ -137,7 +140,7 @@ def eager_step(name: str, classes: int, batch: int, resolution: int, *, loss: Ca
     stepper = Stepper(model, forward, optimizer, label_smoothing=0.3, grad_clip=0.0, precision="fp32",
                       device=torch.device("meta"), micro_batch_size=0, notes=[], loss=loss)
     meta = torch.device("meta")
-    data = Batch(torch.empty(batch, 3, resolution, resolution, device=meta),
+    data = Batch(torch.empty(batch, 3, resolution, resolution, device=meta, dtype=x_dtype),
                  torch.zeros(batch, dtype=torch.long, device=meta), torch.zeros(batch, dtype=torch.long, device=meta),
                  torch.empty(batch, device=meta))
     stepper.backward(data)
@@ -192,7 +195,7 @@ def compiled_step(name: str, classes: int, batch: int, resolution: int, *, pad_c
             model = build(parse_model(name, "benchmark"), 3 * resolution**2, classes, pad_classes_to)
         forward, loss = torch.compile(model, dynamic=False), torch.compile(mixed_loss_formula, dynamic=False)
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(rows, 3, resolution, resolution, generator=g)
+        x = torch.randn(rows, 3, resolution, resolution, generator=g).to(torch.bfloat16)  # the loader's batches
         y = torch.randint(0, classes, (rows,), generator=g)
         graphs: list[dict] = []
         with _inductor_kernel_bytes(graphs):
@@ -209,11 +212,12 @@ def compiled_step(name: str, classes: int, batch: int, resolution: int, *, pad_c
     return count
 
 
-def loader_batch(batch: int, resolution: int, *, small: int = 256) -> Count:
+def loader_batch(batch: int, resolution: int, *, small: int = 256, dtype: torch.dtype = torch.bfloat16) -> Count:
     """TrainLoader's ops for one resident batch with the paper's augmentation, counted at `small`
     images and scaled to `batch` (each op's bytes are proportional to the batch)."""
     split = synthetic_split(2 * small, 3, resolution, 10)
-    loader = TrainLoader(split, np.arange(len(split)), small, "cpu", 0, Augmentation(), resolution, resident=True)
+    loader = TrainLoader(split, np.arange(len(split)), small, "cpu", 0, Augmentation(), resolution, resident=True,
+                         dtype=dtype)
     batches = loader.epoch(0)
     next(batches)
     count = Count()
@@ -252,21 +256,25 @@ class Modelled:
 
 def model_step(name: str, classes: int, batch: int, resolution: int, peak: float, bandwidth: float,
                compiled: bool = True) -> list[Modelled]:
-    """The step as it was written (eager, fp32 loss copy, unfused LION, unpadded head), and as CUDA's
-    defaults run it now (compiled model and loss, fused LION, padded head), eager too without compile."""
+    """The step as it was written (eager, fp32 batches and loss copy, unfused LION, unpadded head), and
+    as CUDA's defaults run it now (compiled model and loss, fused LION, padded head, bf16 batches),
+    also with compile off."""
     useful = batch * train_flops_per_example(parse_model(name, "benchmark"), 3 * resolution**2, classes)
-    loader = loader_batch(batch, resolution)
-    configurations = [("as written: eager, fp32 loss copy, unfused LION, unpadded head",
-                       dict(loss=old_loss, pad_classes_to=1, lion="eager"), False),
-                      ("now, compile off: eager, blockwise loss, unfused LION, padded head",
-                       dict(loss=mixed_loss, pad_classes_to=64, lion="eager"), False)]
+    loader = loader_batch(batch, resolution).total
+    configurations = [
+        ("as written: eager, fp32 batches and loss copy, unfused LION, unpadded head",
+         dict(loss=old_loss, pad_classes_to=1, lion="eager", x_dtype=torch.float32), False,
+         AS_WRITTEN_LOADER_BYTES_PER_IMAGE * batch * (resolution / 64) ** 2),
+        ("now, compile off: eager, blockwise loss, unfused LION, padded head, bf16 batches",
+         dict(loss=mixed_loss, pad_classes_to=64, lion="eager", x_dtype=torch.bfloat16), False, loader)]
     if compiled:
-        configurations.append(("now, CUDA's defaults: compiled model and loss, fused LION, padded head",
-                               dict(loss=mixed_loss, pad_classes_to=64, lion="fused"), True))
+        configurations.append(("now, CUDA's defaults: compiled model and loss, fused LION, padded head, bf16 batches",
+                               dict(loss=mixed_loss, pad_classes_to=64, lion="fused", x_dtype=torch.bfloat16), True,
+                               loader))
     rows = []
-    for label, options, compile in configurations:
+    for label, options, compile, loader_bytes in configurations:
         step, update = eager_step(name, classes, batch, resolution, **options)
         model_bytes = compiled_step(name, classes, batch, resolution, pad_classes_to=64).total if compile else step.total
-        parts = {"model, loss and backward": model_bytes, "optimizer": update.total, "loader": loader.total}
+        parts = {"model, loss and backward": model_bytes, "optimizer": update.total, "loader": loader_bytes}
         rows.append(Modelled(label, parts, step.gemm_flops, useful, peak, bandwidth))
     return rows

@@ -273,15 +273,13 @@ def test_mixup_and_label_smoothing_loss_by_hand():
         + (1 - lam) * ce(logits, y_mix, reduction="none", label_smoothing=eps))
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
-def test_lion_is_bit_for_bit_lion_pytorch(fused):
-    g = torch.Generator().manual_seed(0)
-    shapes = [(257, 1001), (33,), (3, 5, 7), (4096,)]
+def both_lions(shapes, fused: bool, steps: int, g: torch.Generator):
+    """Our LION and lion-pytorch's stepped side by side on the same random parameters and gradients."""
     ours = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     a = Lion(ours, lr=1e-3, weight_decay=0.1, fused=fused)
     b = lion_pytorch.Lion(theirs, lr=1e-3, weight_decay=0.1)
-    for step in range(12):
+    for step in range(steps):
         for p, q, s in zip(ours, theirs, shapes):
             grad = torch.randn(s, generator=g) * 10.0 ** (step % 5 - 2)
             grad.view(-1)[:3] = 0  # exact zeros: sign 0, no update from the gradient
@@ -289,6 +287,12 @@ def test_lion_is_bit_for_bit_lion_pytorch(fused):
         for opt in (a, b):
             opt.param_groups[0]["lr"] = 1e-3 * (step + 1)
             opt.step()
+    return ours, theirs, a, b
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+def test_lion_is_bit_for_bit_lion_pytorch(fused):
+    ours, theirs, a, b = both_lions([(257, 1001), (33,), (3, 5, 7), (4096,)], fused, 12, torch.Generator().manual_seed(0))
     assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
     assert all(torch.equal(a.state[p]["exp_avg"], b.state[q]["exp_avg"]) for p, q in zip(ours, theirs))
     # Same state_dict layout: a lion-pytorch checkpoint loads into ours.
@@ -433,17 +437,7 @@ def test_fused_lion_is_lion_pytorch_for_every_model_without_recompiling():
     g = torch.Generator().manual_seed(1)
     graphs = []
     for shapes in SHAPE_SETS:
-        ours = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
-        theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
-        a = Lion(ours, lr=1e-3, weight_decay=0.1, fused=True)
-        b = lion_pytorch.Lion(theirs, lr=1e-3, weight_decay=0.1)
-        for step in range(3):
-            for p, q, s in zip(ours, theirs, shapes):
-                p.grad = torch.randn(s, generator=g)
-                q.grad = p.grad.clone()
-            for opt in (a, b):
-                opt.param_groups[0]["lr"] = 1e-3 * (step + 2)
-                opt.step()
+        ours, theirs, _, _ = both_lions(shapes, True, 3, g)
         assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[1:] == [graphs[1]] * (len(SHAPE_SETS) - 1), graphs  # after the first set, nothing compiles
