@@ -226,6 +226,33 @@ def loader_batch(batch: int, resolution: int, *, small: int = 256, dtype: torch.
     return count.scaled(batch / small)
 
 
+def streamed_read_rate(resolution: int, batch: int = 4096, images: int = 32768, batches: int = 16) -> dict:
+    """Images per second the streamed loader's reads gather on this CPU: _Streamed.read of shuffled
+    batches from a memory-mapped (page-cached) file, STREAM_DEPTH threads at once as the loader runs them."""
+    import os
+    import tempfile
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scaling_study.loader import STREAM_DEPTH, _Streamed
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "images.npy")
+        stored = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(images, 3, resolution, resolution))
+        stored[:] = np.random.default_rng(0).integers(0, 256, stored.shape[1:], dtype=np.uint8)
+        stored.flush()
+        del stored
+        streamed = _Streamed(np.load(path, mmap_mode="r"), torch.device("cpu"))
+        rng = np.random.default_rng(1)
+        draws = [rng.choice(images, batch, replace=False) for _ in range(batches + STREAM_DEPTH)]
+        with ThreadPoolExecutor(STREAM_DEPTH) as readers:
+            list(readers.map(streamed.read, range(STREAM_DEPTH), draws[:STREAM_DEPTH]))  # buffers made, file cached
+            started = time.perf_counter()
+            list(readers.map(streamed.read, [b % STREAM_DEPTH for b in range(batches)], draws[STREAM_DEPTH:]))
+            seconds = time.perf_counter() - started
+    return {"threads": STREAM_DEPTH, "cores": os.cpu_count(), "batch": batch, "images_per_s": batches * batch / seconds}
+
+
 @dataclass(frozen=True)
 class Modelled:
     """One configuration's counted step and the time and fraction of peak they imply."""

@@ -199,9 +199,15 @@ def gpu_model(args: argparse.Namespace) -> None:
         parts = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in row.parts.items())
         print(f"  {row.label}:\n    non-GEMM {row.bytes / 1e9:.1f} GB ({parts}); GEMMs {row.gemm_flops / 1e12:.2f} TFLOP; "
               f"step {row.step_s * 1e3:.1f} ms = {row.fraction_of_peak:.3f} of the matmul peak")
+    reads = step_bytes.streamed_read_rate(args.resolution)
+    step_rate = batch / rows[-1].step_s
+    print(f"  streamed loader's reads on this CPU ({reads['threads']} threads, {reads['cores']} cores): "
+          f"{reads['images_per_s']:,.0f} img/s = {reads['images_per_s'] / step_rate:.2f}x the modelled step's "
+          f"{step_rate:,.0f} img/s (the copy to the GPU, on its own stream, not included)")
     figures = {"model": name, "classes": classes, "resolution": args.resolution, "batch": batch, "precision": "bf16",
                "peak_flops_per_s": peak, "bandwidth_bytes_per_s": bandwidth, "method": step_bytes.__doc__.strip(),
-               "configurations": [row.row() for row in rows]}
+               "configurations": [row.row() for row in rows], "streamed_reads": reads,
+               "streamed_reads_over_step": reads["images_per_s"] / step_rate}
     print(f"wrote {write('train_mfu_gpu_model', figures)}")
 
 

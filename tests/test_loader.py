@@ -97,10 +97,10 @@ def test_streamed_batches_read_ahead_are_the_resident_ones_in_every_epoch_and_re
     split = synthetic(n=200)
     indices = np.random.default_rng(1).permutation(200)[:150]
     aug = Augmentation(mixup=0.5, mixup_per_image=True)
-    resident = TrainLoader(split, indices, 16, "cpu", 5, aug, 12, resident=True)
-    streamed = TrainLoader(split, indices, 16, "cpu", 5, aug, 12, resident=False)
-    assert len(streamed) == 10 > 3 * STREAM_DEPTH
-    for epoch, start in ((0, 0), (1, 0), (1, 7), (2, 9)):
+    resident = TrainLoader(split, indices, 4, "cpu", 5, aug, 12, resident=True)
+    streamed = TrainLoader(split, indices, 4, "cpu", 5, aug, 12, resident=False)
+    assert len(streamed) == 38 > 2 * STREAM_DEPTH
+    for epoch, start in ((0, 0), (1, 0), (1, 7), (2, 21)):
         assert same(batches(resident, epoch, start), batches(streamed, epoch, start))
 
 
