@@ -15,12 +15,13 @@ def test_the_gpu_validation_runs_every_part_on_the_cpu(tmp_path):
                           capture_output=True, text=True, timeout=900, cwd=tmp_path)
     result = json.loads((tmp_path / "out" / "validate.json").read_text())
     assert done.returncode == 0, (result.get("errors"), done.stdout[-3000:], done.stderr[-3000:])
-    assert result["status"] == {part: "ok" for part in ("peak", "step", "streamed", "study", "resume")}
+    assert result["status"] == {part: "ok" for part in ("peak", "step", "profile", "streamed", "study", "resume")}
     assert result["peak"]["gemm_peak_flops_per_s"] > 0
     for label in ("default", "eager"):
         step = result["step"][label]
         assert step["images_per_s"] > 0 and step["resident"] and 0 < step["fraction_of_measured_peak"]
     assert result["step"]["default"]["compile"] is False  # the CPU's default; CUDA's is to compile
+    assert result["profile"]["top"] and result["profile"]["total_us"] > 0
     assert result["streamed"]["images_per_s"] > 0 and result["streamed"]["over_step_images_per_s"] > 0
     study = result["study"]
     assert {job["state"] for job in study["jobs"]} == {"done"} and study["points"] > 0

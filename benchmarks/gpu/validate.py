@@ -11,13 +11,14 @@ OUT/summary.txt: a part that runs out of time leaves what it measured, and the n
 
 Parts (seconds of budget on CUDA):
   peak     (30)  the device's GEMM rate: torch.mm over large square products, in the step's dtype
-  step    (200)  B-12/Wi-1024, 64x64x3, batch 16384, 11,230 classes, bf16, resident uint8 data: the
+  step    (180)  B-12/Wi-1024, 64x64x3, batch 16384, 11,230 classes, bf16, resident uint8 data: the
                  product's own step (bench.measure), compiled as on CUDA by default, then eager;
                  img/s and the fraction of the GEMM rate (measured, and the H100's 798 TFLOP/s)
-  streamed (50)  the streamed loader (a memory-mapped subset too large for the device) in img/s,
+  profile  (50)  torch.profiler over 3 steps with CUDA's defaults: the kernels that take the time
+  streamed (40)  the streamed loader (a memory-mapped subset too large for the device) in img/s,
                  over the step's img/s
-  study   (110)  a tiny real study on generated images: study plan, study run, study fit
-  resume   (90)  one job run whole, and run again killed (SIGKILL) mid-training then resumed:
+  study   (100)  a tiny real study on generated images: study plan, study run, study fit
+  resume   (80)  one job run whole, and run again killed (SIGKILL) mid-training then resumed:
                  both finish, with the same points (equal on the CPU, close on a GPU)
 """
 
@@ -36,13 +37,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 WHEELS = ROOT / ".whl"
 NOMINAL_PEAK = {"H100": 798e12, "H200": 798e12}  # dense bf16 matmul FLOP/s that the estimates assume
-PARTS = ("peak", "step", "streamed", "study", "resume")
+PARTS = ("peak", "step", "profile", "streamed", "study", "resume")
 SIZES = {  # per device type: what each part runs, and its budget in seconds
-    "cuda": {"budget_s": {"peak": 30, "step": 200, "streamed": 50, "study": 110, "resume": 90},
+    "cuda": {"budget_s": {"peak": 30, "step": 180, "profile": 50, "streamed": 40, "study": 100, "resume": 80},
              "model": "B-12/Wi-1024", "batch": 16384, "resolution": 64, "classes": 11230, "steps": 10,
              "streamed_images": 120_000, "study_images": 20_000, "study_models": ["B-2/Wi-128", "B-4/Wi-256"],
              "study_batch": 1024, "study_epochs": [1, 2, 3, 4, 6, 8], "resume_model": "B-2/Wi-256"},
-    "cpu": {"budget_s": {"peak": 60, "step": 90, "streamed": 60, "study": 120, "resume": 120},  # guards: ~1 min in all
+    "cpu": {"budget_s": {"peak": 40, "step": 80, "profile": 40, "streamed": 40, "study": 120, "resume": 120},  # guards
             "model": "B-1/Wi-32", "batch": 32, "resolution": 8, "classes": 100, "steps": 2,
             "streamed_images": 512, "study_images": 400, "study_models": ["B-1/Wi-8", "B-1/Wi-16"],
             "study_batch": 50, "study_epochs": [1, 2, 3, 4, 6, 8], "resume_model": "B-1/Wi-16"},
@@ -123,6 +124,45 @@ def part_step(part: Part) -> None:
             "gemm_step_shapes_flops_per_s": m.gemm_flops_per_s, "fraction_of_step_shapes_gemm": m.mfu,
             "loader_images_per_s": m.loader_images_per_s, "peak_memory_bytes": m.peak_memory_bytes,
             "measured_in_s": time.perf_counter() - started}})
+
+
+def part_profile(part: Part) -> None:
+    import numpy as np
+    import torch
+
+    from scaling_study.bench import endless, make_stepper, synthetic_spec, synthetic_split, sync
+    from scaling_study.evaluate import precision_dtype
+    from scaling_study.grid import TrainConfig
+    from scaling_study.loader import TrainLoader
+
+    s, device = part.sizes, torch.device(part.device)
+    spec = synthetic_spec(s["model"], resolution=s["resolution"], channels=3, classes=s["classes"],
+                          train=TrainConfig(batch_size=s["batch"]))
+    split = synthetic_split(2 * s["batch"], 3, s["resolution"], s["classes"])
+    batches = endless(TrainLoader(split, np.arange(len(split)), s["batch"], device, 0, spec.train.augmentation,
+                                  s["resolution"], dtype=precision_dtype("auto", device)))
+    stepper = make_stepper(spec, device)
+
+    def step() -> None:
+        stepper.backward(next(batches))
+        stepper.step(spec.train.lr)
+
+    for _ in range(3):  # compiled and warm
+        step()
+    sync(device)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profile:
+        for _ in range(3):
+            step()
+        sync(device)
+    events = profile.key_averages()
+    timed = "device_time_total" if device.type == "cuda" else "cpu_time_total"
+    top = sorted(events, key=lambda e: getattr(e, timed, 0), reverse=True)[:25]
+    part.add(steps=3, total_us=sum(getattr(e, "self_" + timed, 0) for e in events),
+             top=[{"name": e.key[:120], "count": e.count, "us": getattr(e, timed, 0),
+                   "self_us": getattr(e, "self_" + timed, 0)} for e in top])
 
 
 def part_streamed(part: Part) -> None:
@@ -317,6 +357,12 @@ def summary(result: dict) -> str:
             lines.append(f"step ({label}: compile {m['compile']}) {m['model']} batch {m['batch']} {m['precision']}: "
                          f"{m['images_per_s']:,.0f} img/s, {m['step_s'] * 1e3:.1f} ms, "
                          f"{m['train_flops_per_s'] / 1e12:.1f} TFLOP/s = {fractions}")
+    profile = result.get("profile", {})
+    if "top" in profile:
+        per_step = profile["total_us"] / profile["steps"] / 1e3
+        top = "; ".join(f"{e['name'][:40]} {e['self_us'] / profile['steps'] / 1e3:.2f}" for e in
+                        sorted(profile["top"], key=lambda e: -e["self_us"])[:5])
+        lines.append(f"profile: {per_step:.1f} ms of kernels per step; most (self ms per step): {top}")
     streamed = result.get("streamed", {})
     if "images_per_s" in streamed:
         line = f"streamed loader {streamed['images_per_s']:,.0f} img/s"
