@@ -21,6 +21,14 @@ Where the step's time goes, measured in the same rounds:
   - rest: what is left (LayerNorm, bias and residual adds, the loss, autograd bookkeeping).
 `bound` is the ratio the step would have if it cost only GEMM chain + activation: an upper
 bound for any implementation of this model whose GEMMs are torch's.
+
+    python benchmarks/train_mfu.py --gpu-model [--model B-12/Wi-1024 --classes 11230 --batch 16384]
+
+models the paper's GPU step instead, on the CPU (benchmarks/step_bytes.py): its GEMM FLOPs and
+the bytes its other ops move, counted from the code's own ops, as the step was written and as
+CUDA's defaults run it now, and the fraction of the matmul peak they imply at --peak-tflops and
+--bandwidth-tbs (an H100's dense bf16 798 TFLOP/s and a device-to-device copy's 3.0 TB/s).
+Compiling the model on the CPU to count the fused kernels takes minutes.
 """
 
 from __future__ import annotations
@@ -79,10 +87,10 @@ def activation(spec, batch: int, device: torch.device):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="B-6/Wi-256")
-    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--model", help="default: B-6/Wi-256 (B-12/Wi-1024 with --gpu-model)")
+    parser.add_argument("--classes", type=int, help="default: 1000 (11230 with --gpu-model)")
     parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--batch", type=int, help="default: 1024 (16384 with --gpu-model)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5, help="steps timed per round")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -90,7 +98,17 @@ def main() -> None:
                         help="as train.compile: torch.compile the model, and LION's update fused (Lion(fused=True))")
     parser.add_argument("--default-malloc", action="store_true", help="skip train.keep_freed_memory (CPU)")
     parser.add_argument("--lion-pytorch", action="store_true", help="lion-pytorch's Lion instead of ours, for comparison")
+    parser.add_argument("--gpu-model", action="store_true",
+                        help="model the GPU step from counted bytes instead (defaults: B-12/Wi-1024, 11230 classes, batch 16384)")
+    parser.add_argument("--peak-tflops", type=float, default=798.0, help="--gpu-model: dense bf16 matmul rate")
+    parser.add_argument("--bandwidth-tbs", type=float, default=3.0, help="--gpu-model: memory bandwidth")
     args = parser.parse_args()
+    for key, cpu, gpu in (("model", "B-6/Wi-256", "B-12/Wi-1024"), ("classes", 1000, 11230), ("batch", 1024, 16384)):
+        if getattr(args, key) is None:
+            setattr(args, key, gpu if args.gpu_model else cpu)
+    if args.gpu_model:
+        gpu_model(args)
+        return
     device = torch.device(args.device)
     if not args.default_malloc:
         keep_freed_memory(device)
@@ -166,6 +184,31 @@ def main() -> None:
                                              ("lion-pytorch", args.lion_pytorch),
                                              (f"{args.classes}-classes", args.classes != 1000)) if on))
     print(f"wrote {write('train_mfu' + variant, figures)}")
+
+
+def gpu_model(args: argparse.Namespace) -> None:
+    """The modelled GPU step, before and after, from bytes counted on the CPU (benchmarks/step_bytes.py)."""
+    import step_bytes
+
+    name, classes, batch = args.model, args.classes, args.batch
+    peak, bandwidth = args.peak_tflops * 1e12, args.bandwidth_tbs * 1e12
+    rows = step_bytes.model_step(name, classes, batch, args.resolution, peak, bandwidth)
+    print(f"{name}, {classes} classes, {args.resolution}px, batch {batch}, bf16, LION, resident data; modelled at "
+          f"{args.peak_tflops:g} TFLOP/s and {args.bandwidth_tbs:g} TB/s:")
+    for row in rows:
+        parts = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in row.parts.items())
+        print(f"  {row.label}:\n    non-GEMM {row.bytes / 1e9:.1f} GB ({parts}); GEMMs {row.gemm_flops / 1e12:.2f} TFLOP; "
+              f"step {row.step_s * 1e3:.1f} ms = {row.fraction_of_peak:.3f} of the matmul peak")
+    reads = step_bytes.streamed_read_rate(args.resolution)
+    step_rate = batch / rows[-1].step_s
+    print(f"  streamed loader's reads on this CPU ({reads['threads']} threads, {reads['cores']} cores): "
+          f"{reads['images_per_s']:,.0f} img/s = {reads['images_per_s'] / step_rate:.2f}x the modelled step's "
+          f"{step_rate:,.0f} img/s (the copy to the GPU, on its own stream, not included)")
+    figures = {"model": name, "classes": classes, "resolution": args.resolution, "batch": batch, "precision": "bf16",
+               "peak_flops_per_s": peak, "bandwidth_bytes_per_s": bandwidth, "method": step_bytes.__doc__.strip(),
+               "configurations": [row.row() for row in rows], "streamed_reads": reads,
+               "streamed_reads_over_step": reads["images_per_s"] / step_rate}
+    print(f"wrote {write('train_mfu_gpu_model', figures)}")
 
 
 if __name__ == "__main__":

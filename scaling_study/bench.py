@@ -34,7 +34,8 @@ from .loader import Batch, TrainLoader
 from .models import ModelSpec, parse_model
 from .plan import JobSpec, expand
 from .evaluate import evaluate, precision_dtype, resolved_precision
-from .train import Stepper, _deterministic, build_stepper, default_loss_reads, init_model, keep_freed_memory
+from .train import (Stepper, _deterministic, build_stepper, compiles, default_loss_reads, init_model,
+                    keep_freed_memory)
 
 WARMUP_STEPS = 3
 REPEAT_EVALUATION_S = 30.0  # a longer evaluation is timed once, its data loading included
@@ -296,16 +297,16 @@ def measure(spec: JobSpec, device: str | torch.device, steps: int = 10, warmup: 
 
     def build() -> tuple[TrainLoader, Callable[[], None]]:
         loader = TrainLoader(split, np.arange(len(split)), tc.batch_size, dev, spec.seed, tc.augmentation,
-                             spec.resolution)
+                             spec.resolution, dtype=precision_dtype(tc.precision, dev))
         stepper, batches = make_stepper(spec, dev), endless(loader)
         taken = itertools.count(1)
         reads_every = default_loss_reads(dev)
 
         def train_step() -> None:
             loss = stepper.backward(next(batches))
-            if next(taken) % reads_every == 0:
-                loss.item()  # the host sync train() makes this often, to read the losses
             stepper.step(tc.lr)
+            if next(taken) % reads_every == 0:
+                loss.item()  # the host sync train() makes this often (after the step), to read the losses
 
         return loader, train_step
 
@@ -329,7 +330,7 @@ def measure(spec: JobSpec, device: str | torch.device, steps: int = 10, warmup: 
     images = steps * tc.batch_size
     details = {
         "device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "optimizer": tc.optimizer, "compile": tc.compile, "micro_batch_size": tc.micro_batch_size,
+        "optimizer": tc.optimizer, "compile": compiles(tc.compile, dev), "micro_batch_size": tc.micro_batch_size,
         "steps": steps, "warmup_steps": warmup, "step_s": train_s / steps,
         "loader": f"TrainLoader, {'device-resident' if loader.resident else 'streamed'}, synthetic uint8 images, "
                   "the grid's augmentation",

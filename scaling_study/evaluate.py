@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterable
@@ -85,13 +86,82 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 
 def mixed_loss(logits: torch.Tensor, y: torch.Tensor, y_mix: torch.Tensor, lam: torch.Tensor,
                label_smoothing: float) -> torch.Tensor:
-    """Per-example lam*CE(y) + (1-lam)*CE(y_mix), both with label smoothing (one log-softmax)."""
+    """Per-example lam*CE(y) + (1-lam)*CE(y_mix), both with label smoothing (one log-softmax).
+
+    bf16 or fp16 logits (autocast's) are never copied whole to fp32: `_LowPrecisionMixedLoss`
+    computes the same loss and gradient in fp32 over blocks of rows. fp32 logits take the
+    plain path (that of every CPU run).
+    """
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        return _LowPrecisionMixedLoss.apply(logits, y, y_mix, lam, label_smoothing)
     logp = F.log_softmax(logits.float(), dim=-1)
     picked = lam * logp.gather(1, y[:, None])[:, 0] + (1 - lam) * logp.gather(1, y_mix[:, None])[:, 0]
     if label_smoothing == 0:
         return -picked
     # PyTorch's definition: (1 - eps) * NLL + eps * mean over classes of -log p.
     return -(1 - label_smoothing) * picked - label_smoothing * logp.mean(dim=-1)
+
+
+def mixed_loss_formula(logits: torch.Tensor, y: torch.Tensor, y_mix: torch.Tensor, lam: torch.Tensor,
+                       label_smoothing: float) -> torch.Tensor:
+    """mixed_loss written as logsumexp - (1-eps)*(mixed target logit) - eps*(mean logit), in fp32:
+    for torch.compile, which fuses the upcast into its reductions (no fp32 copy of the logits)."""
+    x = logits.float()
+    picked = lam * x.gather(1, y[:, None])[:, 0] + (1 - lam) * x.gather(1, y_mix[:, None])[:, 0]
+    return torch.logsumexp(x, dim=-1) - (1 - label_smoothing) * picked - label_smoothing * x.mean(dim=-1)
+
+
+@functools.cache
+def compiled_mixed_loss() -> Callable[..., torch.Tensor]:
+    """mixed_loss_formula compiled once for every batch size and class count."""
+    return torch.compile(mixed_loss_formula, dynamic=True)
+
+
+LOSS_BLOCK_ELEMENTS = 1 << 22  # fp32 values per block of rows: 16 MB of scratch, whatever the batch
+
+
+class _LowPrecisionMixedLoss(torch.autograd.Function):
+    """mixed_loss of bf16/fp16 logits, computed in fp32 a block of rows at a time.
+
+    loss = logsumexp(x) - (1-eps) * (lam x[y] + (1-lam) x[y_mix]) - eps * mean(x), and its
+    gradient softmax(x) - eps/C - (1-eps) * (lam onehot(y) + (1-lam) onehot(y_mix)), rounded to
+    the logits' dtype once. Only the logits (already held) and one fp32 value per row are saved.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, y, y_mix, lam, label_smoothing):  # noqa: ANN001, ANN205
+        rows, classes = logits.shape
+        lse = torch.empty(rows, dtype=torch.float32, device=logits.device)
+        mean = torch.empty_like(lse)
+        for part in _row_blocks(rows, classes):
+            x = logits[part].float()
+            torch.logsumexp(x, dim=-1, out=lse[part])
+            torch.mean(x, dim=-1, out=mean[part])
+        picked = (lam * logits.gather(1, y[:, None])[:, 0].float()
+                  + (1 - lam) * logits.gather(1, y_mix[:, None])[:, 0].float())
+        ctx.save_for_backward(logits, y, y_mix, lam, lse)
+        ctx.label_smoothing = label_smoothing
+        return lse - (1 - label_smoothing) * picked - label_smoothing * mean
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        logits, y, y_mix, lam, lse = ctx.saved_tensors
+        eps = ctx.label_smoothing
+        rows, classes = logits.shape
+        out = torch.empty(rows, classes, dtype=logits.dtype, device=logits.device)
+        grad = grad.float()
+        for part in _row_blocks(rows, classes):
+            g = grad[part, None]
+            x = logits[part].float().sub_(lse[part, None]).exp_().sub_(eps / classes).mul_(g)
+            x.scatter_add_(1, y[part, None], -(1 - eps) * lam[part, None] * g)
+            x.scatter_add_(1, y_mix[part, None], -(1 - eps) * (1 - lam[part, None]) * g)
+            out[part] = x
+        return out, None, None, None, None
+
+
+def _row_blocks(rows: int, classes: int) -> list[slice]:
+    step = max(1, LOSS_BLOCK_ELEMENTS // max(1, classes))
+    return [slice(start, start + step) for start in range(0, rows, step)]
 
 
 def seeded_linear(width: int, classes: int, seed: int, zero: bool = False) -> nn.Linear:

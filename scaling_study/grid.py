@@ -87,7 +87,7 @@ class TrainConfig:
     decay_fraction: float = 0.2  # wsd: share of training spent decaying
     grad_clip: float = 0.0  # 0: no clipping
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False
+    compile: bool | None = None  # None: on CUDA (torch.compile pays there), off on the CPU
     divergence_loss: float = 100.0  # a loss above this (or NaN/inf) ends the run as diverged
     drop_last: bool = False  # drop each epoch's last partial batch, as the reference code's loader does
     augmentation: Augmentation = field(default_factory=Augmentation)

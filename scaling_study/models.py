@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import GridError
@@ -161,11 +162,18 @@ class ReferenceStandardBlock(nn.Module):
 
 
 class MLP(nn.Module):
-    """Flatten -> linear embedding -> blocks -> linear head; `features` is the probe's input."""
+    """Flatten -> linear embedding -> blocks -> linear head; `features` is the probe's input.
 
-    def __init__(self, spec: ModelSpec, input_dim: int, classes: int):
+    `pad_classes_to` > 1 computes the head's product over a class count rounded up to its
+    multiple (zero rows, sliced off the logits), as nanoGPT pads its vocabulary: a bf16 row of
+    11,230 logits is 22,460 bytes, not a multiple of 16, which GPU matrix kernels run slower on.
+    The parameters, their gradients and the logits are those of the unpadded head.
+    """
+
+    def __init__(self, spec: ModelSpec, input_dim: int, classes: int, pad_classes_to: int = 1):
         super().__init__()
         self.spec = spec
+        self.padded_classes = -(-classes // pad_classes_to) * pad_classes_to
         self.embed = nn.Linear(input_dim, spec.width)
         if spec.kind == "bottleneck":
             blocks = [Block(spec.width, spec.expansion) for _ in range(spec.depth)]
@@ -181,9 +189,14 @@ class MLP(nn.Module):
         return self.blocks(self.embed(x.flatten(1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        features = self.features(x)
+        extra = self.padded_classes - self.head.out_features
+        if not extra:
+            return self.head(features)
+        weight, bias = F.pad(self.head.weight, (0, 0, 0, extra)), F.pad(self.head.bias, (0, extra))
+        return F.linear(features, weight, bias)[:, : self.head.out_features]
 
 
-def build(spec: ModelSpec, input_dim: int, classes: int) -> MLP:
+def build(spec: ModelSpec, input_dim: int, classes: int, pad_classes_to: int = 1) -> MLP:
     """The torch module for `spec` on inputs of `input_dim` values and `classes` outputs."""
-    return MLP(spec, input_dim, classes)
+    return MLP(spec, input_dim, classes, pad_classes_to)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import struct
 from collections.abc import Callable
 
 import torch
@@ -13,8 +14,8 @@ class Lion(torch.optim.Optimizer):
 
     lion-pytorch clones the momentum for every parameter at every step; this reuses one
     scratch buffer, so no memory is allocated (and page-faulted in) per step. Same state_dict.
-    `fused=True` runs the update of all parameters as one torch.compile'd function (one pass
-    over memory instead of seven), still bit for bit lion-pytorch's.
+    `fused=True` runs each parameter's update as one torch.compile'd kernel (one pass over
+    memory instead of seven, one launch instead of seven), still bit for bit lion-pytorch's.
     """
 
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
@@ -57,23 +58,33 @@ class Lion(torch.optim.Optimizer):
         return loss
 
     def _fused_step(self, group: dict) -> None:
-        params = [p for p in group["params"] if p.grad is not None]
-        if not params:
-            return
-        moms = [self.state[p].setdefault("exp_avg", torch.zeros_like(p)) for p in params]
         lr, wd, (beta1, beta2) = group["lr"], group["weight_decay"], group["betas"]
-        # Scalars rounded to the parameters' dtype first, as eager rounds them (inductor would round
-        # 1 - lr*wd differently), and passed as Python floats: no host-device copy, and after the
-        # first change of lr a dynamic input rather than a recompilation per value.
-        dtype = params[0].dtype
-        decay, step = (torch.tensor(value, dtype=dtype).item() for value in (1.0 - lr * wd, -lr))
+        update = _compiled_lion()
         with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # never a silent, inexact eager fallback
-            _compiled_lion()(params, [p.grad for p in params], moms, decay, step, beta1, beta2)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                m = self.state[p].setdefault("exp_avg", torch.zeros_like(p))
+                # Scalars rounded to the parameter's dtype first, as eager rounds them (inductor would round
+                # 1 - lr*wd differently); Python floats, so no tensor is made or read on the host.
+                decay, step = _rounded(1.0 - lr * wd, p.dtype), _rounded(-lr, p.dtype)
+                update(p.view(-1), p.grad.view(-1), m.view(-1), decay, step, beta1, beta2)
+
+
+def _rounded(value: float, dtype: torch.dtype) -> float:
+    """`value` rounded to `dtype`, as eager PyTorch rounds a Python scalar for a tensor of that dtype."""
+    if dtype == torch.float32:
+        return struct.unpack("f", struct.pack("f", value))[0]
+    if dtype == torch.float64:
+        return value
+    return torch.tensor(value, dtype=dtype).item()
 
 
 @functools.cache
 def _compiled_lion() -> Callable:
-    """LION's update for lists of tensors, compiled: inductor fuses it into one pass over memory.
+    """LION's update of one flattened parameter, compiled once for every size (dynamic=True):
+    inductor fuses it into one pass over memory (read p, g, m; write p, m), and any model, in
+    any number of processes' jobs, reuses the one graph instead of compiling per list of shapes.
 
     Eager PyTorch computes `m * b + g * (1 - b)` (`add_` with alpha) as one fused multiply-add;
     inductor's prims.fma keeps that rounding in compiled code on the CPU and on CUDA, where a
@@ -83,13 +94,12 @@ def _compiled_lion() -> Callable:
 
     fma = torch.ops.prims.fma
 
-    def update(params, grads, moms, decay, step, beta1: float, beta2: float) -> None:
-        for p, g, m in zip(params, grads, moms):
-            p.mul_(decay)
-            p.add_(fma(g, 1.0 - beta1, m * beta1).sign() * step)
-            m.copy_(fma(g, 1.0 - beta2, m * beta2))
+    def update(p, g, m, decay, step, beta1: float, beta2: float) -> None:
+        p.mul_(decay)
+        p.add_(fma(g, 1.0 - beta1, m * beta1).sign() * step)
+        m.copy_(fma(g, 1.0 - beta2, m * beta2))
 
-    return torch.compile(update)
+    return torch.compile(update, dynamic=True)
 
 
 def make_optimizer(name: str, params, *, lr: float, weight_decay: float, momentum: float,

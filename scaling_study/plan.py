@@ -33,6 +33,9 @@ _NOT_IDENTITY = {"path", "real_labels"}
 # Fields added after jobs were first planned, left out of the identity at the value that does what
 # the code did before they existed: a grid that does not use them keeps its jobs' ids.
 _ADDED_LATER = {("model", "variant"): "paper", ("train", "drop_last"): False}
+# Defaults that leave a choice to the device (as precision "auto" does), hashed as the value that
+# computes the same on the CPU: a grid written before they existed keeps its jobs' ids.
+_HASHED_AS = {("train", "compile"): (None, False)}
 
 
 @dataclass(frozen=True)
@@ -118,11 +121,15 @@ class JobSpec:
 
 
 def _without_later_defaults(spec: dict) -> dict:
-    """The spec without the fields of _ADDED_LATER that hold their old behaviour's value."""
+    """The spec without the fields of _ADDED_LATER that hold their old behaviour's value, and with
+    _HASHED_AS's device choices as the value they stand for on the CPU."""
     out = {key: dict(value) if isinstance(value, dict) else value for key, value in spec.items()}
     for (section, key), default in _ADDED_LATER.items():
         if out.get(section, {}).get(key, default) == default:
             out[section].pop(key, None)
+    for (section, key), (value, hashed) in _HASHED_AS.items():
+        if key in out.get(section, {}) and out[section][key] is value:
+            out[section][key] = hashed
     return out
 
 

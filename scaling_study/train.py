@@ -23,7 +23,7 @@ from torch import nn
 
 from . import budget, data, evaluate, loader
 from .errors import StudyError
-from .evaluate import autocast, derive_seed, mixed_loss
+from .evaluate import autocast, compiled_mixed_loss, derive_seed, mixed_loss, precision_dtype
 from .files import write_atomic
 from .models import build
 from .optim import make_optimizer
@@ -98,11 +98,21 @@ def lr_at(step: int, total_steps: int, *, lr: float, schedule: str = "constant",
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
-def init_model(spec: JobSpec) -> nn.Module:
-    """The spec's model, initialised from a seed derived from spec.seed (global RNG untouched)."""
+def init_model(spec: JobSpec, pad_classes_to: int = 1) -> nn.Module:
+    """The spec's model, initialised from a seed derived from spec.seed (global RNG untouched);
+    `pad_classes_to` pads the head's product only (models.MLP), not what is initialised."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(spec.seed, "init"))
-        return build(spec.model, spec.input_dim, spec.classes)
+        return build(spec.model, spec.input_dim, spec.classes, pad_classes_to)
+
+
+CUDA_HEAD_PADDING = 64  # classes of the head's product rounded up to this on CUDA (models.MLP)
+
+
+def compiles(compile: bool | None, device: torch.device) -> bool:
+    """Whether a run compiles: [train].compile, or by default on CUDA only (on the CPU the first
+    step's compilation costs more than the small jobs run there gain)."""
+    return device.type == "cuda" if compile is None else compile
 
 
 class Stepper:
@@ -115,9 +125,11 @@ class Stepper:
 
     def __init__(self, model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
                  optimizer: torch.optim.Optimizer, *, label_smoothing: float, grad_clip: float,
-                 precision: str, device: torch.device, micro_batch_size: int, notes: list[str]):
+                 precision: str, device: torch.device, micro_batch_size: int, notes: list[str],
+                 loss: Callable[..., torch.Tensor] = mixed_loss):
         self.model = model
         self.forward = forward
+        self.loss = loss
         self.optimizer = optimizer
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.label_smoothing = label_smoothing
@@ -150,10 +162,11 @@ class Stepper:
         size = len(batch.y)
         total = torch.zeros((), device=self.device)
         for start in range(0, size, micro):
-            part = slice(start, start + micro)
+            rows = min(micro, size - start)
+            x, y, y_mix, lam = (t.narrow(0, start, rows) for t in (batch.x, batch.y, batch.y_mix, batch.lam))
             with autocast(self.precision, self.device):
-                logits = self.forward(batch.x[part])
-            loss = mixed_loss(logits, batch.y[part], batch.y_mix[part], batch.lam[part], self.label_smoothing)
+                logits = self.forward(x)
+            loss = self.loss(logits, y, y_mix, lam, self.label_smoothing)
             loss = loss.sum() / size
             self.scaler.scale(loss).backward()
             total += loss.detach()
@@ -176,12 +189,19 @@ def build_stepper(spec: JobSpec, device: torch.device, notes: list[str]) -> Step
     if device.type == "cuda" and tc.precision in ("auto", "bf16"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    model = init_model(spec).to(device)
+    compile = compiles(tc.compile, device)
+    if compile:
+        # A worker trains one model after another in one process: each architecture is another
+        # graph of MLP.forward, and the 9th would hit dynamo's recompile limit and run eager.
+        # The previous jobs' graphs are of no further use.
+        torch._dynamo.reset()
+    model = init_model(spec, CUDA_HEAD_PADDING if device.type == "cuda" else 1).to(device)
     optimizer = make_optimizer(tc.optimizer, model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
-                               momentum=tc.momentum, compile=tc.compile)
-    forward = torch.compile(model) if tc.compile else model
+                               momentum=tc.momentum, compile=compile)
+    forward = torch.compile(model) if compile else model
     return Stepper(model, forward, optimizer, label_smoothing=tc.label_smoothing, grad_clip=tc.grad_clip,
-                   precision=tc.precision, device=device, micro_batch_size=tc.micro_batch_size, notes=notes)
+                   precision=tc.precision, device=device, micro_batch_size=tc.micro_batch_size, notes=notes,
+                   loss=compiled_mixed_loss() if compile else mixed_loss)
 
 
 def _flatten(value: object, prefix: str = "") -> dict[str, object]:
@@ -234,6 +254,14 @@ def load_checkpoint(path: Path, spec: JobSpec) -> dict:
         raise StudyError(f"checkpoint {path} belongs to a different job ({difference}); "
                          "delete it or run the job it was written for")
     return state
+
+
+def restore_rng(states: dict) -> None:
+    """The global RNG states of a checkpoint. Training draws from no CUDA generator, so a checkpoint
+    written where more (or other) GPUs were visible restores those that exist here, and no more."""
+    torch.set_rng_state(states["torch"])
+    for index, state in enumerate(states["cuda"][: torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(state, index)
 
 
 def keep_freed_memory(device: torch.device) -> None:
@@ -333,7 +361,7 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
         evaluate.check_downstream(spec)
         indices = data.stratified_subset(split.labels, spec.examples, spec.subset_seed)
         batches = loader.TrainLoader(split, indices, tc.batch_size, device, spec.seed, tc.augmentation, spec.resolution,
-                                     drop_last=tc.drop_last)
+                                     drop_last=tc.drop_last, dtype=precision_dtype(tc.precision, device))
         steps_per_epoch = budget.steps_per_epoch(spec.examples, tc.batch_size, tc.drop_last)
         total_steps = budget.total_steps(spec.examples, tc.batch_size, spec.total_epochs, tc.drop_last)
         if steps_per_epoch == 0:
@@ -358,9 +386,7 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
             loss_sum, loss_count, last_loss = state["loss_sum"], state["loss_count"], state["last_loss"]
             evaluations = [EvalPoint(int(e), str(m), float(v)) for e, m, v in state["evaluations"]]
             notes.extend(state["notes"])
-            torch.set_rng_state(state["rng"]["torch"])
-            if device.type == "cuda" and state["rng"]["cuda"]:
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            restore_rng(state["rng"])
 
     def save() -> None:
         if curves is not None:
@@ -419,13 +445,16 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
         with clock.part("train"):  # the steps, with the loader's batches; curves and checkpoints are their own parts
             for batch in batches.epoch(epoch, start_batch=batch_index):
                 size = len(batch.y)
-                unread.append((stepper.backward(batch), size, step + 1))
-                if len(unread) >= reads_every and (diverged := read_losses()):
-                    return diverged  # read before the step: on the CPU a diverged batch is never applied
+                loss = stepper.backward(batch)
                 lr = lr_at(step, total_steps, lr=tc.lr, schedule=tc.schedule, warmup_steps=warmup_steps,
                            decay_fraction=tc.decay_fraction)
                 stepper.step(lr)
                 step += 1
+                unread.append((loss, size, step))
+                # After the step, which is then queued already: a read between backward and step would
+                # leave a GPU idle while the host reads. A diverged step is applied, never saved.
+                if len(unread) >= reads_every and (diverged := read_losses()):
+                    return diverged
                 batch_index += 1
                 images += size
                 if curves is not None:

@@ -12,7 +12,7 @@ import torch
 
 from scaling_study.data import Split, load_split
 from scaling_study.grid import Augmentation
-from scaling_study.loader import Batch, TrainLoader, eval_batches, random_crops, tta_batches
+from scaling_study.loader import STREAM_DEPTH, Batch, TrainLoader, eval_batches, random_crops, tta_batches
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -89,6 +89,33 @@ def test_resident_and_streamed_batches_are_identical():
     assert resident.resident and not streamed.resident
     assert same(batches(resident, 0), batches(streamed, 0))
     assert same(batches(resident, 1, 2), batches(streamed, 1, 2))
+
+
+def test_streamed_batches_read_ahead_are_the_resident_ones_in_every_epoch_and_resume():
+    """More batches than the streamed loader reads ahead (each read slot is reused), a last partial
+    batch, MixUp per image, a resumed epoch: bit for bit the resident loader's batches."""
+    split = synthetic(n=200)
+    indices = np.random.default_rng(1).permutation(200)[:150]
+    aug = Augmentation(mixup=0.5, mixup_per_image=True)
+    resident = TrainLoader(split, indices, 4, "cpu", 5, aug, 12, resident=True)
+    streamed = TrainLoader(split, indices, 4, "cpu", 5, aug, 12, resident=False)
+    assert len(streamed) == 38 > 2 * STREAM_DEPTH
+    for epoch, start in ((0, 0), (1, 0), (1, 7), (2, 21)):
+        assert same(batches(resident, epoch, start), batches(streamed, epoch, start))
+
+
+def test_batches_in_the_models_dtype_are_the_fp32_batches_rounded_once():
+    """dtype=bf16 (CUDA's precision): the normalised images as autocast would round them at the
+    model's input, bit for bit; resident and streamed alike."""
+    split = synthetic()
+    for resident in (True, False):
+        for aug in (Augmentation(), None):
+            plain = batches(TrainLoader(split, np.arange(50), 16, "cpu", 2, aug, 12, resident=resident), 0)
+            low = batches(TrainLoader(split, np.arange(50), 16, "cpu", 2, aug, 12, resident=resident,
+                                      dtype=torch.bfloat16), 0)
+            for p, q in zip(plain, low):
+                assert q.x.dtype == torch.bfloat16 and torch.equal(q.x, p.x.to(torch.bfloat16))
+                assert torch.equal(q.y, p.y) and torch.equal(q.lam, p.lam)
 
 
 def test_mixup_blends_each_image_with_its_neighbour():

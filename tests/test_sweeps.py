@@ -198,3 +198,14 @@ def test_fig1_keeps_its_legend_or_colour_bar_inside_the_figure(models, tmp_path,
             box = text.get_window_extent(renderer)
             assert ax.get_window_extent(renderer).contains(*box.min) and ax.get_window_extent(renderer).contains(*box.max)
             assert not text.get_window_extent(renderer).overlaps(ax.yaxis.label.get_window_extent(renderer))
+
+
+def test_an_estimate_every_resample_agrees_on_is_not_flagged():
+    """A 95% interval that is one value (an allocation exponent of 0 in every resample, as a tiny
+    study gives) is identified, not a division by zero."""
+    from scaling_study.analysis import identifiability
+    from scaling_study.analysis.results import Estimate
+
+    assert identifiability.estimate_flag(Estimate(0.0, 0.0, 0.0)) is None
+    assert identifiability.estimate_flag(Estimate(0.5, 0.5, 0.5)) is None
+    assert "reaches 0" in identifiability.estimate_flag(Estimate(0.1, -0.2, 0.3))

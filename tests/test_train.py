@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import lion_pytorch
@@ -298,15 +299,13 @@ def test_mixup_and_label_smoothing_loss_by_hand():
         + (1 - lam) * ce(logits, y_mix, reduction="none", label_smoothing=eps))
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
-def test_lion_is_bit_for_bit_lion_pytorch(fused):
-    g = torch.Generator().manual_seed(0)
-    shapes = [(257, 1001), (33,), (3, 5, 7), (4096,)]
+def both_lions(shapes, fused: bool, steps: int, g: torch.Generator):
+    """Our LION and lion-pytorch's stepped side by side on the same random parameters and gradients."""
     ours = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     a = Lion(ours, lr=1e-3, weight_decay=0.1, fused=fused)
     b = lion_pytorch.Lion(theirs, lr=1e-3, weight_decay=0.1)
-    for step in range(12):
+    for step in range(steps):
         for p, q, s in zip(ours, theirs, shapes):
             grad = torch.randn(s, generator=g) * 10.0 ** (step % 5 - 2)
             grad.view(-1)[:3] = 0  # exact zeros: sign 0, no update from the gradient
@@ -314,6 +313,12 @@ def test_lion_is_bit_for_bit_lion_pytorch(fused):
         for opt in (a, b):
             opt.param_groups[0]["lr"] = 1e-3 * (step + 1)
             opt.step()
+    return ours, theirs, a, b
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+def test_lion_is_bit_for_bit_lion_pytorch(fused):
+    ours, theirs, a, b = both_lions([(257, 1001), (33,), (3, 5, 7), (4096,)], fused, 12, torch.Generator().manual_seed(0))
     assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
     assert all(torch.equal(a.state[p]["exp_avg"], b.state[q]["exp_avg"]) for p, q in zip(ours, theirs))
     # Same state_dict layout: a lion-pytorch checkpoint loads into ours.
@@ -441,3 +446,178 @@ def test_each_optimizer_lowers_the_loss_on_a_fixed_batch(name, lr):
         losses.append(stepper.backward(batch).item())
         stepper.step(lr)
     assert losses[-1] < 0.5 * losses[0], losses  # measured: 0.29 (lion), 0.33 (adamw), 0.25 (sgd)
+
+
+# ---------------------------------------------------------------- the GPU recipe's parts, checked on the CPU
+
+
+SHAPE_SETS = [[(257, 1001), (33,), (3, 5, 7), (4096,)]] + [[(8 * k, 5 + k), (5 + k,), (k + 1,)] for k in range(1, 10)]
+
+
+def test_fused_lion_is_lion_pytorch_for_every_model_without_recompiling():
+    """One compiled per-parameter update serves ten different parameter lists in one process (as a
+    worker trains model after model): bit for bit lion-pytorch's, and dynamo's recompile limit,
+    which would fall back to an inexact eager update, is never reached."""
+    from torch._dynamo.utils import counters
+
+    g = torch.Generator().manual_seed(1)
+    graphs = []
+    for shapes in SHAPE_SETS:
+        ours, theirs, _, _ = both_lions(shapes, True, 3, g)
+        assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1:] == [graphs[1]] * (len(SHAPE_SETS) - 1), graphs  # after the first set, nothing compiles
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_loss_equals_the_fp32_loss_and_gradient(dtype, monkeypatch):
+    """bf16/fp16 logits: the blockwise loss and the compiled formula give the loss and gradient of
+    log_softmax over an fp32 copy, on a padded head's logits (a strided view) and blocks of rows
+    that do not divide the batch, with a partner equal to the label for some rows."""
+    from scaling_study import evaluate
+
+    monkeypatch.setattr(evaluate, "LOSS_BLOCK_ELEMENTS", 7 * 1123)
+    g = torch.Generator().manual_seed(2)
+    rows, classes = 50, 1123
+    padded = (torch.randn(rows, classes + 29, generator=g) * 4).to(dtype)
+    y = torch.randint(0, classes, (rows,), generator=g)
+    y_mix = y.roll(1)
+    y_mix[:5] = y[:5]
+    lam, weights = torch.rand(rows, generator=g), torch.rand(rows, generator=g)
+
+    def loss_and_grad(fn):
+        logits = padded.clone().requires_grad_()
+        loss = fn(logits[:, :classes], y, y_mix, lam, 0.3)
+        (loss * weights).sum().backward()
+        return loss.detach(), logits.grad
+
+    expected, expected_grad = loss_and_grad(lambda x, *rest: mixed_loss(x.float(), *rest))
+    assert expected.dtype == torch.float32
+    for fn in (mixed_loss, evaluate.compiled_mixed_loss()):
+        loss, grad = loss_and_grad(fn)
+        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+        assert grad.dtype == dtype and not grad[:, classes:].any()
+        torch.testing.assert_close(grad.float(), expected_grad.float(), rtol=0.02, atol=1e-5)
+
+
+def test_padded_head_gives_the_unpadded_logits_and_gradients():
+    """pad_classes_to (the CUDA default) changes neither parameters, logits nor gradients."""
+    spec = parse_model("B-2/Wi-16", "test")
+    models = []
+    for pad in (1, 64):
+        with torch.random.fork_rng():
+            torch.manual_seed(3)
+            models.append(build(spec, 48, 11, pad_classes_to=pad))
+    plain, padded = models
+    assert padded.padded_classes == 64 and plain.padded_classes == 11
+    assert plain.state_dict().keys() == padded.state_dict().keys()
+    x = torch.randn(5, 3, 4, 4, generator=torch.Generator().manual_seed(4))
+    outputs = [model(x) for model in models]
+    assert outputs[1].shape == (5, 11)
+    torch.testing.assert_close(outputs[1], outputs[0])
+    for out in outputs:
+        out.square().sum().backward()
+    for p, q in zip(plain.parameters(), padded.parameters()):
+        assert p.shape == q.shape
+        torch.testing.assert_close(q.grad, p.grad)
+
+
+def test_ten_models_train_compiled_in_one_process_without_falling_back_to_eager():
+    """compile = true in a long-running worker: each job's model compiles, none hits dynamo's
+    recompile limit (made an error here: past it, dynamo would silently run eager)."""
+    from scaling_study.bench import synthetic_spec
+    from scaling_study.grid import TrainConfig
+    from scaling_study.train import build_stepper
+
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        for i in range(10):
+            name = f"B-{1 + i % 3}/Wi-{8 * (1 + i // 3)}"
+            train_config = TrainConfig(batch_size=6, compile=True, precision="fp32")
+            stepper = build_stepper(synthetic_spec(name, resolution=4, channels=1, classes=5, train=train_config),
+                                    torch.device("cpu"), [])
+            eager = stepper_for(stepper.model).backward(random_batch(6, 1, 4, 5, seed=i))
+            loss = stepper.backward(random_batch(6, 1, 4, 5, seed=i))
+            stepper.step(1e-3)
+            assert loss.item() == pytest.approx(eager.item(), rel=1e-4)  # compiled, and the same model
+
+
+@needs_fashion
+def test_resume_of_a_checkpoint_from_a_machine_with_more_gpus(tmp_path):
+    """A checkpoint carrying CUDA generator states for more devices than are visible (here two, on a
+    machine with none) resumes, bit-identically: training draws from no CUDA generator."""
+    spec = grid_spec(**{**RESUME, "evaluation": "upstream = false", "downstream": False})
+    reference = train(spec, checkpoint=tmp_path / "whole.pt")
+    pieces = tmp_path / "pieces.pt"
+    progress, should_stop = stop_after(5)
+    assert train(spec, checkpoint=pieces, on_progress=progress, should_stop=should_stop).status == "interrupted"
+    state = torch.load(pieces, weights_only=True)
+    state["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]
+    torch.save(state, pieces)
+    assert torch.cuda.device_count() < 2
+    resumed = train(spec, checkpoint=pieces)
+    assert resumed.status == "done" and resumed.loss == reference.loss
+    expected, got = final_weights(tmp_path / "whole.pt"), final_weights(pieces)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+@needs_fashion
+def test_checkpoints_at_evaluation_epochs_and_on_the_timer(tmp_path):
+    """Not after every epoch: at evaluation epochs, and at an epoch end once checkpoint_every_s has passed."""
+    spec = grid_spec(models='"B-1/Wi-16"', examples=500, epochs="[2, 4]", batch=250, downstream=False,
+                     evaluation="upstream = false")
+    for every_s, expected in ((3600.0, [2, 4]), (0.0, [1, 2, 3, 4])):
+        checkpoint, saved = tmp_path / f"every-{every_s}.pt", []
+
+        def on_epoch(epoch, points, checkpoint=checkpoint):
+            if checkpoint.exists() and torch.load(checkpoint, weights_only=True)["epoch"] == epoch:
+                saved.append(epoch)
+
+        assert train(spec, checkpoint=checkpoint, checkpoint_every_s=every_s, on_epoch=on_epoch).status == "done"
+        assert saved == expected
+
+
+HOST_READS = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__"}
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Records every read of a tensor's values by the host: (steps taken so far, method, calling file)."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps, self.reads = 0, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in HOST_READS:
+            caller = Path(sys._getframe(1).f_code.co_filename).name
+            self.reads.append((self.steps, name, caller, args[0].dtype if args else None))
+        return func(*args, **(kwargs or {}))
+
+
+@needs_fashion
+def test_training_steps_read_nothing_back_between_the_loss_reads(tmp_path):
+    """The step (loader, forward, loss, backward, optimizer) reads no value back to the host, which
+    on a GPU would stall its queue: the only reads are the losses' every `loss_reads_every` steps and
+    at each epoch's end (one tolist in train.py), and the loader's host-side index arrays."""
+    spec = grid_spec(**{**RESUME, "evaluation": "upstream = false", "downstream": False})
+    per_epoch, every = budget.steps_per_epoch(1000, 128), 3
+    mode = HostReads()
+
+    def progress(p):
+        mode.steps = p.step
+
+    with mode:
+        assert train(spec, on_progress=progress, loss_reads_every=every).status == "done"
+    loader = [r for r in mode.reads if r[2] == "loader.py"]
+    assert loader and all(name == "numpy" and dtype == torch.int64 for _, name, _, dtype in loader)
+    expected, unread = [], 0
+    for step in range(1, 2 * per_epoch + 1):
+        unread += 1
+        if unread == every:  # read right after the step, before its progress is reported
+            expected.append(step - 1)
+            unread = 0
+        if step % per_epoch == 0:
+            if unread:
+                expected.append(step)
+            unread = 0
+    assert [r for r in mode.reads if r[2] != "loader.py"] == [(s, "tolist", "train.py", torch.float32) for s in expected]

@@ -41,7 +41,9 @@ def estimate_flag(e: Estimate) -> str | None:
     if math.isnan(e.low) or math.isnan(e.high):
         return None
     low, high = e.low, e.high
-    if low <= 0 <= high and high > low:
+    if low == high:  # every resample gave the same value (an allocation exponent of 0, say)
+        return None
+    if low <= 0 <= high:
         return f"its 95% interval [{low:.3g}, {high:.3g}] reaches 0"
     ratio = high / low if low > 0 else low / high
     if ratio > 10**DECADES:

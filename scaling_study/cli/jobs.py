@@ -177,7 +177,7 @@ def run(
     until: Annotated[Optional[str], typer.Option(help="Checkpoint and stop at this local time, HH:MM")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Checkpoints and logs, one folder per job", envvar="STUDY_RUNS")] = Path("runs"),
     lease: Annotated[float, typer.Option(help="Seconds a worker's claim lasts without a heartbeat", min=1)] = 120.0,
-    checkpoint_every: Annotated[float, typer.Option(help="Also checkpoint mid-epoch after this many seconds", min=1)] = 600.0,
+    checkpoint_every: Annotated[float, typer.Option(help="Checkpoint after this many seconds (mid-epoch, or at the next epoch end), besides every evaluation epoch", min=1)] = 600.0,
     max_attempts: Annotated[int, typer.Option(help="A job whose worker died this often is marked failed", min=1)] = 3,
     adaptive: Annotated[Optional[bool], typer.Option("--adaptive/--no-adaptive", help="Claim coarse to fine and prune "
                         "trajectories the law rules out (README, 'Adaptive studies') [default: as the grid's [adaptive] table says]")] = None,
