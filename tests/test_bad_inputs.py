@@ -316,7 +316,7 @@ def test_a_read_only_database_can_still_be_read(here, tmp_path):
 @needs_root
 def test_a_full_disk_while_planning_leaves_the_database_as_it_was(here, tmp_path):
     (here / "big.toml").write_text(grid_text(here / "data", seeds=str(list(range(500)))))  # 1000 jobs
-    with mounted(tmp_path / "small", "200k") as small:
+    with mounted(tmp_path / "small", "256k") as small:  # room for the schema and a small plan, not 1000 jobs
         url = f"sqlite:///{small / 'results.db'}"
         assert invoke("plan", "grid.toml", "--db", url, cwd=here).exit_code == 0
         before = dump(small / "results.db")
