@@ -1,4 +1,4 @@
-"""Adaptive studies (issue #12) on real tiny training: pruning against the law, its guards, its
+"""Adaptive studies on real tiny training: pruning against the law, its guards, its
 evidence, stopping at an epoch boundary, retry, concurrent workers, dry runs and the migration.
 
 The studies train real B-MLPs on the first 2,000 Fashion-MNIST images, scored by their own head

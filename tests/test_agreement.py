@@ -1,4 +1,4 @@
-"""Rolling-origin back-test (#13 item 4) and the agreement diagnosis (#13 item 5), as numbers."""
+"""Rolling-origin back-test and the agreement diagnosis, as numbers."""
 
 from __future__ import annotations
 

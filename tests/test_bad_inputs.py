@@ -1,4 +1,4 @@
-"""The hostile try-out's corpus (issues #14 and #19): each bad input or fault goes through the real
+"""The hostile try-out's corpus: each bad input or fault goes through the real
 CLI and must end in one line on stderr (no traceback) with its exit code, the database's dump and
 the files around it left as they were unless the case says otherwise.
 
@@ -132,7 +132,7 @@ def unchanged(folder: Path, run) -> object:  # noqa: ANN001 - a callable returni
 
 DB = ("--db", "sqlite:///results.db")
 
-# ---- issue #19: state bugs -------------------------------------------------------------------
+# ---- state bugs -------------------------------------------------------------------
 
 
 def test_a_300_character_name_is_refused_at_plan(here):
@@ -195,7 +195,7 @@ def test_status_jobs_lists_a_limited_page(tmp_path):
     assert "listed" not in every.stdout and " 120 " in every.stdout.replace("│", " ")
 
 
-# ---- issue #14: security ----------------------------------------------------------------------
+# ---- security ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["../../escaped", "/tmp/x", "a/b", "..", "a\\b"])
@@ -244,7 +244,7 @@ def test_an_absurd_label_is_refused_without_building_classes(tmp_path):
     assert not (tmp_path / "store").exists()
 
 
-# ---- issue #14: databases ---------------------------------------------------------------------
+# ---- databases ---------------------------------------------------------------------
 
 
 def _not_a_database(folder: Path, kind: str) -> None:
@@ -325,7 +325,7 @@ def test_a_full_disk_while_planning_leaves_the_database_as_it_was(here, tmp_path
         assert dump(small / "results.db") == before
 
 
-# ---- issue #14: runs --------------------------------------------------------------------------
+# ---- runs --------------------------------------------------------------------------
 
 
 def test_a_bad_device_is_a_usage_error_before_any_claim(here):
@@ -369,7 +369,7 @@ def test_an_unknown_study_names_the_studies_there(here, command):
     refused(result, 2, "no study 'nonexistent'", "'corpus', 'points'")
 
 
-# ---- issue #14: files -------------------------------------------------------------------------
+# ---- files -------------------------------------------------------------------------
 
 
 def _out_targets(here: Path) -> dict[str, Path]:

@@ -1,4 +1,4 @@
-"""The data-constrained law (#13 item 2): recovered from a synthetic truth, and chosen over E(P, D) only
+"""The data-constrained law: recovered from a synthetic truth, and chosen over E(P, D) only
 when repeated epochs are worth less than new data."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fidelity to the paper's own code (issue #15): drop_last and the compute it records, keep-aspect
+"""Fidelity to the paper's own code: drop_last and the compute it records, keep-aspect
 stores, the reference linear probe, and `study evaluate` of reference-layout checkpoints.
 
 All on tiny real data written to disk, real SQLite files and real (tiny) training through the CLI.

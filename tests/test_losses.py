@@ -1,4 +1,4 @@
-"""Any positive metric (#13 item 1): losses imported under `loss`, their kind recorded, E_inf below the lowest value."""
+"""Any positive metric: losses imported under `loss`, their kind recorded, E_inf below the lowest value."""
 
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ def test_fit_writes_one_self_contained_page(fitted):
 
 
 def test_page_shows_any_state_and_the_runs_stopped_early(fitted):
-    """A state the page has never heard of (the adaptive lane's `pruned`, say) is counted, coloured and listed."""
+    """A state the page has never heard of (an adaptive study's `pruned`, say) is counted, coloured and listed."""
     url, out = fitted
     engine = db.connect(url)
     state = page.study_state(engine, "grid")

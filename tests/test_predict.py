@@ -1,4 +1,4 @@
-"""`study predict` (#13 item 4): held-out runs of a demo-like study fall inside the 95% prediction
+"""`study predict`: held-out runs of a demo-like study fall inside the 95% prediction
 interval; allocations at a compute come with intervals; bad input is one line and exit 2."""
 
 from __future__ import annotations

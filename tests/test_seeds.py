@@ -1,4 +1,4 @@
-"""Seeds (#13 item 3): cells averaged per (model, N, T), the seed spread estimated, the bootstrap over
+"""Seeds: cells averaged per (model, N, T), the seed spread estimated, the bootstrap over
 cells; and a real tiny study with seeds = [0, 1, 2] planned, run and fitted through the CLI."""
 
 from __future__ import annotations

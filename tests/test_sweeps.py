@@ -1,4 +1,4 @@
-"""Iso-FLOP sweeps (issue #18): budgets detected, approach 2 at the real budgets, intervals over runs,
+"""Iso-FLOP sweeps: budgets detected, approach 2 at the real budgets, intervals over runs,
 one envelope point per budget, near-equal sizes merged, identifiability flags, figures at 50 models."""
 
 from __future__ import annotations
