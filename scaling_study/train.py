@@ -387,6 +387,10 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
             evaluations = [EvalPoint(int(e), str(m), float(v)) for e, m, v in state["evaluations"]]
             notes.extend(state["notes"])
             restore_rng(state["rng"])
+            if device.type == "cpu" and state.get("threads", torch.get_num_threads()) != torch.get_num_threads():
+                # the job keeps the thread count it started with, whatever else now runs on this host:
+                # another count sums in another order, and the resume would not be bit-identical
+                torch.set_num_threads(state["threads"])
 
     def save() -> None:
         if curves is not None:
@@ -410,6 +414,7 @@ def _train(spec: JobSpec, device: torch.device, checkpoint: Path | None, checkpo
             "loss_sum": loss_sum, "loss_count": loss_count, "last_loss": last_loss,
             "evaluations": [(p.epoch, p.metric, p.value) for p in evaluations],
             "notes": list(notes),
+            "threads": torch.get_num_threads(),  # CPU ops reduce in an order that depends on it
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
         }

@@ -145,6 +145,28 @@ def test_resume_mid_epoch_and_end_of_epoch_is_bit_identical(tmp_path):
 
 
 @needs_fashion
+def test_a_resume_keeps_the_thread_count_the_job_started_with(tmp_path):
+    """Workers on one host share its cores, so a job may be resumed while more (or fewer) workers run:
+    it keeps the torch thread count of its checkpoint, since another count sums in another order."""
+    spec = grid_spec(**RESUME)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        reference = train(spec, checkpoint=tmp_path / "whole.pt")
+        progress, should_stop = stop_after(5)
+        part = train(spec, checkpoint=tmp_path / "pieces.pt", on_progress=progress, should_stop=should_stop)
+        assert part.status == "interrupted"
+        torch.set_num_threads(2)  # what the worker that resumes it was given
+        resumed = train(spec, checkpoint=tmp_path / "pieces.pt")
+        assert torch.get_num_threads() == 1
+        assert resumed.evaluations == reference.evaluations and resumed.loss == reference.loss
+        weights, expected = final_weights(tmp_path / "pieces.pt"), final_weights(tmp_path / "whole.pt")
+        assert all(torch.equal(weights[k], expected[k]) for k in expected)
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_fashion
 def test_an_epoch_between_evaluations_is_not_checkpointed_and_a_resume_from_before_it_is_bit_identical(tmp_path):
     """T = [1, 3]: epoch 2 ends seconds after epoch 1's checkpoint, so it writes none; a run killed
     after it resumes from the end of epoch 1 and redoes epoch 2 bit for bit. The epochs' times by
