@@ -7,11 +7,9 @@ checked on the real files they leave.
 from __future__ import annotations
 
 import csv
-import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
