@@ -13,6 +13,15 @@ ROOT = Path(__file__).resolve().parent.parent
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_worker_registry(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Workers of this test session count only each other when they share the cores, so a second
+    test session on the same machine does not change their thread counts (and their numbers)."""
+    import os
+
+    os.environ["STUDY_WORKERS_DIR"] = str(tmp_path_factory.mktemp("workers"))
+
+
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
     """A fresh SQLite database file in the test's temp dir."""
