@@ -28,3 +28,7 @@ class Fault(StudyError):
     """Work that was started and failed for a reason outside the user's input (exit code 1)."""
 
     exit_code = 1
+
+
+class DatabaseGone(Fault):
+    """The SQLite file a command opened was deleted or replaced while it worked: nothing more can be recorded."""

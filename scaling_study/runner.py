@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from . import __version__, cores, db
 from .checks import missing_data
 from .curves import open_curves
-from .errors import BadInput, GridError, StudyError
+from .errors import BadInput, DatabaseGone, GridError, StudyError
 from .files import job_dir  # noqa: F401 - where it lives now; `runner.job_dir` as before
 from .grid_text import recorded_section
 from .plan import JobSpec
@@ -201,6 +201,7 @@ class Heartbeat(threading.Thread):
         super().__init__(daemon=True)
         self.engine, self.job_id, self.worker, self.lease_s = engine, job_id, worker, lease_s
         self.lost = False
+        self.gone: DatabaseGone | None = None  # the database file was deleted: training stops at once
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -209,6 +210,9 @@ class Heartbeat(threading.Thread):
                 if not db.renew_lease(self.engine, self.job_id, self.worker, self.lease_s):
                     self.lost = True
                     return
+            except DatabaseGone as error:
+                self.gone, self.lost = error, True
+                return
             except Exception:  # noqa: BLE001 - a database hiccup: try again at the next beat
                 continue
 
@@ -246,9 +250,26 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
     stop = StopFlag(options.until)
     stop.install()
     summary = RunSummary()
-    claimed = 0
     _adaptive_studies(engine, options)  # a study whose recorded [adaptive] table is bad stops the worker here
     slot = cores.HostSlot()  # counted by the other workers of this host while this one lives
+    try:
+        _claim_and_train(engine, options, events, summary, stop, device, worker, host, train)
+    finally:
+        slot.close()
+    summary.stop_reason = stop.reason
+    if not options.resume:
+        summary.waiting_for_resume = sum(
+            1 for row in db.job_rows(engine, options.study, ("pending",)) if row["attempts"] > 0
+        )
+    if stop.requeue and os.environ.get("SLURM_JOB_ID"):
+        subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], check=False)
+    return summary
+
+
+def _claim_and_train(engine, options: RunOptions, events: Events, summary: RunSummary, stop: StopFlag, device: str,
+                     worker: str, host: str, train: Callable) -> None:  # noqa: ANN001
+    """The worker's loop: claim a job, train it, until none is left or a stop; a deleted database stops it (raised)."""
+    claimed = 0
     threads = cores.worker_threads(options.threads)
     if hasattr(events, "worker_started"):
         events.worker_started(f"worker {worker} on {device}: {threads.count} torch thread(s) ({threads.why})")
@@ -259,6 +280,8 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
             order = _claim_order(engine, adaptive_studies) if adaptive_studies else None
             job = db.claim_job(engine, worker, options.lease_s, options.study, options.resume, provenance(device, worker),
                                order=order, slurm_job=slurm_job())
+        except DatabaseGone:
+            raise
         except Exception as error:  # noqa: BLE001 - the claim rolled back: every job is as it was
             words = str(getattr(error, "orig", None) or error).strip().splitlines()
             summary.fatal = (f"could not claim a job ({type(error).__name__}: {words[0] if words else ''}); "
@@ -274,15 +297,6 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
         if outcome in ("disk_full", "database_refused", "unusable"):
             summary.fatal = job["error_message"]
             break
-    slot.close()
-    summary.stop_reason = stop.reason
-    if not options.resume:
-        summary.waiting_for_resume = sum(
-            1 for row in db.job_rows(engine, options.study, ("pending",)) if row["attempts"] > 0
-        )
-    if stop.requeue and os.environ.get("SLURM_JOB_ID"):
-        subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], check=False)
-    return summary
 
 
 def _adaptive_studies(engine, options: RunOptions) -> dict:
@@ -383,6 +397,9 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
     except Exception as error:  # noqa: BLE001 - a failed job is a row with its reason; the study goes on
         beat.stop()
         _close_quietly(curves)
+        if gone := next((cause for cause in _causes(error) if isinstance(cause, DatabaseGone)), None):
+            log(str(gone))
+            raise gone from None
         if _disk_full(error):
             message = (f"disk full while writing {checkpoint.parent} ({_disk_full(error)}); the previous "
                        "checkpoint is intact: free space, then `study run --resume`")
@@ -401,6 +418,9 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
         return _failed(engine, job, worker, log, events, error)
     beat.stop()
     _close_quietly(curves)
+    if beat.gone:
+        log(str(beat.gone))
+        raise beat.gone
     spent = f"; this attempt's {clock.epochs} epochs: {describe(clock.total)}" if clock.epochs else ""
     if for_notes := "; ".join(result.notes):
         log(f"notes: {for_notes}")

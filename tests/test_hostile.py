@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -252,3 +253,99 @@ def test_prune_with_nothing_pending_fits_nothing(here):
     result = unchanged(here, lambda: invoke("prune", *DB, "--study", "points", "--dry-run", cwd=here))
     assert result.exit_code == 0, result.stderr
     assert "nothing to decide: no pending or running trajectory" in result.stdout
+
+
+def test_a_database_deleted_while_run_works_stops_the_worker(tmp_path):
+    """`rm results.db*` under a running worker: it stops at its next transaction with one line, exit 1,
+    instead of writing on into the unlinked file and reporting its jobs done."""
+    import time
+
+    from tiny_datasets import write_idx
+
+    write_idx(tmp_path / "data", n_train=40, n_test=10)
+    (tmp_path / "grid.toml").write_text(grid_text(tmp_path / "data", examples="[20, 30, 40]", seeds="[0, 1, 2, 3]"))
+    assert invoke("plan", "grid.toml", *DB, cwd=tmp_path).exit_code == 0
+    worker = subprocess.Popen([sys.executable, "-m", "scaling_study", "run", *DB, "--device", "cpu"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any("epoch 1" in log.read_text() for log in tmp_path.rglob("log.txt")):
+        time.sleep(0.01)
+    for name in ("results.db", "results.db-wal", "results.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    out, err = worker.communicate(timeout=120)
+    assert worker.returncode == 1, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the database results.db was deleted"), err
+    assert "Traceback" not in err and " done, " not in out
+    assert not (tmp_path / "results.db").exists()  # not made again, empty, by a new connection
+
+
+# ---- a trained study ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A folder with a small trained study: 3 models x 3 sizes x 2 epochs of real training, in results.db."""
+    from tiny_datasets import write_idx
+
+    folder = tmp_path_factory.mktemp("trained")
+    write_idx(folder / "data", n_train=40, n_test=10)
+    text = grid_text(folder / "data", examples="[20, 30, 40]").replace("epochs = [1]", "epochs = [1, 2]")
+    (folder / "grid.toml").write_text(text.replace('models = ["B-1/Wi-8"]', 'models = ["B-1/Wi-8", "B-1/Wi-16", "B-2/Wi-16"]'))
+    assert invoke("plan", "grid.toml", *DB, cwd=folder).exit_code == 0
+    result = invoke("run", *DB, "--device", "cpu", cwd=folder)
+    assert result.exit_code == 0 and "9 done" in result.stdout, result.stdout + result.stderr
+    return folder
+
+
+@pytest.fixture
+def trained_copy(trained: Path, tmp_path: Path) -> Path:
+    shutil.copytree(trained, tmp_path / "trained")
+    return tmp_path / "trained"
+
+
+def test_a_trained_study_round_trips_through_export_and_import(trained_copy):
+    here = trained_copy
+    assert invoke("export", *DB, "--out", "all.csv", cwd=here).exit_code == 0
+    losses = [row for row in csv.DictReader((here / "all.csv").read_text().splitlines()) if row["metric"] == "train/loss"]
+    assert len(losses) == 18 and {row["metric_kind"] for row in losses} == {"loss"}
+    result = invoke("import", "all.csv", "--db", "sqlite:///copy.db", cwd=here)
+    assert result.exit_code == 0 and "imported 54 evaluation points" in result.stdout, result.stderr
+    for url in DB[1], "sqlite:///copy.db":
+        result = invoke("predict", "--db", url, "--metric", "train/loss", "--bootstrap", "0", "--compute", "1e-6", cwd=here)
+        assert result.exit_code == 0, result.stderr
+        assert "loss there" in result.stdout and "error there" not in result.stdout
+
+
+def _as_before_training_metric_kinds(url: str) -> None:
+    """The database as the version before 0007 left it: no kind recorded for train/loss."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM schema_migrations WHERE name = '0007_training_metric_kinds'"))
+        conn.execute(sa.text("DELETE FROM metric_kinds"))
+    engine.dispose()
+
+
+def _kinds(url: str) -> set[tuple[str, str]]:
+    engine = db.connect(url)
+    with engine.connect() as conn:
+        kinds = set(conn.execute(sa.select(db.metric_kinds.c.metric, db.metric_kinds.c.kind)).all())
+    engine.dispose()
+    return kinds
+
+
+def test_the_migration_records_train_loss_as_a_loss_on_sqlite(trained_copy):
+    url = f"sqlite:///{trained_copy / 'results.db'}"
+    _as_before_training_metric_kinds(url)
+    assert _kinds(url) == {("train/loss", "loss")}
+    engine = db.connect(url)
+    frame = db.evaluations_frame(engine, "corpus")
+    engine.dispose()
+    assert set(frame.loc[frame["metric"] == "train/loss", "metric_kind"]) == {"loss"}
+    assert set(frame.loc[frame["metric"] != "train/loss", "metric_kind"]) == {"error"}
+
+
+def test_the_migration_records_train_loss_as_a_loss_on_postgresql(postgres_url, here):
+    assert invoke("plan", "grid.toml", "--db", postgres_url, cwd=here).exit_code == 0
+    _as_before_training_metric_kinds(postgres_url)
+    assert _kinds(postgres_url) == {("train/loss", "loss")}

@@ -10,7 +10,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ..errors import BadInput, StudyError
+from ..errors import BadInput, DatabaseGone, StudyError
 from .schema import apply_migrations, check_current
 
 DEFAULT_URL = "sqlite:///results.db"
@@ -36,6 +36,40 @@ def _sqlite_setup(engine: Engine) -> None:
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn):  # noqa: ANN001
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _watch_file(engine: Engine, path: str) -> None:
+    """Refuse every transaction once the file opened is gone or replaced (`rm results.db*` while a worker
+    runs): SQLite would go on writing to the unlinked file, and every result would be lost unseen."""
+    opened: list[tuple[int, int] | None] = []
+
+    def check() -> None:
+        if opened and _file_identity(path) != opened[0]:
+            now = "was replaced by another file" if Path(path).exists() else "was deleted"
+            raise DatabaseGone(f"the database {path} {now} while this command used it; stopped without writing "
+                               "to it (what it recorded went with the file; checkpoints under the runs folder are "
+                               "kept): restore the file, or plan again, then `study run --resume`")
+
+    @sa.event.listens_for(engine, "do_connect")
+    def _before_connect(_dialect, _record, _args, _kwargs):  # noqa: ANN001 - a new connection would recreate it
+        check()
+
+    @sa.event.listens_for(engine, "connect")
+    def _remember(_dbapi_connection, _record):  # noqa: ANN001 - after the pragmas: the file exists
+        if not opened:
+            opened.append(_file_identity(path))
+
+    @sa.event.listens_for(engine, "begin", insert=True)  # before BEGIN IMMEDIATE takes the lock
+    def _still_there(_conn):  # noqa: ANN001
+        check()
 
 
 def _sqlite_file(engine: Engine) -> str | None:
@@ -102,6 +136,8 @@ def connect(url: str | None = None, migrate: bool = True, create: bool = True, w
             engine = _read_only_engine(path)
         else:
             _sqlite_setup(engine)
+            if path:
+                _watch_file(engine, path)
     try:
         if read_only:
             check_current(engine, url)

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..errors import Fault, StudyError
-from .schema import attempts, jobs, now, studies
+from .schema import TRAINING_METRIC_KINDS, attempts, jobs, metric_kinds, now, studies
 
 
 def add_jobs(engine: Engine, study_name: str, grid_path: str, grid_toml: str, specs: Iterable) -> tuple[int, int]:
@@ -33,6 +33,10 @@ def _add_jobs(engine: Engine, study_name: str, grid_path: str, grid_toml: str, s
             study_id = conn.execute(
                 studies.insert().values(name=study_name, grid_path=grid_path, grid_toml=grid_toml, created_at=now())
             ).inserted_primary_key[0]
+        recorded = set(conn.execute(sa.select(metric_kinds.c.metric).where(metric_kinds.c.study_id == study_id)).scalars())
+        if kinds := [dict(study_id=study_id, metric=metric, kind=kind)
+                     for metric, kind in TRAINING_METRIC_KINDS.items() if metric not in recorded]:
+            conn.execute(metric_kinds.insert(), kinds)  # train/loss is a loss, whatever the grid's models
         known = set(conn.execute(sa.select(jobs.c.spec_hash).where(jobs.c.study_id == study_id)).scalars())
         added = 0
         for spec in specs:

@@ -13,6 +13,7 @@ from ..errors import BadInput
 
 JOB_STATES = ("pending", "running", "done", "failed", "diverged", "cancelled", "pruned")
 DEFAULT_METRIC_KIND = "error"  # what training records (top-1 and probe errors), and any metric not recorded
+TRAINING_METRIC_KINDS = {"train/loss": "loss"}  # what training records that is not an error rate: kept per planned study
 
 metadata = sa.MetaData()
 
@@ -189,6 +190,19 @@ def _attempts_slurm_job(conn: Connection) -> None:
         conn.execute(sa.text("ALTER TABLE job_attempts ADD COLUMN slurm_job VARCHAR(40)"))
 
 
+def _training_metric_kinds(conn: Connection) -> None:
+    """Record train/loss as a loss (not an error rate) in every planned study and every study with such points."""
+    for metric, kind in TRAINING_METRIC_KINDS.items():
+        with_points = sa.select(jobs.c.study_id).join(evaluations, evaluations.c.job_id == jobs.c.id).where(
+            evaluations.c.metric == metric)
+        recorded = sa.select(metric_kinds.c.study_id).where(metric_kinds.c.metric == metric)
+        wanted = conn.execute(sa.select(studies.c.id).where(
+            sa.or_(studies.c.grid_toml != "", studies.c.id.in_(with_points)), studies.c.id.not_in(recorded))).scalars()
+        rows = [dict(study_id=study_id, metric=metric, kind=kind) for study_id in wanted]
+        if rows:
+            conn.execute(metric_kinds.insert(), rows)
+
+
 # Every migration, in the order it runs. A database records the names it has applied
 # (schema_migrations), so a name, once shipped, never changes and its migration is never edited.
 # To change the schema: edit the table above, then append ("000N_what", function) here; 0001
@@ -201,6 +215,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0004_pruning", _pruning),
     ("0005_metric_kinds", _create_if_missing(metric_kinds)),
     ("0006_attempts_slurm_job", _attempts_slurm_job),
+    ("0007_training_metric_kinds", _training_metric_kinds),
 ]
 
 
