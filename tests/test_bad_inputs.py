@@ -156,7 +156,7 @@ def test_device_text_is_printed_without_emoji(here):
 
 
 @pytest.mark.parametrize("command", [["status"], ["status", "--jobs"], ["retry", "1"], ["cancel", "1"], ["logs", "1"],
-                                     ["export"], ["fit"], ["report"]])
+                                     ["export"], ["fit"], ["report"], ["run", "--device", "cpu"]])
 def test_commands_on_existing_jobs_do_not_create_a_database(tmp_path, command):
     result = invoke(*command, "--db", "sqlite:///typo.db", cwd=tmp_path)
     refused(result, 2, "typo.db does not exist")

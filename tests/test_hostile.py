@@ -349,3 +349,59 @@ def test_the_migration_records_train_loss_as_a_loss_on_postgresql(postgres_url, 
     assert invoke("plan", "grid.toml", "--db", postgres_url, cwd=here).exit_code == 0
     _as_before_training_metric_kinds(postgres_url)
     assert _kinds(postgres_url) == {("train/loss", "loss")}
+
+
+def test_a_second_import_that_changes_a_models_size_is_refused(here):
+    """The planned fixture imported B-1/Wi-8 with 100 parameters; another file says 150."""
+    (here / "other.csv").write_text(HEADER + "\nB-1/Wi-8,150,100,3000,1,0.5\nB-9/Wi-8,900,900,3000,1,0.3\n")
+    result = unchanged(here, lambda: invoke("import", "other.csv", "--study", "points", *DB, cwd=here))
+    refused(result, 2, "model B-1/Wi-8 of study 'points'", "params 150", "but 100 and 100 in the database",
+            "nothing imported")
+
+
+# ---- databases that are not what they should be ---------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["status"], ["run", "--device", "cpu"], ["retry", "1"], ["export"]])
+def test_a_sqlite_file_of_another_program_gets_no_tables(tmp_path, command):
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "other.db") as conn:
+        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+        conn.execute("INSERT INTO notes (text) VALUES ('mine')")
+    conn.close()
+    before = (tmp_path / "other.db").read_bytes()
+    result = invoke(*command, "--db", "sqlite:///other.db", cwd=tmp_path)
+    refused(result, 2, "sqlite:///other.db is not a study database", "1 other table(s): notes", "study plan GRID")
+    assert (tmp_path / "other.db").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="root writes to a chmod 444 file; others are refused by the OS")
+
+
+@needs_root
+@pytest.mark.parametrize("command", [["plan", "grid.toml"], ["run", "--device", "cpu"], ["retry", "1"],
+                                     ["import", "points.csv"], ["cancel", "1"]])
+def test_a_chmod_444_database_is_not_written_by_root(here, command):
+    (here / "results.db").chmod(0o444)
+    before = (here / "results.db").read_bytes()
+    refused(unchanged(here, lambda: invoke(*command, *DB, cwd=here)), 2, "is read-only", "make it writable")
+    assert (here / "results.db").read_bytes() == before
+
+
+@needs_root
+def test_a_chmod_444_database_is_still_read_by_root(here):
+    (here / "results.db").chmod(0o444)
+    before = (here / "results.db").read_bytes()
+    result = invoke("status", *DB, cwd=here)
+    assert result.exit_code == 0 and "corpus" in result.stdout, result.stderr
+    assert (here / "results.db").read_bytes() == before
+
+
+def test_a_failed_postgresql_connection_does_not_print_the_password(postgres_url, tmp_path):
+    url = sa.engine.make_url(postgres_url).set(password="s3cret-word", database="no_such_database")
+    (tmp_path / "grid.toml").write_text(grid_text(tmp_path / "data"))
+    for command in (["status"], ["plan", "grid.toml"], ["run", "--device", "cpu"]):
+        result = invoke(*command, "--db", url.render_as_string(hide_password=False), cwd=tmp_path)
+        line = refused(result, 2, "cannot open database", "postgres:***@", 'database "no_such_database" does not exist')
+        assert "s3cret" not in result.stdout + result.stderr, line

@@ -193,7 +193,7 @@ def run(
         runs_dir=runs_dir, lease_s=lease, checkpoint_every_s=checkpoint_every, max_attempts=max_attempts,
         adaptive=adaptive,
     )
-    engine = db.connect(db_url)
+    engine = db.connect(db_url, create=False)  # `study plan` creates a database; a typo in --db is refused
     if study:
         one_study(engine, study)
     total = runner.preflight(engine, options)
@@ -298,7 +298,7 @@ def submit(
     for warning in (submission.network_warning(url, slurm), slurm and submission.local_database_warning(url, partition)):
         if warning:
             console.print(warning, soft_wrap=True)
-    engine = db.connect(url)  # fail here, not in the workers, on a bad URL
+    engine = db.connect(url, create=False)  # fail here, not in the workers, on a bad URL
     if study:
         one_study(engine, study)
     handles, folder = submission.start_workers(workers, command, runs_dir, resources, slurm)

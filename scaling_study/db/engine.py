@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import urllib.parse
@@ -92,13 +93,20 @@ def _check_sqlite_file(url: str, path: str, create: bool, write: bool) -> bool:
     elif not file.is_file():
         raise BadInput(f"database {url}: {file} is not a file")
     folder = file.parent if str(file.parent) else Path(".")
+    writable = file.exists() and _writable(file)
     if write or not file.exists():
-        if file.exists() and not os.access(file, os.W_OK):
+        if file.exists() and not writable:
             raise BadInput(f"database {url} is read-only ({file}); make it writable or copy it somewhere writable")
         if not os.access(folder, os.W_OK):
             raise BadInput(f"database {url} is in a read-only folder ({folder}; SQLite writes its log beside the "
                            "file); make the folder writable or copy the database somewhere writable")
-    return file.exists() and not (os.access(file, os.W_OK) and os.access(folder, os.W_OK))
+    return file.exists() and not (writable and os.access(folder, os.W_OK))
+
+
+def _writable(file: Path) -> bool:
+    """Writable by this user and not marked read-only: root may write to any file, and a chmod 444 database
+    is still one its owner said not to change."""
+    return os.access(file, os.W_OK) and bool(file.stat().st_mode & 0o222)
 
 
 def _read_only_engine(path: str) -> Engine:
@@ -127,27 +135,64 @@ def connect(url: str | None = None, migrate: bool = True, create: bool = True, w
     try:
         engine = sa.create_engine(url, future=True)
     except (sa.exc.ArgumentError, ImportError, ModuleNotFoundError) as error:
-        raise StudyError(f"cannot use database URL {url!r}: {error}") from None
+        raise StudyError(f"cannot use database URL {_masked(url)!r}: {error}") from None
     read_only = False
     if engine.dialect.name == "sqlite":
         if path := _sqlite_file(engine):
             read_only = _check_sqlite_file(url, path, create, write)
+            if not create:  # before the pragmas, which would already change another program's file
+                _check_study_tables(_sqlite_tables(path), url)
         if read_only:
             engine = _read_only_engine(path)
         else:
             _sqlite_setup(engine)
             if path:
                 _watch_file(engine, path)
+    shown = _masked(url)
     try:
+        if not create and engine.dialect.name != "sqlite":
+            _check_study_tables(sa.inspect(engine).get_table_names(), shown)
         if read_only:
-            check_current(engine, url)
+            check_current(engine, shown)
         elif migrate:
             apply_migrations(engine)
     except sa.exc.OperationalError as error:
-        raise StudyError(f"cannot open database {url!r}: {error.orig}") from None
+        raise StudyError(f"cannot open database {shown!r}: {_first_line(error.orig)}") from None
     except sa.exc.DatabaseError as error:  # e.g. random bytes, a text file, a truncated database
         if engine.dialect.name == "sqlite":
             raise BadInput(f"{_sqlite_file(engine) or url} is not a readable SQLite database ({error.orig}); "
                            "check --db") from None
-        raise StudyError(f"cannot open database {url!r}: {error.orig}") from None
+        raise StudyError(f"cannot open database {shown!r}: {_first_line(error.orig)}") from None
     return engine
+
+
+def _first_line(error: BaseException) -> str:
+    """A driver's message without its hints on further lines (the CLI prints one line)."""
+    words = str(error).strip().splitlines()
+    return words[0] if words else type(error).__name__
+
+
+def _masked(url: str) -> str:
+    """The URL as it may be printed: its password as ***."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url
+
+
+def _sqlite_tables(path: str) -> list[str]:
+    """The tables of a SQLite file, read without writing to it."""
+    uri = f"file:{urllib.parse.quote(str(Path(path).resolve()))}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            return [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    except sqlite3.DatabaseError as error:
+        raise BadInput(f"{path} is not a readable SQLite database ({error}); check --db") from None
+
+
+def _check_study_tables(tables: list[str], url: str) -> None:
+    """A command that uses existing jobs needs a study database: it never adds its tables to another."""
+    if "schema_migrations" not in tables:
+        held = f"it holds {len(tables)} other table(s): {', '.join(tables[:5])}" if tables else "it is empty"
+        raise BadInput(f"{url} is not a study database ({held}); check --db or ${URL_VARIABLE}, or "
+                       "`study plan GRID` to create one")

@@ -120,7 +120,7 @@ def import_trajectories(engine: Engine, source: str, trajectories: Iterable[dict
     examples, seed and points [(epoch, metric, error)], optionally metric_kinds {metric: kind}, recorded
     per study (a metric already recorded with another kind is an error). Its job is `done`; a study or job that exists
     is reused, a point that exists with the same value is skipped, and one that exists with another
-    value is an error (nothing is written).
+    value, or a model recorded with other params or flops_per_example, is an error (nothing is written).
     """
     jobs_added = points_added = points_present = 0
     conflicts: list[str] = []
@@ -147,6 +147,12 @@ def import_trajectories(engine: Engine, source: str, trajectories: Iterable[dict
                 if known != kind:
                     raise StudyError(f"metric {metric!r} of study {name!r} is recorded with kind {known}, not {kind}; "
                                      "nothing imported")
+            described = conn.execute(sa.select(jobs.c.params, jobs.c.flops_per_example).where(
+                jobs.c.study_id == study_id, jobs.c.model == trajectory["model"]).limit(1)).first()
+            if described and tuple(described) != (trajectory["params"], trajectory["flops_per_example"]):
+                raise StudyError(f"model {trajectory['model']} of study {name!r} has params {trajectory['params']} and "
+                                 f"flops_per_example {trajectory['flops_per_example']} here, but {described.params} "
+                                 f"and {described.flops_per_example} in the database; nothing imported")
             last = max(epoch for epoch, _, _ in trajectory["points"])
             row = conn.execute(
                 sa.select(jobs.c.id, jobs.c.epochs).where(jobs.c.study_id == study_id, jobs.c.spec_hash == trajectory["spec_hash"])
