@@ -284,7 +284,8 @@ def _claim_and_train(engine, options: RunOptions, events: Events, summary: RunSu
             raise
         except Exception as error:  # noqa: BLE001 - the claim rolled back: every job is as it was
             words = str(getattr(error, "orig", None) or error).strip().splitlines()
-            summary.fatal = (f"could not claim a job ({type(error).__name__}: {words[0] if words else ''}); "
+            summary.fatal = (_database_full(engine, error, "could not claim the next job") or
+                             f"could not claim a job ({type(error).__name__}: {words[0] if words else ''}); "
                              "nothing was changed: check the database, then `study run --resume`")
             break
         if job is None:
@@ -378,6 +379,8 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
             recorded = db.record_epoch(engine, job, worker, epochs_done, points, options.lease_s)
         if not recorded:
             beat.lost = True
+        else:
+            job["epochs_done"] = epochs_done  # what a release or failure of this attempt keeps
         new_points[epochs_done] = points  # logged with the epoch's times (on_lap)
         if adaptive_config is None or beat.lost:
             return
@@ -409,7 +412,8 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
             events.job_ended(job, "released", message)
             return "disk_full"
         if refused := _database_refused(error):  # writing the failure down would fail too: stop here
-            message = (f"the database refused job {job['id']}'s progress ({refused}); its checkpoint is kept: "
+            message = (_database_full(engine, error, f"could not record job {job['id']}'s progress") or
+                       f"the database refused job {job['id']}'s progress ({refused}); its checkpoint is kept: "
                        "once the database takes writes again, `study run --resume` continues it")
             log(message)
             job["error_message"] = message
@@ -510,6 +514,20 @@ def _database_refused(error: BaseException | None) -> str:
         if isinstance(cause, sa.exc.DBAPIError):
             words = str(cause.orig).strip()
             return words.splitlines()[0] if words else type(cause.orig).__name__
+    return ""
+
+
+def _database_full(engine, error: BaseException, what: str) -> str:  # noqa: ANN001 - an Engine
+    """A line for a database whose disk is full (SQLite's SQLITE_FULL, PostgreSQL's disk_full): what, where and
+    what to do; '' for any other error."""
+    for cause in _causes(error):
+        orig = getattr(cause, "orig", None)
+        if orig is not None and ("database or disk is full" in str(orig) or getattr(orig, "sqlstate", "") == "53100"):
+            where = engine.url.render_as_string(hide_password=True)
+            if engine.dialect.name == "sqlite" and engine.url.database:
+                where = f"{engine.url.database} (in {Path(engine.url.database).resolve().parent})"
+            return (f"the database {where} is on a full disk: {what} ({orig}); nothing recorded was lost and "
+                    "checkpoints are kept: free space on that disk, then `study run --resume`")
     return ""
 
 

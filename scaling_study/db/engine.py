@@ -141,7 +141,7 @@ def connect(url: str | None = None, migrate: bool = True, create: bool = True, w
         if path := _sqlite_file(engine):
             read_only = _check_sqlite_file(url, path, create, write)
             if not create:  # before the pragmas, which would already change another program's file
-                _check_study_tables(_sqlite_tables(path), url)
+                _check_study_tables(_sqlite_tables(path, read_only), url)
         if read_only:
             engine = _read_only_engine(path)
         else:
@@ -180,9 +180,9 @@ def _masked(url: str) -> str:
         return url
 
 
-def _sqlite_tables(path: str) -> list[str]:
-    """The tables of a SQLite file, read without writing to it."""
-    uri = f"file:{urllib.parse.quote(str(Path(path).resolve()))}?mode=ro"
+def _sqlite_tables(path: str, read_only: bool) -> list[str]:
+    """The tables of a SQLite file, read without writing to it (on read-only media, as it is: immutable)."""
+    uri = f"file:{urllib.parse.quote(str(Path(path).resolve()))}?mode=ro" + ("&immutable=1" if read_only else "")
     try:
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
             return [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
