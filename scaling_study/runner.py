@@ -292,7 +292,14 @@ def _claim_and_train(engine, options: RunOptions, events: Events, summary: RunSu
             break
         claimed += 1
         cores.apply(cores.worker_threads(options.threads))  # the workers started or gone since the last job
-        outcome = _run_job(engine, job, worker, device, options, stop, events, train, adaptive_studies.get(job["study"]))
+        try:
+            outcome = _run_job(engine, job, worker, device, options, stop, events, train, adaptive_studies.get(job["study"]))
+        except sa.exc.DBAPIError as error:  # its outcome could not be written: the job waits for its lease to lapse
+            summary.fatal = (_database_full(engine, error, f"could not record job {job['id']}'s outcome") or
+                             f"the database refused job {job['id']}'s outcome ({_database_refused(error)}); its "
+                             "checkpoint is kept: once the database takes writes again, `study run --resume` "
+                             "continues it")
+            break
         if outcome in ("done", "diverged", "failed", "released", "pruned"):
             getattr(summary, outcome).append(job["id"])
         if outcome in ("disk_full", "database_refused", "unusable"):

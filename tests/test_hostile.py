@@ -6,11 +6,13 @@ checked on the real files they leave.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -258,8 +260,6 @@ def test_prune_with_nothing_pending_fits_nothing(here):
 def test_a_database_deleted_while_run_works_stops_the_worker(tmp_path):
     """`rm results.db*` under a running worker: it stops at its next transaction with one line, exit 1,
     instead of writing on into the unlinked file and reporting its jobs done."""
-    import time
-
     from tiny_datasets import write_idx
 
     write_idx(tmp_path / "data", n_train=40, n_test=10)
@@ -405,3 +405,66 @@ def test_a_failed_postgresql_connection_does_not_print_the_password(postgres_url
         result = invoke(*command, "--db", url.render_as_string(hide_password=False), cwd=tmp_path)
         line = refused(result, 2, "cannot open database", "postgres:***@", 'database "no_such_database" does not exist')
         assert "s3cret" not in result.stdout + result.stderr, line
+
+
+# ---- full disks -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _tmpfs(folder: Path, size: str):
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _fill(folder: Path, leave: int) -> Path:
+    """Fill the file system of `folder` but `leave` bytes."""
+    filler = folder / "filler"
+    filler.write_bytes(b"\0" * (os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize - leave))
+    return filler
+
+
+@needs_root
+def test_a_full_database_mid_run_says_where_and_what_to_do(trained_copy):
+    here = trained_copy
+    with _tmpfs(here / "small", "2m") as small:
+        url = "sqlite:///small/results.db"
+        assert invoke("plan", "grid.toml", "--db", url, cwd=here).exit_code == 0
+        filler = _fill(small, 100_000)  # room for a job or two, not nine
+        result = invoke("run", "--db", url, "--device", "cpu", "--lease", 1, cwd=here)  # this process lives on
+        line = refused(result, 1, "the database small/results.db", f"(in {small})", "is on a full disk",
+                       "database or disk is full", "nothing recorded was lost", "free space", "study run --resume")
+        assert "OperationalError" not in line
+        filler.unlink()
+        time.sleep(1.5)  # the job whose progress was refused is held until its lease lapses
+        result = invoke("run", "--resume", "--db", url, "--device", "cpu", cwd=here)
+        assert result.exit_code == 0, result.stderr
+        engine = db.connect(url.replace("///", f"///{here}/"))
+        assert {row["state"] for row in db.job_rows(engine, "corpus")} == {"done"}
+        engine.dispose()
+
+
+@needs_root
+def test_a_full_runs_folder_keeps_the_epoch_recorded(here):
+    """Epoch 1's checkpoint fits on the disk, epoch 2's new one beside it does not: the job is released
+    with epoch 1 counted, its points and checkpoint kept."""
+    text = grid_text(here / "data", examples="[40]", batch=40).replace("epochs = [1]", "epochs = [1, 2]")
+    (here / "wide.toml").write_text(text.replace('"B-1/Wi-8"', '"B-2/Wi-256"').replace('"corpus"', '"wide"'))
+    assert invoke("plan", "wide.toml", *DB, cwd=here).exit_code == 0
+    (here / "probe.toml").write_text(text.replace('"B-1/Wi-8"', '"B-2/Wi-256"').replace('"corpus"', '"probe"')
+                                     .replace("epochs = [1, 2]", "epochs = [1]"))
+    assert invoke("plan", "probe.toml", "--db", "sqlite:///probe.db", cwd=here).exit_code == 0
+    assert invoke("run", "--db", "sqlite:///probe.db", "--device", "cpu", "--runs-dir", "probe", cwd=here).exit_code == 0
+    (size,) = [p.stat().st_size for p in (here / "probe").rglob("checkpoint.pt")]
+    with _tmpfs(here / "runs", str(int(size * 1.6))):
+        result = invoke("run", *DB, "--device", "cpu", "--study", "wide", cwd=here)
+        refused(result, 1, "disk full", "previous checkpoint is intact")
+        engine = db.connect(f"sqlite:///{here / 'results.db'}")
+        (job,) = db.job_rows(engine, "wide")
+        assert job["state"] == "pending" and job["epochs_done"] == 1
+        assert {p["epoch"] for p in db.point_rows(engine, job["id"])} == {1}
+        engine.dispose()
+        assert list((here / "runs").rglob("checkpoint.pt"))
