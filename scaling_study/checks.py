@@ -3,9 +3,11 @@ names, text from the database or a CSV shown without raw control characters, dat
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import tempfile
 from pathlib import Path
 
 # A study's folder is "<name>-<8 hex>"; most file systems allow 255 bytes per name.
@@ -66,14 +68,24 @@ def output_problem(path: Path, folder: bool = False) -> str:
             return f"{path} is a file, not a folder"
         if not folder and path.is_dir():
             return f"{path} is a folder; give a file name, e.g. {path / 'evaluations.csv'}"
-        if not os.access(path if folder else path.parent, os.W_OK):
-            return f"{path if folder else path.parent} is read-only"
-        return ""
+        return _unwritable(path if folder else path.parent)
     ancestor = path.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         return f"{ancestor} is a file, so {path} cannot be made"
-    if not os.access(ancestor, os.W_OK):
-        return f"{ancestor} is read-only"
+    return _unwritable(ancestor)
+
+
+def _unwritable(folder: Path) -> str:
+    """Why nothing can be made in `folder`, tried with a file that vanishes at once (root passes os.access
+    on a read-only mount or /proc); '' when it can."""
+    if not os.access(folder, os.W_OK):
+        return f"{folder} is read-only"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        return f"{folder} is read-only ({error.strerror})" if error.errno == errno.EROFS else \
+            f"nothing can be written in {folder} ({error.strerror})"
     return ""

@@ -224,7 +224,8 @@ class Heartbeat(threading.Thread):
 def preflight(engine, options: RunOptions) -> int:  # noqa: ANN001 - an Engine
     """How many jobs this run may claim, once every one of them finds its data here; else BadInput:
     a job is not failed, nor an attempt spent, for a path that is missing on this machine."""
-    pending = [r for r in db.job_rows(engine, options.study, ("pending",)) if options.resume or r["attempts"] == 0]
+    host, moment = socket.gethostname(), db.now()
+    pending = [r for r in db.job_rows(engine, options.study, ("pending", "running")) if _claimable(r, options, host, moment)]
     by_path: dict[str, tuple[str, list[int]]] = {}
     for row in pending:
         for where, path in missing_data([json.loads(row["spec"])]):
@@ -236,6 +237,15 @@ def preflight(engine, options: RunOptions) -> int:  # noqa: ANN001 - an Engine
         raise BadInput(f"no data at {path} ({where} of job(s) {shown}){more} on this machine; nothing was claimed: "
                        "put the data there (or a link to it), or run with --study for another study")
     return min(len(pending), options.max_jobs or len(pending))
+
+
+def _claimable(row: dict, options: RunOptions, host: str, moment: dt.datetime) -> bool:
+    """Whether this run may claim the job: pending (and new, without --resume), or, with --resume, running
+    for a worker that is gone and taken back by reclaim_lost (a job left by `kill -9`)."""
+    if row["state"] == "pending":
+        return options.resume or row["attempts"] == 0
+    lost = row["lease_expires"] is None or row["lease_expires"] < moment or not worker_alive(row["worker"] or "", host)
+    return options.resume and lost and row["attempts"] < options.max_attempts
 
 
 def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSummary:

@@ -468,3 +468,51 @@ def test_a_full_runs_folder_keeps_the_epoch_recorded(here):
         assert {p["epoch"] for p in db.point_rows(engine, job["id"])} == {1}
         engine.dispose()
         assert list((here / "runs").rglob("checkpoint.pt"))
+
+
+# ---- what the commands say ------------------------------------------------------------------
+
+
+def test_the_jobs_bar_of_a_resume_counts_the_job_a_killed_worker_left(tmp_path):
+    """A worker killed mid-job leaves it running; the resume takes it back and its bar ends at 3/3, not 3/2."""
+    from tiny_datasets import write_idx
+
+    write_idx(tmp_path / "data", n_train=40, n_test=10)
+    text = grid_text(tmp_path / "data", examples="[20, 30, 40]", batch=2).replace("epochs = [1]", "epochs = [1, 2]")
+    (tmp_path / "grid.toml").write_text(text)
+    assert invoke("plan", "grid.toml", *DB, cwd=tmp_path).exit_code == 0
+    worker = subprocess.Popen([sys.executable, "-m", "scaling_study", "run", *DB, "--device", "cpu"], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any("epoch 1" in log.read_text() for log in tmp_path.rglob("log.txt")):
+        time.sleep(0.01)
+    worker.kill()
+    worker.wait()
+    result = invoke("run", "--resume", *DB, "--device", "cpu", cwd=tmp_path)
+    assert result.exit_code == 0 and "3 done" in result.stdout, result.stdout + result.stderr
+    (bar,) = [line for line in result.stdout.splitlines() if line.startswith("jobs ")]
+    assert " 3/3 " in bar, bar
+
+
+def test_the_log_of_an_imported_job_says_it_was_imported(here):
+    engine = db.connect(f"sqlite:///{here / 'results.db'}")
+    (job, *_) = db.job_rows(engine, "points")
+    engine.dispose()
+    result = unchanged(here, lambda: invoke("logs", job["id"], *DB, cwd=here))
+    assert result.exit_code == 0, result.stderr
+    assert f"job {job['id']} was imported from points.csv: it has no training log" in result.stdout
+    assert "no log yet" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("target", ["parent is a file", "existing folder", "/proc"])
+def test_an_unwritable_evaluate_json_is_refused_before_the_evaluation(here, target):
+    from test_bad_inputs import _out_targets
+
+    out = _out_targets(here)[target]
+    checkpoint = here / "model.pt"
+    torch.save(build(parse_model("B-1/Wi-8", "--model"), 64, 10).state_dict(), checkpoint)
+    result = unchanged(here, lambda: invoke("evaluate", checkpoint, "--model", "B-1/Wi-8", "--downstream",
+                                            f"fashion-mnist={here / 'data'}", "--probe", "fast", "--probe-epochs", "1",
+                                            "--device", "cpu", "--json", out, cwd=here))
+    refused(result, 2, f"cannot write --json {out}")
+    assert "loaded" not in result.stdout  # refused before the checkpoint was even read

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from ..checks import output_problem
 from ..errors import BadInput
 from .common import app, console, user_errors
 
@@ -40,6 +41,8 @@ def evaluate_checkpoint(
     from ..runner import resolve_device
 
     reference.check_choices(protocol, probe, precision)
+    if json_out is not None and (problem := output_problem(json_out)):  # before the evaluation, not after it
+        raise BadInput(f"cannot write --json {json_out}: {problem}")
     sets = []
     for item in downstream:
         name, sep, path = item.partition("=")

@@ -138,6 +138,9 @@ class _RichEvents:
         self.current = None
 
     def job_started(self, job, spec) -> None:
+        overall = self.bars.tasks[self.overall]
+        if overall.total is not None and overall.completed >= overall.total:  # a job another worker let go meanwhile
+            self.bars.update(self.overall, total=overall.completed + 1)
         if self.current is not None:
             self.bars.remove_task(self.current)
         label = f"job {job['id']} {spec.model.name} N={spec.examples:,}"
@@ -237,9 +240,25 @@ def logs(job: Annotated[int, typer.Argument(help="Job id (see `study status --jo
             f"{attempt['outcome'] or 'running'}" + (f" ({printable(attempt['message'])})" if attempt["message"] else ""),
             markup=False, highlight=False,
         )
+    imported = _imported_from(row["provenance"])
+    if imported is not None and not path.exists():  # its results were made elsewhere: there is no log to wait for
+        console.print(f"job {job} was imported from {printable(imported)}: it has no training log", markup=False,
+                      highlight=False, soft_wrap=True)
+        return
     if not path.exists():
         raise StudyError(f"{path}: no log yet (job {job} is {row['state']})")
     console.print(printable(path.read_text(errors="replace"), keep="\n\t"), markup=False, highlight=False, end="")
+
+
+def _imported_from(provenance: str | None) -> str | None:
+    """The file an imported job came from (`study import`), None for a planned one."""
+    import json
+
+    try:
+        found = json.loads(provenance or "{}").get("imported_from")
+    except (ValueError, AttributeError):
+        return None
+    return None if found is None else str(found)
 
 
 @app.command()
