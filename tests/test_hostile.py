@@ -6,7 +6,6 @@ checked on the real files they leave.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
 import shutil
@@ -22,7 +21,9 @@ import torch
 from scaling_study import cores, db
 from scaling_study.models import build, parse_model
 
-from test_bad_inputs import DB, grid_text, here, invoke, planned, refused, unchanged  # noqa: F401 - fixtures
+from test_bad_inputs import (  # noqa: F401 - fixtures
+    DB, grid_text, here, invoke, mounted, needs_root, planned, refused, unchanged,
+)
 
 INT64_MAX = 2**63 - 1
 
@@ -376,10 +377,6 @@ def test_a_sqlite_file_of_another_program_gets_no_tables(tmp_path, command):
     assert (tmp_path / "other.db").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
 
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="root writes to a chmod 444 file; others are refused by the OS")
-
-
-@needs_root
 @pytest.mark.parametrize("command", [["plan", "grid.toml"], ["run", "--device", "cpu"], ["retry", "1"],
                                      ["import", "points.csv"], ["cancel", "1"]])
 def test_a_chmod_444_database_is_not_written_by_root(here, command):
@@ -389,7 +386,6 @@ def test_a_chmod_444_database_is_not_written_by_root(here, command):
     assert (here / "results.db").read_bytes() == before
 
 
-@needs_root
 def test_a_chmod_444_database_is_still_read_by_root(here):
     (here / "results.db").chmod(0o444)
     before = (here / "results.db").read_bytes()
@@ -410,16 +406,6 @@ def test_a_failed_postgresql_connection_does_not_print_the_password(postgres_url
 # ---- full disks -----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _tmpfs(folder: Path, size: str):
-    folder.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
 def _fill(folder: Path, leave: int) -> Path:
     """Fill the file system of `folder` but `leave` bytes."""
     filler = folder / "filler"
@@ -430,7 +416,7 @@ def _fill(folder: Path, leave: int) -> Path:
 @needs_root
 def test_a_full_database_mid_run_says_where_and_what_to_do(trained_copy):
     here = trained_copy
-    with _tmpfs(here / "small", "2m") as small:
+    with mounted(here / "small", "2m") as small:
         url = "sqlite:///small/results.db"
         assert invoke("plan", "grid.toml", "--db", url, cwd=here).exit_code == 0
         filler = _fill(small, 100_000)  # room for a job or two, not nine
@@ -459,7 +445,7 @@ def test_a_full_runs_folder_keeps_the_epoch_recorded(here):
     assert invoke("plan", "probe.toml", "--db", "sqlite:///probe.db", cwd=here).exit_code == 0
     assert invoke("run", "--db", "sqlite:///probe.db", "--device", "cpu", "--runs-dir", "probe", cwd=here).exit_code == 0
     (size,) = [p.stat().st_size for p in (here / "probe").rglob("checkpoint.pt")]
-    with _tmpfs(here / "runs", str(int(size * 1.6))):
+    with mounted(here / "runs", str(int(size * 1.6))):
         result = invoke("run", *DB, "--device", "cpu", "--study", "wide", cwd=here)
         refused(result, 1, "disk full", "previous checkpoint is intact")
         engine = db.connect(f"sqlite:///{here / 'results.db'}")
