@@ -328,7 +328,8 @@ def test_a_database_that_refuses_writes_stops_the_worker_and_loses_nothing(tmp_p
                              "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
     result = study("run", "--db", url, cwd=tmp_path, check=False)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert result.stderr.startswith("error: the database refused job 1's progress (database or disk is full)")
+    assert result.stderr.startswith(f"error: the database {tmp_path / 'results.db'} (in {tmp_path}) is on a full disk: "
+                                    "could not record job 1's progress (database or disk is full)"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert (folder_of(url, tmp_path / "runs", 1) / "checkpoint.pt").exists()
     with engine.begin() as conn:
