@@ -142,9 +142,10 @@ def allocation_isoflop(frame: pd.DataFrame, epochs: int, bootstrap: int, rng: np
     fitted = _regression_allocation("isoflop", minima, weights, method, 0, rng)
     if not bootstrap:
         return replace(fitted, mode="levels")
-    a, b, resamples = isoflop.level_bootstrap(frame, epochs, bootstrap, rng)
-    return replace(fitted, a=Estimate(fitted.a.value, *a), b=Estimate(fitted.b.value, *b), resamples=resamples,
-                   mode="levels", resampled=isoflop.LEVEL_RESAMPLING)
+    s = isoflop.level_bootstrap(frame, epochs, bootstrap, rng)
+    return replace(fitted, a=Estimate(fitted.a.value, *interval(s["a"], s["ok"])),
+                   b=Estimate(fitted.b.value, *interval(s["b"], s["ok"])), resamples=int(s["ok"].sum()),
+                   mode="levels", resampled=isoflop.LEVEL_RESAMPLING, samples=s)
 
 
 def allocation_parametric(fit: LawFit, epochs: int, kappa: float, gamma: float) -> Allocation:
