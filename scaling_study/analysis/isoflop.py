@@ -176,9 +176,10 @@ def level_bootstrap(frame: pd.DataFrame, epochs: int, bootstrap: int, rng: np.ra
     models = np.zeros((bootstrap, grid.size))
     for level in range(grid.size):
         have = np.isfinite(table[:, level, :])
-        codes = have @ (2.0 ** np.arange(sizes.size))  # each set of models reaching the level as a number
+        # each set of models reaching the level as one code (exact for any number of models)
+        _, codes = np.unique(have, axis=0, return_inverse=True)
         for code in np.unique(codes):
-            which = np.flatnonzero(codes == code)
+            which = np.flatnonzero(codes.ravel() == code)
             mask = have[which[0]]
             if mask.sum() < 3:
                 continue
