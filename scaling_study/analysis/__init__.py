@@ -65,10 +65,13 @@ def summary_lines(analysis: Analysis) -> list[str]:
     best = best_law(analysis.backtest)
     if best:
         lines.append(f"back-test: {best} extrapolated best over {len({r.level for r in analysis.backtest})} compute levels")
+    for law, c in analysis.calibration.items():
+        if c["calibrated"]:
+            lines.append(f"{law} prediction intervals on the back-test: {c['coverage_before']:.0%} inside before calibration, "
+                         f"{c['coverage_after']:.0%} after (widened x{c['factor_below']:.2f} below, x{c['factor_above']:.2f} above)")
     d = analysis.agreement
     if d:
-        verdict = {True: "agree", False: "disagree", None: "not compared by interval"}[d["agree"]]
-        lines.append(f"allocation estimators {verdict}" + (f"; flags: {', '.join(d['flags'])}" if d["flags"] else ""))
+        lines.append(f"allocation estimators {d['verdict']}" + (f"; flags: {', '.join(d['flags'])}" if d["flags"] else ""))
     return lines
 
 

@@ -85,8 +85,7 @@ def isoflop_minima(frame: pd.DataFrame, epochs: int, levels: int | None = None) 
     if curves.empty:
         return pd.DataFrame(columns=["pflops", "params", "examples", "models"])
     low, high = curves["logc"].min(), curves["logc"].max()
-    count = levels or int(np.clip(round(4 * (high - low) / math.log(10)), 5, 30))
-    grid = np.linspace(low, high, count + 2)[1:-1]
+    grid = isoflop.level_grid(low, high, levels)
     sizes = np.sort(curves["params"].unique())
     logf = np.log(curves.drop_duplicates("params").sort_values("params")["flops"].to_numpy(float))
     model = np.searchsorted(sizes, curves["params"].to_numpy())

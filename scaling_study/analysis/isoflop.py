@@ -123,6 +123,13 @@ def allocation_budgets(frame: pd.DataFrame, epochs: int, shape: SweepShape, boot
                       resampled=BUDGET_RESAMPLING if bootstrap else "", samples=samples)
 
 
+def level_grid(low: float, high: float, count: int | None = None) -> np.ndarray:
+    """The compute levels (log C) of the interpolated iso-FLOP estimator: 4 per decade (5 to 30), inside
+    [low, high]."""
+    count = count or int(np.clip(round(4 * (high - low) / math.log(10)), 5, 30))
+    return np.linspace(low, high, count + 2)[1:-1]
+
+
 def level_bootstrap(frame: pd.DataFrame, epochs: int, bootstrap: int, rng: np.random.Generator) -> dict:
     """Bootstrap draws of a, b and the intercepts p0, n0 (log P*, log N* at 1 PFLOP) for the
     interpolated-levels estimator, resampling runs within each model and re-taking the minima at the
@@ -140,8 +147,7 @@ def level_bootstrap(frame: pd.DataFrame, epochs: int, bootstrap: int, rng: np.ra
     logp = np.log(sizes)
     # the levels of the full fit (as isoflop_minima places them)
     full = np.bincount(pairs, logc_points) / np.bincount(pairs)
-    count = int(np.clip(round(4 * (full.max() - full.min()) / math.log(10)), 5, 30))
-    grid = np.linspace(full.min(), full.max(), count + 2)[1:-1]
+    grid = level_grid(full.min(), full.max())
     counts = np.zeros((bootstrap, len(at_t)))
     for j in range(sizes.size):
         rows = np.flatnonzero(point_model == j)
