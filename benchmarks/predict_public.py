@@ -118,6 +118,7 @@ def run_set(name: str, frame: pd.DataFrame, bootstrap: int) -> dict:
     everything = fits.analyse(full, {"metric": "loss", "metric_kind": "loss"}, bootstrap=bootstrap)
     result = {
         "points": len(frame), "held_out": int(held.sum()), "held_out_from_pflops": float(table["pflops"].min()),
+        "held_out_to_pflops": float(table["pflops"].max()),
         "trained_up_to_pflops": float(frame.loc[~held, "compute"].max() / budget.PFLOP),
         "predicted": len(table), "inside_calibrated": int(inside.sum()), "inside_bootstrap": int(before.sum()),
         "mean_signed_log_error": float(np.mean(np.log(table["predicted"] / table["loss"]))),
