@@ -31,12 +31,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results_file import write  # noqa: E402
+from results_file import write
 
-from scaling_study import analysis as fits  # noqa: E402
-from scaling_study import budget  # noqa: E402
-from scaling_study.analysis.predict import predict_run  # noqa: E402
-from scaling_study.analysis.sweeps import cluster_compute  # noqa: E402
+from scaling_study import analysis as fits
+from scaling_study import budget
+from scaling_study.analysis.predict import predict_run
+from scaling_study.analysis.sweeps import cluster_compute
 
 MIRRORS = Path("/work/.mirror")
 CHINCHILLA = MIRRORS / "epoch-research+analyzing-chinchilla" / "repo"

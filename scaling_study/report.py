@@ -196,8 +196,8 @@ def _calibration_section(analysis: fits.Analysis) -> list[str]:
     if not laws:
         return lines + ["Not calibrated: the back-test had no out-of-sample points.", ""]
     lines += [f"Method: {CALIBRATION_METHOD}. `study predict` gives the calibrated 95% intervals.", "",
-              "| law | out-of-sample points (levels) | coverage before | coverage after | widened below, above | "
-              "median log residual |", "|---|---|---|---|---|---|"]
+              ("| law | out-of-sample points (levels) | coverage before | coverage after | widened below, above | "
+               "median log residual |"), "|---|---|---|---|---|---|"]
     for name, c in laws.items():
         after = "–" if c["coverage_after"] is None else f"{c['coverage_after']:.1%}"
         lines.append(f"| {LAW_NAMES.get(name, name)} | {c['residuals']} ({c['levels']}) | {c['coverage_before']:.1%} | "
@@ -217,9 +217,9 @@ def _diagnosis_section(analysis: fits.Analysis) -> list[str]:
     if not d:
         return []
     c = d["checks"]
-    lines = ["## Agreement diagnosis", "", f"The allocation estimators ({', '.join(c['estimators']) or 'none'}): "
+    lines = ["## Agreement diagnosis", "", (f"The allocation estimators ({', '.join(c['estimators']) or 'none'}): "
              f"{md(d['verdict'])} (standardised spread: the difference over the joint bootstrap standard deviation, "
-             f"the 95% interval's width / 3.92; undecided when that sd exceeds {d['thresholds']['joint_sd']:g}).", "",
+             f"the 95% interval's width / 3.92; undecided when that sd exceeds {d['thresholds']['joint_sd']:g})."), "",
              "| check | value | flagged when |", "|---|---|---|"]
     t = d["thresholds"]
     share = c.get("isoflop_edge_share")

@@ -22,7 +22,6 @@ import math
 
 import numpy as np
 import pandas as pd
-
 from scipy.interpolate import Akima1DInterpolator
 
 from ..budget import PFLOP

@@ -75,8 +75,8 @@ def resolve_model(frame: pd.DataFrame, model: str) -> tuple[str, list[str]]:
         return model, notes
     if "model_as_recorded" in frame.columns and model in set(frame["model_as_recorded"]):
         kept = str(frame.loc[frame["model_as_recorded"] == model, "model"].iloc[0])
-        return kept, [f"{model} was merged into {kept} (parameter counts within the --merge-sizes tolerance); "
-                      f"predicted as {kept}"]
+        return kept, [(f"{model} was merged into {kept} (parameter counts within the --merge-sizes tolerance); "
+                       f"predicted as {kept}")]
     known = sorted(set(frame["model"]) | set(frame.get("model_as_recorded", [])))
     raise BadInput(f"unknown model {model!r}; models in the study: {', '.join(known)}")
 
