@@ -42,6 +42,7 @@ MIRRORS = Path("/work/.mirror")
 CHINCHILLA = MIRRORS / "epoch-research+analyzing-chinchilla" / "repo"
 OPEN_ATHENA = MIRRORS / "Open-Athena+scaling-law-analysis" / "repo"
 HELD_SHARE = 0.15
+DISTANCES = ((1, 3), (3, 100))  # held-out points by how far beyond the largest compute fitted
 # published allocation exponents a (P* ~ C^a) and the estimator that gives each
 PUBLISHED = {"chinchilla_svg": ("parametric", 0.513, 0.020, "Epoch AI's refit of Chinchilla approach 3"),
              "llama_3": ("isoflop", 0.4632, None, "Llama 3 report, iso-FLOP")}
@@ -109,6 +110,7 @@ def run_set(name: str, frame: pd.DataFrame, bootstrap: int) -> dict:
                           flops_per_example=float(point.flops_per_example))
         p = run["prediction"]
         rows.append({"params": int(point.params), "tokens": int(point.examples), "pflops": float(point.compute / budget.PFLOP),
+                     "beyond": float(point.compute / frame.loc[~held, "compute"].max()),
                      "loss": float(point.error), "predicted": p["value"], "low": p["low"], "high": p["high"],
                      "bootstrap_low": p.get("bootstrap_low", p["low"]), "bootstrap_high": p.get("bootstrap_high", p["high"])})
     table = pd.DataFrame(rows)
@@ -121,6 +123,9 @@ def run_set(name: str, frame: pd.DataFrame, bootstrap: int) -> dict:
         "held_out_to_pflops": float(table["pflops"].max()),
         "trained_up_to_pflops": float(frame.loc[~held, "compute"].max() / budget.PFLOP),
         "predicted": len(table), "inside_calibrated": int(inside.sum()), "inside_bootstrap": int(before.sum()),
+        "by_distance": {f"{low:g}-{high:g}x": {"points": int(m.sum()), "inside_calibrated": int(inside[m].sum())}
+                        for low, high in DISTANCES
+                        if (m := ((table["beyond"] >= low) & (table["beyond"] < high)).to_numpy()).any()},
         "mean_signed_log_error": float(np.mean(np.log(table["predicted"] / table["loss"]))),
         "mean_abs_relative_error": float(np.mean(np.abs(table["predicted"] / table["loss"] - 1))),
         "median_interval_width": float(np.median(table["high"] / table["low"])),
@@ -163,12 +168,20 @@ def main() -> None:
             ours = r["a"][p["estimator"]]["all_points"]
             print(f"  published a = {p['a']} ({p['source']}); ours ({p['estimator']}, all points) "
                   f"{ours['value']:.4f} [{ours['low']:.4f}, {ours['high']:.4f}]: inside {p['inside_ours_all_points']}")
-    summary = {"held_out": total, "predicted": predicted, "inside_calibrated": inside, "inside_bootstrap": before,
+    distance = {}
+    for r in results.values():
+        for key, d in r["by_distance"].items():
+            both = distance.setdefault(key, {"points": 0, "inside_calibrated": 0})
+            both["points"] += d["points"]
+            both["inside_calibrated"] += d["inside_calibrated"]
+    summary = {"by_distance": distance, "held_out": total, "predicted": predicted, "inside_calibrated": inside, "inside_bootstrap": before,
                "coverage_calibrated": inside / max(predicted, 1), "coverage_bootstrap": before / max(predicted, 1),
                "published_inside": all(r["published"]["inside_ours_all_points"] for r in results.values() if "published" in r)}
     print(f"all: {predicted}/{total} predicted; {inside} ({summary['coverage_calibrated']:.1%}) inside the calibrated "
           f"interval, {before} ({summary['coverage_bootstrap']:.1%}) inside the bootstrap one; published exponents "
           f"inside ours: {summary['published_inside']}")
+    print("by distance beyond the largest compute fitted: " + "; ".join(
+        f"{key}: {d['inside_calibrated']}/{d['points']} inside" for key, d in distance.items()))
     path = write("predict_public", {"bootstrap": args.bootstrap, "held_out_rule": f"whole top compute budgets until >= {HELD_SHARE:.0%} of the points",
                                     "summary": summary, "sets": results})
     print(f"wrote {path}")
