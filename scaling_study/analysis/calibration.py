@@ -76,7 +76,8 @@ def log_bands(points: np.ndarray, draws: np.ndarray | None, sigma: float,
     if draws is None or len(draws) < 2 or not (np.isfinite(draws).sum(0) >= 2).all():
         return np.full(points.shape, -Z * sigma), np.full(points.shape, Z * sigma)
     logs = np.log(draws) + rng.normal(0.0, sigma, draws.shape)
-    low, high = np.nanpercentile(logs, [tail, 100 - tail], axis=0)
+    percentile = np.percentile if np.isfinite(logs).all() else np.nanpercentile  # the first is 5x faster
+    low, high = percentile(logs, [tail, 100 - tail], axis=0)
     tiny = 1e-9
     return np.minimum(low - np.log(points), -tiny), np.maximum(high - np.log(points), tiny)
 
