@@ -156,6 +156,8 @@ def test_cli_predicts_by_params_and_never_cuts_a_table(cli, db_url, tmp_path, wi
     assert answer["run"]["params"] == target["params"] and answer["compute"]["allocation"]["isoflop"]["params_low"]
     text = cli("predict", "--db", db_url, "--params", "1e6", "--examples", "30000", "--epochs", "4", "--bootstrap", "30")
     assert text.exit_code == 0 and "a model of 1e+06 parameters" in text.output
+    far = cli("predict", "--db", db_url, "--params", "1e20", "--examples", "30000", "--epochs", "4", "--bootstrap", "0")
+    assert far.exit_code == 2 and far.output.startswith("error: --params 1e+20 is") and len(far.output.splitlines()) == 1
     out = tmp_path / "reports"
     fitted = cli("fit", "--db", db_url, "--out", out, "--bootstrap", "30", "--no-page", "--json")
     assert fitted.exit_code == 0, fitted.output
