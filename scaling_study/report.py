@@ -203,8 +203,10 @@ def _calibration_section(analysis: fits.Analysis) -> list[str]:
         lines.append(f"| {LAW_NAMES.get(name, name)} | {c['residuals']} ({c['levels']}) | {c['coverage_before']:.1%} | "
                      f"{after} | x{c['factor_below']:.2f}, x{c['factor_above']:.2f} | {c['median_log_residual']:+.4f} |")
     biased = [(name, c["median_log_residual"]) for name, c in laws.items() if abs(c["median_log_residual"]) > BIAS]
-    lines += [""] + [f"- {LAW_NAMES.get(name, name)} extrapolated {abs(math.expm1(-m)):.1%} too "
-                     f"{'high' if m < 0 else 'low'} on the median: a bias, which the calibration widens that side for."
+    lines += [""] + [f"- {LAW_NAMES.get(name, name)} extrapolated {abs(math.expm1(-m)):.1%} "
+                     f"too {'high' if m < 0 else 'low'} on the median: a bias"
+                     + (", which the calibration widens that side for." if laws[name]["calibrated"] else
+                        f"; too few out-of-sample points (< {fits.calibration.MIN_RESIDUALS}) to calibrate.")
                      for name, m in biased]
     return lines + [""]
 
@@ -233,7 +235,7 @@ def _diagnosis_section(analysis: fits.Analysis) -> list[str]:
     env = c["envelope_points"]
     lines += [
         f"| iso-FLOP budgets or levels with the minimum at an edge model (dropped) | {share_text} | > {t['isoflop_edge_share']:.0%} |",
-        f"| models per compute level (median, min) | {sizes_text} | median < {t['sizes_per_level_median']} |",
+        f"| models per compute budget or level (median, min) | {sizes_text} | median < {t['sizes_per_level_median']} |",
         f"| range of the parametric fit's mean log residual over T | {residual_text} | "
         f"> {t['residual_range']:.0%} and > {t['residual_ratio']:g}x |",
         f"| envelope points at T = {analysis.epochs} (all T) | {env['at_epochs']} ({env['all']}) | "

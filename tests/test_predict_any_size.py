@@ -124,6 +124,8 @@ def test_edge_minima_are_counted_on_what_the_estimator_used():
     isoflop = next(a for a in sweep.allocations if getattr(a, "estimator", "") == "isoflop")
     assert edges["counted_on"] == "budgets" and edges["used"] == 8
     assert edges["used"] - edges["edge"] == len(isoflop.points)  # the budgets it kept
+    sizes = sweep.agreement["checks"]["sizes_per_level"]  # the sizes each budget ran (3 to 5)
+    assert 3 <= sizes["min"] <= sizes["median"] <= 5
     narrow = synthetic.parametric_study(models=4, examples=8, params_range=(1e5, 3e5), seed=3)
     grid = fits.analyse(narrow, {"metric": "m"}, bootstrap=0)
     edges = grid.agreement["checks"]["isoflop_edge"]

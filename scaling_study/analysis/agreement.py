@@ -7,7 +7,7 @@
 - `isoflop_edge` (and `isoflop_edge_share`): of the budgets (an iso-FLOP sweep) or compute levels (a
   grid) the iso-FLOP estimator could use, those whose minimum is at the smallest or largest size
   there, which it dropped (the optimum is beyond the sizes run);
-- `sizes_per_level`: how many models reach each compute level (median and minimum);
+- `sizes_per_level`: how many models each budget ran, or reach each compute level (median and minimum);
 - `residual_by_epochs`: E(P, D = N T)'s mean log residual per T, its range and its ratio to the
   residuals' robust spread (structure by T says a repeated epoch is not worth a new one); the same
   for the chosen form as `residual_by_epochs_chosen` when that is E(P, D');
@@ -155,9 +155,12 @@ def diagnose(frame: pd.DataFrame, epochs: int, allocations: list[Allocation | Sk
     checks["isoflop_edge"] = edges
     checks["isoflop_levels"] = edges["used"]
     checks["isoflop_edge_share"] = edges["share"]
-    levels = isoflop_levels(frame, epochs)
-    checks["sizes_per_level"] = ({"median": float(levels["models"].median()), "min": int(levels["models"].min())}
-                                 if len(levels) else None)
+    if "budget" in frame.columns:  # an iso-FLOP sweep: the sizes each budget ran
+        at_t = frame[(frame["epochs"] == epochs) & (frame["budget"] >= 0)]
+        models = at_t.groupby("budget")["params"].nunique()
+    else:
+        models = isoflop_levels(frame, epochs)["models"]
+    checks["sizes_per_level"] = ({"median": float(models.median()), "min": int(models.min())} if len(models) else None)
     checks["models"] = int(frame["params"].nunique())
     for key, fit in (("residual_by_epochs", parametric), ("residual_by_epochs_chosen", chosen)):
         if isinstance(fit, LawFit) and frame["epochs"].nunique() > 1 and (key == "residual_by_epochs" or fit is not parametric):
@@ -170,7 +173,7 @@ def diagnose(frame: pd.DataFrame, epochs: int, allocations: list[Allocation | Sk
                        f"({edges['share']:.0%}) have their minimum at the smallest or largest model there, and the "
                        "estimator dropped them: the optimum lies beyond the sizes trained"))
     if checks["sizes_per_level"] is not None and checks["sizes_per_level"]["median"] < MIN_SIZES:
-        causes.append(("few_sizes", f"a median of {checks['sizes_per_level']['median']:g} models per compute level "
+        causes.append(("few_sizes", f"a median of {checks['sizes_per_level']['median']:g} models per compute budget or level "
                        f"(< {MIN_SIZES}): an iso-FLOP minimum is placed by too few sizes"))
     r = checks.get("residual_by_epochs")
     if r and r["range"] > RESIDUAL_RANGE and (r["ratio"] or 0) > RESIDUAL_RATIO:
