@@ -1,0 +1,189 @@
+"""Comparing model families: each group of points (a study, or a kind within one) fitted on its own,
+then their exponents side by side and whether they differ.
+
+Groups are fitted independently, with their own bootstrap. An exponent differs between two groups
+when the 95% interval of the difference of their bootstrap draws (paired in order; the draws are
+independent) excludes 0; without draws, when their 95% intervals are disjoint.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from . import analysis as fits
+from . import db, plots
+from .errors import BadInput, StudyError
+from .files import write_atomic
+from .formatting import estimate_interval, interval
+from .report import json_text, md, write_report
+
+COLOURS = ("#1f4e9c", "#d7263d", "#2a9d8f", "#e9a23b", "#6a4c93", "#555555")
+JSON_NAME = "fit.json"
+MARKDOWN_NAME = "report.md"
+
+
+def groups(engine, studies: Sequence[str], by_kind: bool, metric: str | None, kind: str | None,  # noqa: ANN001
+           exclude: Sequence[int]) -> dict[str, tuple[pd.DataFrame, dict]]:
+    """The selected points (fits.select) of each study, or of each model kind of one study."""
+    selected = {}
+    for study in studies:
+        points, filters = fits.select(db.evaluations_frame(engine, study, None), metric, kind, exclude)
+        if by_kind:
+            for name, part in points.groupby("kind", sort=True):
+                selected[str(name)] = (part.reset_index(drop=True), {**filters, "kind": str(name)})
+        else:
+            selected[study] = (points, filters)
+    if len(selected) < 2:
+        found = ", ".join(selected) or "none"
+        raise BadInput(f"a comparison needs two groups of points; found {found}: give two --study, or "
+                       "--compare-kinds on a study of two model kinds")
+    metrics = {f["metric"] for _, f in selected.values()}
+    if len(metrics) > 1:
+        raise BadInput(f"the groups default to different metrics ({', '.join(sorted(metrics))}); choose one with --metric")
+    return selected
+
+
+def exponents(analysis: fits.Analysis) -> dict[str, tuple[fits.Estimate, np.ndarray]]:
+    """E(C)'s alpha and each allocation estimator's P* and N* exponents, with their bootstrap draws."""
+    out = {}
+    if analysis.compute.params.get("alpha") is not None:
+        out["E(C) alpha"] = (analysis.compute.params["alpha"], analysis.compute.draws().get("alpha", np.array([])))
+    for allocation in analysis.allocations:
+        if isinstance(allocation, fits.Skipped):
+            continue
+        samples = allocation.samples or {}
+        ok = samples.get("ok")
+        for symbol, key in (("P*", "a"), ("N*", "b")):
+            draws = np.asarray(samples[key])[ok] if ok is not None and key in samples else np.array([])
+            out[f"{symbol} exponent ({allocation.estimator})"] = (getattr(allocation, key), draws)
+    return out
+
+
+def verdict(first: tuple[fits.Estimate, np.ndarray], second: tuple[fits.Estimate, np.ndarray]) -> dict:
+    """Whether one exponent differs between two groups, by the bootstrap draws or by the intervals."""
+    (a, draws_a), (b, draws_b) = first, second
+    count = min(len(draws_a), len(draws_b))
+    if count >= 20:
+        difference = draws_a[:count] - draws_b[:count]
+        low, high = np.percentile(difference, [2.5, 97.5])
+        return {"difference": a.value - b.value, "low": float(low), "high": float(high), "draws": int(count),
+                "differ": bool(low > 0 or high < 0), "by": "bootstrap difference"}
+    if any(math.isnan(x) for x in (a.low, a.high, b.low, b.high)):
+        return {"difference": a.value - b.value, "differ": None, "by": "no intervals: not compared"}
+    return {"difference": a.value - b.value, "differ": bool(a.high < b.low or b.high < a.low),
+            "by": "intervals"}
+
+
+def compare(selected: dict[str, tuple[pd.DataFrame, dict]], epochs: int | None, bootstrap: int, seed: int,
+            merge_tolerance: float, budget_tolerance: float) -> dict[str, fits.Analysis]:
+    """Each group's own analysis (fits.analyse), in the groups' order."""
+    out = {}
+    for label, (points, filters) in selected.items():
+        try:
+            out[label] = fits.analyse(points, filters, epochs, bootstrap, seed, merge_tolerance=merge_tolerance,
+                                      budget_tolerance=budget_tolerance)
+        except StudyError as error:
+            raise StudyError(f"{label}: {error}") from None
+    return out
+
+
+def table(analyses: dict[str, fits.Analysis]) -> list[dict]:
+    """One row per exponent both groups have: each group's estimate, and (for two groups) the verdict."""
+    per_group = {label: exponents(a) for label, a in analyses.items()}
+    labels = list(per_group)
+    names = [n for n in per_group[labels[0]] if all(n in per_group[label] for label in labels[1:])]
+    rows = []
+    for name in names:
+        row = {"quantity": name, "groups": {label: {"value": per_group[label][name][0].value,
+                                                    "low": per_group[label][name][0].low,
+                                                    "high": per_group[label][name][0].high} for label in labels}}
+        if len(labels) == 2:
+            row["verdict"] = verdict(per_group[labels[0]][name], per_group[labels[1]][name])
+        rows.append(row)
+    return rows
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-") or "group"
+
+
+def figure(analyses: dict[str, fits.Analysis], out: Path) -> list[Path]:
+    """Fig. 1 for every group at once: points and trajectories in the group's colour, its E(C) law."""
+    with matplotlib.rc_context(plots.STYLE):
+        fig = Figure(figsize=(7.4, 4.6), layout="constrained")
+        ax = fig.add_subplot()
+        handles, low, high = [], math.inf, 0.0
+        for (label, analysis), colour in zip(analyses.items(), COLOURS * 4):
+            frame = analysis.frame
+            pflops = frame["compute"] / plots.PFLOP
+            for _, job in frame.sort_values("epochs").groupby("job_id"):
+                ax.plot(job["compute"] / plots.PFLOP, job["error"], color=colour, linewidth=0.6, alpha=0.35)
+            ax.scatter(pflops, frame["error"], s=14, color=colour, alpha=0.8, edgecolors="white", linewidths=0.3)
+            grid = np.geomspace(pflops.min(), pflops.max(), 200)
+            ax.plot(grid, fits.compute_law(grid, analysis.compute), color=colour, linewidth=1.6)
+            alpha = estimate_interval(analysis.compute.params["alpha"], ".3f")
+            handles.append(Line2D([], [], color=colour, marker="o", label=f"{label}: \u03b1 = {alpha}"))
+            low, high = min(low, frame["error"].min()), max(high, frame["error"].max())
+        plots._log_axes(ax)
+        ax.set_ylim(low * 0.93, high * 1.07)
+        plots._plain_log_axis(ax.yaxis, low * 0.93, high * 1.07)
+        ax.set_xlabel(plots.COMPUTE_LABEL)
+        first = next(iter(analyses.values()))
+        ax.set_ylabel(f"{first.metric} {plots._value_name(first)}")
+        ax.set_title(f"{first.metric}: {' vs '.join(analyses)} (points, trajectories, fitted E(C))")
+        ax.legend(handles=handles, title="group: E(C) exponent", loc="upper right", frameon=True, framealpha=0.85)
+        return plots._save(fig, out, "fig1_compare")
+
+
+def _cell(row: dict) -> str:
+    return interval(row["value"], row["low"], row["high"], ".3g")
+
+
+def markdown(analyses: dict[str, fits.Analysis], rows: list[dict], figures: list[Path]) -> str:
+    labels = list(analyses)
+    first = next(iter(analyses.values()))
+    lines = [f"# Comparison: {' vs '.join(md(label) for label in labels)}", "",
+             f"Metric {md(first.metric)}; each group fitted on its own ({first.bootstrap} bootstrap resamples); "
+             "intervals are 95%.", "",
+             *[f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"], "",
+             "| quantity | " + " | ".join(md(label) for label in labels) + (" | difference | differ? |" if len(labels) == 2 else ""),
+             "|---" * (len(labels) + 1 + (2 if len(labels) == 2 else 0)) + "|"]
+    for row in rows:
+        cells = [_cell(row["groups"][label]) for label in labels]
+        if len(labels) == 2:
+            v = row["verdict"]
+            cells.append(interval(v["difference"], v.get("low", math.nan), v.get("high", math.nan), ".3g"))
+            cells.append({True: "yes", False: "no", None: "not compared"}[v["differ"]] + f" ({v['by']})")
+        lines.append(f"| {row['quantity']} | " + " | ".join(cells) + " |")
+    lines += ["", "Points per group: " + ", ".join(f"{md(label)} {len(a.frame)} points of {a.frame['job_id'].nunique()} "
+                                                  f"runs" for label, a in analyses.items()) + ".",
+              "Each group's own report: " + ", ".join(f"[{md(label)}]({_slug(label)}/report.md)" for label in labels) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def write(analyses: dict[str, fits.Analysis], out: Path) -> tuple[list[Path], list[dict]]:
+    """The comparison's figure, report.md and fit.json into `out`, each group's own fit in out/<group>/."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for label, analysis in analyses.items():
+        folder = out / _slug(label)
+        folder.mkdir(exist_ok=True)
+        figures = plots.write_figures(analysis, folder)
+        written += write_report(analysis, label, figures, folder)
+    figures = figure(analyses, out)
+    rows = table(analyses)
+    report = {"comparison": {"groups": list(analyses), "metric": next(iter(analyses.values())).metric,
+                             "rows": rows, "figures": [p.name for p in figures],
+                             "reports": {label: f"{_slug(label)}/report.md" for label in analyses}}}
+    write_atomic(out / JSON_NAME, lambda temp: Path(temp).write_text(json_text(report)))
+    write_atomic(out / MARKDOWN_NAME, lambda temp: Path(temp).write_text(markdown(analyses, rows, figures)))
+    return [*figures, out / JSON_NAME, out / MARKDOWN_NAME, *written], rows
