@@ -283,8 +283,8 @@ def seven(input_shape, classes):
     ('{family = "bad.py:missing"}', ("no callable 'missing'",)),
     ('{family = "bad.py:raises"}', ("RuntimeError: boom",)),
     ('{family = "bad.py:number"}', ("returned int, not a torch.nn.Module",)),
-    ('{family = "bad.py:flat"}', ("does not take a 1x8x8 input",)),
-    ('{family = "vit", patch = 3}', ("patch 3 does not divide the 8x8 input",)),
+    ('{family = "bad.py:flat"}', ("does not take a 1x28x28 input",)),
+    ('{family = "vit", patch = 3}', ("patch 3 does not divide the 28x28 input",)),
     ('{family = "bad.py:seven"}', ("shape (2, 7)", "expected (2, 10)")),
 ])
 def test_a_bad_family_is_one_line_naming_grid_and_key_and_plans_nothing(tmp_path, entry, needles):
