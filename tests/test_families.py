@@ -224,7 +224,7 @@ def test_families_fit_compare_export_and_predict(fashion, tmp_path):
     sizes = ('{family = "cnn", name = "CNN-2", width = 2, stride = 2}, {family = "cnn", name = "CNN-6", width = 6, '
              'stride = 2}, {family = "vit", name = "ViT-4", width = 4, patch = 7, heads = 1}, '
              '{family = "vit", name = "ViT-12", width = 12, patch = 7, heads = 2}')
-    (tmp_path / "grid.toml").write_text(family_grid(fashion, "pair", sizes, "[100, 300]", "[1, 2, 3]", downstream=False))
+    (tmp_path / "grid.toml").write_text(family_grid(fashion, "pair", sizes, "[100, 200, 400, 600]", "[1, 2, 4, 8]", downstream=False))
     db = ("--db", f"sqlite:///{tmp_path / 'results.db'}")
     plan = study("plan", "grid.toml", *db, cwd=tmp_path).stdout
     for name, (params, flops) in {"CNN-2": (212, 31_772), "ViT-12": (4_714, 77_112)}.items():
@@ -240,14 +240,14 @@ def test_families_fit_compare_export_and_predict(fashion, tmp_path):
     assert set(alpha["groups"]) == {"cnn", "vit"} and alpha["verdict"]["differ"] in (True, False), compared.stdout
     assert "differ?" in (tmp_path / "kinds" / "report.md").read_text()
 
-    study("export", *db, "--out", "points.csv", cwd=tmp_path)
+    study("export", *db, "--metric", "upstream/top1", "--out", "points.csv", cwd=tmp_path)
     study("import", "points.csv", "--study", "copy", *db, cwd=tmp_path)
     study("fit", *db, "--study", "pair", "--study", "copy", "--bootstrap", "30", "--out", "studies", cwd=tmp_path)
     rows = json.loads((tmp_path / "studies" / "fit.json").read_text())["comparison"]["rows"]
     assert rows and all(row["verdict"]["differ"] is False for row in rows)  # the same points: no difference
 
-    predicted = study("predict", *db, "--study", "pair", "--kind", "cnn", "--model", "CNN-6", "--examples", "300",
-                      "--epochs", "3", "--bootstrap", "20", "--json", cwd=tmp_path)
+    predicted = study("predict", *db, "--study", "pair", "--kind", "cnn", "--model", "CNN-6", "--examples", "600",
+                      "--epochs", "8", "--bootstrap", "20", "--json", cwd=tmp_path)
     assert json.loads(predicted.stdout)["run"]["model"] == "CNN-6"
     bench = study("bench", "grid.toml", "--models", "ViT-4", "--steps", "2", "--no-evaluation", *db, cwd=tmp_path)
     assert "ViT-4" in bench.stdout
