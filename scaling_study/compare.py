@@ -8,6 +8,7 @@ independent) excludes 0; without draws, when their 95% intervals are disjoint.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -106,10 +107,19 @@ def table(analyses: dict[str, fits.Analysis]) -> list[dict]:
         row = {"quantity": name, "groups": {label: {"value": per_group[label][name][0].value,
                                                     "low": per_group[label][name][0].low,
                                                     "high": per_group[label][name][0].high} for label in labels}}
-        if len(labels) == 2:
-            row["verdict"] = verdict(per_group[labels[0]][name], per_group[labels[1]][name])
+        row["verdicts"] = {pair_name(a, b): verdict(per_group[a][name], per_group[b][name])
+                           for a, b in itertools.combinations(labels, 2)}
         rows.append(row)
     return rows
+
+
+def pair_name(first: str, second: str) -> str:
+    return f"{first} - {second}"
+
+
+def answer(v: dict) -> str:
+    """A verdict in a few words."""
+    return {True: "differ", False: "not shown to differ", None: "not compared"}[v["differ"]] + f" ({v['by']})"
 
 
 def _slug(label: str) -> str:
@@ -150,20 +160,25 @@ def _cell(row: dict) -> str:
 
 def markdown(analyses: dict[str, fits.Analysis], rows: list[dict], figures: list[Path]) -> str:
     labels = list(analyses)
+    pairs = [pair_name(a, b) for a, b in itertools.combinations(labels, 2)]
     first = next(iter(analyses.values()))
     lines = [f"# Comparison: {' vs '.join(md(label) for label in labels)}", "",
              f"Metric {md(first.metric)}; each group fitted on its own ({first.bootstrap} bootstrap resamples); "
              "intervals are 95%.", "",
              *[f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"], "",
-             "| quantity | " + " | ".join(md(label) for label in labels) + (" | difference | differ? |" if len(labels) == 2 else ""),
-             "|---" * (len(labels) + 1 + (2 if len(labels) == 2 else 0)) + "|"]
+             "| quantity | " + " | ".join(md(label) for label in labels) + " | "
+             + " | ".join(md(pair) for pair in pairs) + " |",
+             "|---" * (len(labels) + len(pairs) + 1) + "|"]
     for row in rows:
         cells = [_cell(row["groups"][label]) for label in labels]
-        if len(labels) == 2:
-            v = row["verdict"]
-            cells.append(interval(v["difference"], v.get("low", math.nan), v.get("high", math.nan), ".3g"))
-            cells.append({True: "yes", False: "no", None: "not compared"}[v["differ"]] + f" ({v['by']})")
+        for pair in pairs:
+            v = row["verdicts"][pair]
+            cells.append(interval(v["difference"], v.get("low", math.nan), v.get("high", math.nan), ".3g")
+                         + f": {answer(v)}")
         lines.append(f"| {row['quantity']} | " + " | ".join(cells) + " |")
+    lines += ["", "A difference column gives the first group's exponent minus the second's, with the 95% interval "
+              "of the difference of their bootstrap draws; they differ when it excludes 0 (without draws: when "
+              "their intervals are disjoint)."]
     lines += ["", "Points per group: " + ", ".join(f"{md(label)} {len(a.frame)} points of {a.frame['job_id'].nunique()} "
                                                   f"runs" for label, a in analyses.items()) + ".",
               "Each group's own report: " + ", ".join(f"[{md(label)}]({_slug(label)}/report.md)" for label in labels) + "."]

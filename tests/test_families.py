@@ -237,14 +237,14 @@ def test_families_fit_compare_export_and_predict(fashion, tmp_path):
     report = json.loads((tmp_path / "kinds" / "fit.json").read_text())["comparison"]
     assert report["groups"] == ["cnn", "vit"] and (tmp_path / "kinds" / "fig1_compare.png").stat().st_size > 0
     alpha = next(row for row in report["rows"] if row["quantity"] == "E(C) alpha")
-    assert set(alpha["groups"]) == {"cnn", "vit"} and alpha["verdict"]["differ"] in (True, False), compared.stdout
-    assert "differ?" in (tmp_path / "kinds" / "report.md").read_text()
+    assert set(alpha["groups"]) == {"cnn", "vit"} and alpha["verdicts"]["cnn - vit"]["differ"] in (True, False), compared.stdout
+    assert "| cnn - vit |" in (tmp_path / "kinds" / "report.md").read_text()
 
     study("export", *db, "--metric", "upstream/top1", "--out", "points.csv", cwd=tmp_path)
     study("import", "points.csv", "--study", "copy", *db, cwd=tmp_path)
     study("fit", *db, "--study", "pair", "--study", "copy", "--bootstrap", "30", "--out", "studies", cwd=tmp_path)
     rows = json.loads((tmp_path / "studies" / "fit.json").read_text())["comparison"]["rows"]
-    assert rows and all(row["verdict"]["differ"] is False for row in rows)  # the same points: no difference
+    assert rows and all(row["verdicts"]["pair - copy"]["differ"] is False for row in rows)  # the same points: no difference
 
     predicted = study("predict", *db, "--study", "pair", "--kind", "cnn", "--model", "CNN-6", "--examples", "600",
                       "--epochs", "8", "--bootstrap", "20", "--json", cwd=tmp_path)

@@ -179,16 +179,16 @@ def compare_groups(engine, studies: list[str] | None, by_kind: bool, metric: str
     labels = list(analyses)
     first = next(iter(analyses.values()))
     table = Table(title=f"{' vs '.join(labels)}, {first.metric}: 95% bootstrap intervals, each group fitted on its own")
-    for column in ("quantity", *labels, *(("differ?",) if len(labels) == 2 else ())):
-        table.add_column(column, justify="left" if column in ("quantity", "differ?") else "right")
+    pairs = list(rows[0]["verdicts"]) if rows else []
+    for column in ("quantity", *labels, *pairs):
+        table.add_column(column, justify="right" if column in labels else "left")
     for row in rows:
         cells = [interval(row["groups"][label]["value"], row["groups"][label]["low"], row["groups"][label]["high"], ".3g")
                  for label in labels]
-        if len(labels) == 2:
-            v = row["verdict"]
-            cells.append({True: "yes", False: "no", None: "not compared"}[v["differ"]] + f" ({v['by']})")
-        table.add_row(row["quantity"], *cells)
+        table.add_row(row["quantity"], *cells, *({True: "differ", False: "no", None: "-"}[row["verdicts"][pair]["differ"]] for pair in pairs))
     console.print(table)
+    console.print("differ: the 95% interval of the difference of the bootstrap draws excludes 0 (see report.md)",
+                  markup=False, highlight=False, soft_wrap=True)
     console.print("wrote " + ", ".join(str(p) for p in written if p.suffix in (".png", ".json", ".md")),
                   markup=False, highlight=False, soft_wrap=True)
 
