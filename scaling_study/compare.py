@@ -32,7 +32,7 @@ JSON_NAME = "fit.json"
 MARKDOWN_NAME = "report.md"
 
 
-def groups(engine, studies: Sequence[str], by_kind: bool, metric: str | None, kind: str | None,  # noqa: ANN001
+def groups(engine, studies: Sequence[str], by_kind: bool, metric: str | None, kind: str | None,
            exclude: Sequence[int]) -> dict[str, tuple[pd.DataFrame, dict]]:
     """The selected points (fits.select) of each study, or of each model kind of one study."""
     selected = {}
@@ -163,11 +163,11 @@ def markdown(analyses: dict[str, fits.Analysis], rows: list[dict], figures: list
     pairs = [pair_name(a, b) for a, b in itertools.combinations(labels, 2)]
     first = next(iter(analyses.values()))
     lines = [f"# Comparison: {' vs '.join(md(label) for label in labels)}", "",
-             f"Metric {md(first.metric)}; each group fitted on its own ({first.bootstrap} bootstrap resamples); "
-             "intervals are 95%.", "",
+             (f"Metric {md(first.metric)}; each group fitted on its own ({first.bootstrap} bootstrap resamples); "
+              "intervals are 95%."), "",
              *[f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"], "",
-             "| quantity | " + " | ".join(md(label) for label in labels) + " | "
-             + " | ".join(md(pair) for pair in pairs) + " |",
+             ("| quantity | " + " | ".join(md(label) for label in labels) + " | "
+              + " | ".join(md(pair) for pair in pairs) + " |"),
              "|---" * (len(labels) + len(pairs) + 1) + "|"]
     for row in rows:
         cells = [_cell(row["groups"][label]) for label in labels]
@@ -176,9 +176,9 @@ def markdown(analyses: dict[str, fits.Analysis], rows: list[dict], figures: list
             cells.append(interval(v["difference"], v.get("low", math.nan), v.get("high", math.nan), ".3g")
                          + f": {answer(v)}")
         lines.append(f"| {row['quantity']} | " + " | ".join(cells) + " |")
-    lines += ["", "A difference column gives the first group's exponent minus the second's, with the 95% interval "
-              "of the difference of their bootstrap draws; they differ when it excludes 0 (without draws: when "
-              "their intervals are disjoint)."]
+    lines += ["", ("A difference column gives the first group's exponent minus the second's, with the 95% interval "
+                   "of the difference of their bootstrap draws; they differ when it excludes 0 (without draws: when "
+                   "their intervals are disjoint).")]
     lines += ["", "Points per group: " + ", ".join(f"{md(label)} {len(a.frame)} points of {a.frame['job_id'].nunique()} "
                                                   f"runs" for label, a in analyses.items()) + ".",
               "Each group's own report: " + ", ".join(f"[{md(label)}]({_slug(label)}/report.md)" for label in labels) + "."]

@@ -168,7 +168,7 @@ def load(family: str, folder: str = "") -> Callable[..., nn.Module]:
         raise ValueError(f"cannot import {module_name!r}: {type(error).__name__}: {error}") from None
     fn = getattr(module, attribute, None)
     if not callable(fn):
-        raise ValueError(f"{module_name!r} has no callable {attribute!r}")
+        raise TypeError(f"{module_name!r} has no callable {attribute!r}")
     return fn
 
 

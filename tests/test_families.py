@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_bad_inputs import dump, invoke, refused
+from test_runner import needs_fashion, points, start, states, study, wait_for_lines
+from tiny_datasets import fashion_subset, write_idx
 from torch import nn
 
 from scaling_study import families, models
 from scaling_study.plan import JobSpec
-from test_bad_inputs import dump, invoke, refused
-from test_runner import needs_fashion, points, start, states, study, wait_for_lines
-from tiny_datasets import fashion_subset, write_idx
 
 
 def spec(value: object) -> models.ModelSpec:
@@ -122,7 +122,7 @@ def convnet(input_shape, classes, width=4):
 
 
 def family_grid(data: Path, name: str, models_toml: str, examples: str, epochs: str, downstream: bool) -> str:
-    evaluation = """
+    evaluation = f"""
 [[data.downstream]]
 dataset = "fashion-mnist"
 path = "{data}"
@@ -132,7 +132,7 @@ protocol = "linear"
 dataset = "fashion-mnist"
 path = "{data}"
 protocol = "finetune"
-""".format(data=data) if downstream else ""
+""" if downstream else ""
     return f"""
 [study]
 name = "{name}"

@@ -160,7 +160,7 @@ def fit_laws(
     console.print("wrote " + ", ".join(str(p) for p in [*done.figures, *written]), markup=False, highlight=False)
 
 
-def compare_groups(engine, studies: list[str] | None, by_kind: bool, metric: str | None, kind: str | None,  # noqa: ANN001
+def compare_groups(engine, studies: list[str] | None, by_kind: bool, metric: str | None, kind: str | None,
                    epochs: int | None, exclude: Sequence[int], bootstrap: int, seed: int, merge_sizes: float,
                    budget_tolerance: float, out: Path) -> None:
     """`study fit` over two studies, or over the kinds of one: each fitted on its own, then side by side."""
