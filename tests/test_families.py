@@ -229,7 +229,7 @@ def test_families_fit_compare_export_and_predict(fashion, tmp_path):
     plan = study("plan", "grid.toml", *db, cwd=tmp_path).stdout
     for name, (params, flops) in {"CNN-2": (212, 31_772), "ViT-12": (4_714, 77_112)}.items():
         line = next(line for line in plan.splitlines() if f" {name} " in line)
-        assert f"{flops / 1e6:.2f}M" in line, line  # both counts shown for every size
+        assert f" {params:,} " in line and f" {flops / 1e6:.2f}M " in line, line  # both counts for every size
     study("run", *db, cwd=tmp_path)
     one = study("fit", *db, "--kind", "vit", "--bootstrap", "20", "--out", "vit", "--no-page", cwd=tmp_path)
     assert json.loads((tmp_path / "vit" / "fit.json").read_text())["filters"]["kind"] == "vit", one.stdout
