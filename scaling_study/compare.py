@@ -14,20 +14,16 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
 from . import analysis as fits
 from . import db, plots
 from .errors import BadInput, StudyError
 from .files import write_atomic
-from .formatting import estimate_interval, interval
+from .formatting import interval
 from .report import json_text, md, write_report
 
-COLOURS = ("#1f4e9c", "#d7263d", "#2a9d8f", "#e9a23b", "#6a4c93", "#555555")
 JSON_NAME = "fit.json"
 MARKDOWN_NAME = "report.md"
 
@@ -126,34 +122,6 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-") or "group"
 
 
-def figure(analyses: dict[str, fits.Analysis], out: Path) -> list[Path]:
-    """Fig. 1 for every group at once: points and trajectories in the group's colour, its E(C) law."""
-    with matplotlib.rc_context(plots.STYLE):
-        fig = Figure(figsize=(7.4, 4.6), layout="constrained")
-        ax = fig.add_subplot()
-        handles, low, high = [], math.inf, 0.0
-        for (label, analysis), colour in zip(analyses.items(), COLOURS * 4):
-            frame = analysis.frame
-            pflops = frame["compute"] / plots.PFLOP
-            for _, job in frame.sort_values("epochs").groupby("job_id"):
-                ax.plot(job["compute"] / plots.PFLOP, job["error"], color=colour, linewidth=0.6, alpha=0.35)
-            ax.scatter(pflops, frame["error"], s=14, color=colour, alpha=0.8, edgecolors="white", linewidths=0.3)
-            grid = np.geomspace(pflops.min(), pflops.max(), 200)
-            ax.plot(grid, fits.compute_law(grid, analysis.compute), color=colour, linewidth=1.6)
-            alpha = estimate_interval(analysis.compute.params["alpha"], ".3f")
-            handles.append(Line2D([], [], color=colour, marker="o", label=f"{label}: \u03b1 = {alpha}"))
-            low, high = min(low, frame["error"].min()), max(high, frame["error"].max())
-        plots._log_axes(ax)
-        ax.set_ylim(low * 0.93, high * 1.07)
-        plots._plain_log_axis(ax.yaxis, low * 0.93, high * 1.07)
-        ax.set_xlabel(plots.COMPUTE_LABEL)
-        first = next(iter(analyses.values()))
-        ax.set_ylabel(f"{first.metric} {plots._value_name(first)}")
-        ax.set_title(f"{first.metric}: {' vs '.join(analyses)} (points, trajectories, fitted E(C))")
-        ax.legend(handles=handles, title="group: E(C) exponent", loc="upper right", frameon=True, framealpha=0.85)
-        return plots._save(fig, out, "fig1_compare")
-
-
 def _cell(row: dict) -> str:
     return interval(row["value"], row["low"], row["high"], ".3g")
 
@@ -194,7 +162,7 @@ def write(analyses: dict[str, fits.Analysis], out: Path) -> tuple[list[Path], li
         folder.mkdir(exist_ok=True)
         figures = plots.write_figures(analysis, folder)
         written += write_report(analysis, label, figures, folder)
-    figures = figure(analyses, out)
+    figures = plots.compare_error_vs_compute(analyses, out)
     rows = table(analyses)
     report = {"comparison": {"groups": list(analyses), "metric": next(iter(analyses.values())).metric,
                              "rows": rows, "figures": [p.name for p in figures],
