@@ -199,7 +199,7 @@ def predict(
     db_url: DbOption = None,
     study: Annotated[Optional[str], typer.Option(help="Study to fit [default: the only one in the database]")] = None,
     metric: Annotated[Optional[str], typer.Option(help="Metric [default: the first */linear, else upstream/top1]")] = None,
-    kind: Annotated[Optional[str], typer.Option(help="Only models of this kind: bottleneck or standard")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="Only models of this kind: bottleneck, standard, or a family")] = None,
     model: Annotated[Optional[str], typer.Option(help="Predict a run of this model (with --examples and --epochs)")] = None,
     examples: Annotated[Optional[int], typer.Option(help="N of the run to predict")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="T of the run to predict; with --compute, the T of the allocation")] = None,
