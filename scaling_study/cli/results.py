@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,7 +11,7 @@ import typer
 from .. import db
 from ..checks import printable
 from ..errors import BadInput
-from ..formatting import estimate_interval, row_interval
+from ..formatting import estimate_interval, interval, row_interval
 from .common import DbOption, app, console, errors, one_study, user_errors, wrapping_table
 
 
@@ -67,9 +68,13 @@ def export_results(
 @user_errors
 def fit_laws(
     db_url: DbOption = None,
-    study: Annotated[Optional[str], typer.Option(help="Study to fit [default: the only one in the database]")] = None,
+    study: Annotated[Optional[list[str]], typer.Option(help="Study to fit [default: the only one in the database]; "
+                                                       "repeat to compare studies")] = None,
     metric: Annotated[Optional[str], typer.Option(help="Metric [default: the first */linear, else upstream/top1]")] = None,
-    kind: Annotated[Optional[str], typer.Option(help="Only models of this kind: bottleneck (B-MLP) or standard (S-MLP)")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="Only models of this kind: bottleneck (B-MLP), standard (S-MLP), "
+                                                "or a family (cnn, vit, module:callable)")] = None,
+    compare_kinds: Annotated[bool, typer.Option("--compare-kinds", help="Fit each model kind of the study on its own "
+                                                "and compare them")] = False,
     epochs: Annotated[Optional[int], typer.Option(help="T of the envelope and iso-FLOP allocation [default: the smallest T]")] = None,
     exclude: Annotated[Optional[list[int]], typer.Option(help="Leave out this job id (repeat for more)")] = None,
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% intervals")] = 1000,
@@ -90,7 +95,11 @@ def fit_laws(
     check_kind(kind)
     writable_folder(out)
     engine = db.connect(db_url, create=False, write=False)
-    name = one_study(engine, study)
+    if compare_kinds or len(study or []) > 1:
+        compare_groups(engine, study, compare_kinds, metric, kind, epochs, exclude or (), bootstrap, seed, merge_sizes,
+                       budget_tolerance, out)
+        return
+    name = one_study(engine, study[0] if study else None)
     done = fit_study(engine, name, out, metric, kind, epochs, exclude or (), bootstrap, seed, merge_sizes, budget_tolerance)
     analysis, written = done.analysis, list(done.files)
     if page:
@@ -154,13 +163,46 @@ def fit_laws(
     console.print("wrote " + ", ".join(str(p) for p in [*done.figures, *written]), markup=False, highlight=False)
 
 
+def compare_groups(engine, studies: list[str] | None, by_kind: bool, metric: str | None, kind: str | None,
+                   epochs: int | None, exclude: Sequence[int], bootstrap: int, seed: int, merge_sizes: float,
+                   budget_tolerance: float, out: Path) -> None:
+    """`study fit` over two studies, or over the kinds of one: each fitted on its own, then side by side."""
+    from .. import compare
+    from ..report import _unwritable
+
+    if len(studies or []) > 1 and by_kind:
+        raise BadInput("--compare-kinds compares the kinds of one study; with two --study, leave it out")
+    names = [one_study(engine, s) for s in studies] if studies else [one_study(engine, None)]
+    analyses = compare.compare(compare.groups(engine, names, by_kind, metric, kind, exclude), epochs, bootstrap, seed,
+                               merge_sizes, budget_tolerance)
+    try:
+        written, rows = compare.write(analyses, out)
+    except OSError as error:
+        raise _unwritable(out, error) from None
+    labels = list(analyses)
+    first = next(iter(analyses.values()))
+    table = Table(title=f"{' vs '.join(labels)}, {first.metric}: 95% bootstrap intervals, each group fitted on its own")
+    pairs = list(rows[0]["verdicts"]) if rows else []
+    for column in ("quantity", *labels, *pairs):
+        table.add_column(column, justify="right" if column in labels else "left")
+    for row in rows:
+        cells = [interval(row["groups"][label]["value"], row["groups"][label]["low"], row["groups"][label]["high"], ".3g")
+                 for label in labels]
+        table.add_row(row["quantity"], *cells, *({True: "differ", False: "no", None: "-"}[row["verdicts"][pair]["differ"]] for pair in pairs))
+    console.print(table)
+    console.print("differ: the 95% interval of the difference of the bootstrap draws excludes 0 (see report.md)",
+                  markup=False, highlight=False, soft_wrap=True)
+    console.print("wrote " + ", ".join(str(p) for p in written if p.suffix in (".png", ".json", ".md")),
+                  markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command("predict")
 @user_errors
 def predict(
     db_url: DbOption = None,
     study: Annotated[Optional[str], typer.Option(help="Study to fit [default: the only one in the database]")] = None,
     metric: Annotated[Optional[str], typer.Option(help="Metric [default: the first */linear, else upstream/top1]")] = None,
-    kind: Annotated[Optional[str], typer.Option(help="Only models of this kind: bottleneck or standard")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="Only models of this kind: bottleneck, standard, or a family")] = None,
     model: Annotated[Optional[str], typer.Option(help="Predict a run of this model (with --examples and --epochs)")] = None,
     params: Annotated[Optional[float], typer.Option(help="Predict a run of a model of this many parameters, in the study or not (with --examples and --epochs)")] = None,
     flops_per_example: Annotated[Optional[float], typer.Option(help="FLOP(f) of the --params model [default: the study's log-log fit of FLOP(f) on P]")] = None,
