@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import families
 from .data import Split
 from .errors import StudyError
 from .grid import EvaluationConfig, Grid, PretrainData, TrainConfig
@@ -61,6 +62,9 @@ def best_time(fn: Callable[[], object], device: torch.device, repeats: int) -> f
         sync(device)
         best = min(best, time.perf_counter() - start)
     return best
+
+
+FAMILY_GEMM = 1024  # another family's MFU is against torch.mm at (batch, 1024) x (1024, 1024): its step has no GEMM list
 
 
 def train_flops_per_example(model: ModelSpec, input_dim: int, classes: int) -> float:
@@ -326,7 +330,9 @@ def measure(spec: JobSpec, device: str | torch.device, steps: int = 10, warmup: 
         evaluation_s, how = evaluation_seconds(spec, dev) if evaluation else (None, "not measured: --no-evaluation")
     precision = resolved_precision(tc.precision, dev)
     dtype = precision_dtype(precision, dev)
-    gemm = matmul_rate(gemm_shapes(spec.model, spec.input_dim, spec.classes, tc.batch_size), dev, gemm_repeats, dtype)
+    shapes = (gemm_shapes(spec.model, spec.input_dim, spec.classes, tc.batch_size) if families.is_mlp(spec.model)
+              else [(tc.batch_size, FAMILY_GEMM, FAMILY_GEMM)])
+    gemm = matmul_rate(shapes, dev, gemm_repeats, dtype)
     images = steps * tc.batch_size
     details = {
         "device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -334,13 +340,16 @@ def measure(spec: JobSpec, device: str | torch.device, steps: int = 10, warmup: 
         "steps": steps, "warmup_steps": warmup, "step_s": train_s / steps,
         "loader": f"TrainLoader, {'device-resident' if loader.resident else 'streamed'}, synthetic uint8 images, "
                   "the grid's augmentation",
-        "gemm": f"torch.mm at the step's GEMM shapes in {dtype}, best of {gemm_repeats}",
+        "gemm": (f"torch.mm at the step's GEMM shapes in {dtype}, best of {gemm_repeats}" if families.is_mlp(spec.model)
+                 else f"torch.mm at ({tc.batch_size}, {FAMILY_GEMM}, {FAMILY_GEMM}) in {dtype}, best of {gemm_repeats}"),
         "peak_memory": memory.method, "evaluation": how,
     }
     return Measurement(
         device=device_name(dev), model=spec.model.name, resolution=spec.resolution, channels=spec.channels,
         batch_size=tc.batch_size, precision=precision, images_per_s=images / train_s,
         loader_images_per_s=images / loader_s,
-        train_flops_per_example=train_flops_per_example(spec.model, spec.input_dim, spec.classes),
+        train_flops_per_example=(train_flops_per_example(spec.model, spec.input_dim, spec.classes)
+                                 if families.is_mlp(spec.model)
+                                 else families.train_flops(spec.model, spec.channels, spec.resolution, spec.classes)),
         gemm_flops_per_s=gemm, peak_memory_bytes=peak, details=details, evaluation_s=evaluation_s,
     )

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import data, loader
+from . import data, families, loader
 from .errors import StudyError
 from .grid import Augmentation, EvaluationConfig
 from .optim import Lion
@@ -240,8 +240,7 @@ def predict_with_features(model: nn.Module, batches: Iterable[tuple[torch.Tensor
     features, logits, labels = [], [], []
     for x, y in batches:
         with autocast(precision, device):
-            body = model.features(x)
-            out = model.head(body)
+            body, out = families.features_and_logits(model, x)
         features.append(body.float())
         logits.append(out.float())
         labels.append(y)
@@ -252,7 +251,7 @@ def predict_with_features(model: nn.Module, batches: Iterable[tuple[torch.Tensor
 def extract_features(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                      precision: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen body's features (float32, on device) and labels, computed once."""
-    return predict(model.features, batches, precision, device)
+    return predict(functools.partial(families.features, model), batches, precision, device)
 
 
 def probe_paper(features: torch.Tensor, labels: torch.Tensor, classes: int, *, epochs: int, lr: float,
@@ -319,7 +318,7 @@ def probe_reference(model: nn.Module, split: data.Split, indices: np.ndarray | N
     The last partial batch is dropped as the reference's loader does, unless there is no full batch.
     """
     classes = len(split.classes)
-    head = seeded_linear(model.head.in_features, classes, derive_seed(seed, "head")).to(device)
+    head = seeded_linear(families.feature_width(model), classes, derive_seed(seed, "head")).to(device)
     optimizer = torch.optim.SGD(head.parameters(), lr=REFERENCE_PROBE_LR, momentum=REFERENCE_PROBE_MOMENTUM)
     rows = np.arange(len(split.labels)) if indices is None else np.asarray(indices, np.int64)
     batches = loader.TrainLoader(split, rows, batch_size, device, derive_seed(seed, "order"), REFERENCE_PROBE_CROPS,
@@ -329,7 +328,7 @@ def probe_reference(model: nn.Module, split: data.Split, indices: np.ndarray | N
     for epoch in range(epochs):
         for batch in batches.epoch(epoch):
             with torch.no_grad(), autocast(precision, device):
-                features = model.features(batch.x)
+                features = families.features(model, batch.x)
             loss = F.cross_entropy(head(features.float()), batch.y, label_smoothing=REFERENCE_PROBE_SMOOTHING)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -342,10 +341,11 @@ def finetune(model: nn.Module, split: data.Split, evaluation: EvaluationConfig, 
              precision: str, device: torch.device, resolution: int, seed: int) -> nn.Module:
     """Sec. 4.2's fine-tuning: a copy of the model with a new head, SGD momentum 0.9, lr head/body."""
     tuned = copy.deepcopy(model)
-    tuned.head = seeded_linear(tuned.head.in_features, len(split.classes), derive_seed(seed, "head")).to(device)
-    body = [p for name, p in tuned.named_parameters() if not name.startswith("head.")]
+    head = seeded_linear(families.feature_width(tuned), len(split.classes), derive_seed(seed, "head")).to(device)
+    families.replace_head(tuned, head)
+    body = [p for p in tuned.parameters() if all(p is not q for q in head.parameters())]
     optimizer = torch.optim.SGD(
-        [{"params": tuned.head.parameters(), "lr": evaluation.finetune_lr_head},
+        [{"params": head.parameters(), "lr": evaluation.finetune_lr_head},
          {"params": body, "lr": evaluation.finetune_lr_body}],
         lr=evaluation.finetune_lr_head, momentum=0.9,
     )
@@ -441,7 +441,7 @@ def evaluate(model: nn.Module, spec: JobSpec, device: torch.device, epoch: int) 
                 logits = head(finite(test_feats, f"the model's features on {ds.dataset}'s test split"))
 
                 def classifier(x: torch.Tensor, head: nn.Module = head) -> torch.Tensor:
-                    return head(model.features(x))
+                    return head(families.features(model, x))
 
                 tta_scale = spec.train.augmentation.crop_scale
             else:

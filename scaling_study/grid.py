@@ -18,6 +18,7 @@ from .store import read_meta
 from .checks import name_problem
 from .errors import GridError
 from .grid_text import grid_tables
+from . import families
 from .models import ModelSpec, parse_model
 
 OPTIMIZERS = ("lion", "adamw", "sgd")
@@ -368,13 +369,18 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
     if not isinstance(models_raw, list) or not models_raw:
         parser.fail("[grid].models", f"expected a non-empty list, got {models_raw!r}", "models", "grid")
     models = []
+    folder = str(Path(path).resolve().parent) if path != "<grid>" else str(Path.cwd())
     for i, item in enumerate(models_raw):
         try:
-            models.append(parse_model(item, f"[grid].models[{i}]"))
+            models.append(parse_model(item, f"[grid].models[{i}]", folder))
         except GridError as error:
             parser.fail(str(error).split(":", 1)[0], str(error).split(": ", 1)[1], "models", "grid")
     if len(set(models)) != len(models):
         parser.fail("[grid].models", "duplicate models", "models", "grid")
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        parser.fail("[grid].models", f"two models are named {next(n for n in names if names.count(n) > 1)!r}; "
+                    "give each size its own name", "models", "grid")
     grid_axes = GridAxes(
         models=tuple(models),
         examples=parser.positive_list(axes["examples"], "[grid].examples", "examples", "grid", fractions=True),
@@ -389,6 +395,11 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
     info = dataset_info(grid)
     if not info.resolution:
         parser.fail("[data.pretrain].resolution", "required for a dataset outside the catalogue")
+    for i, model in enumerate(models):
+        try:
+            families.check(model, f"[grid].models[{i}]", info.channels, info.resolution, info.classes)
+        except GridError as error:
+            parser.fail(str(error).split(":", 1)[0], str(error).split(": ", 1)[1], "models", "grid")
     for value in grid_axes.examples:
         if isinstance(value, int) and value > info.train_size:
             parser.fail(

@@ -10,6 +10,7 @@ The S-MLP comes in two variants: `paper` (the paper's equation, L blocks ReLU(W 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -29,16 +30,21 @@ LAYER_NORM_FLOPS = 5  # fvcore's count per LayerNorm element with an affine tran
 class ModelSpec:
     """An architecture, independent of the data it is trained on."""
 
-    kind: str  # "bottleneck" (B-MLP) or "standard" (S-MLP)
-    depth: int
-    width: int
+    kind: str  # "bottleneck" (B-MLP), "standard" (S-MLP), or another family (families.py): cnn, vit, module:callable
+    depth: int = 0
+    width: int = 0
     expansion: int = 4
     variant: str = "paper"  # S-MLP only: "paper" (the paper's blocks) or "reference" (its code's StandardMLP)
+    size: str = ""  # another family: the size's short name
+    arguments: str = ""  # another family: its keyword arguments, as canonical JSON
+    path: str = ""  # a user family: the grid's folder, where its module is looked for (machine-local)
 
     @property
     def name(self) -> str:
         """The paper's short name, e.g. B-12/Wi-1024 (expansion suffixed when not 4, /ref for the
-        reference code's S-MLP)."""
+        reference code's S-MLP); another family's size name."""
+        if self.size:
+            return self.size
         base = f"{'B' if self.kind == 'bottleneck' else 'S'}-{self.depth}/Wi-{self.width}"
         if self.kind == "bottleneck" and self.expansion != 4:
             base += f"/x{self.expansion}"
@@ -74,8 +80,31 @@ class ModelSpec:
         return LAYER_NORM_FLOPS * self.hidden_layers * self.width
 
 
-def parse_model(value: object, where: str) -> ModelSpec:
-    """A model from a grid entry: a name like 'B-6/Wi-256' or a table {kind, depth, width, expansion}."""
+def parse_family(value: dict, where: str, folder: str) -> ModelSpec:
+    """A size of another family: {family = "cnn" | "module:callable" | "file.py:callable", name = ..., its
+    keyword arguments}; checked against the input by families.check once the data's shape is known."""
+    family = value["family"]
+    if not isinstance(family, str) or not family.strip():
+        raise GridError(f"{where}.family: expected a family name, got {family!r}")
+    arguments = {k: v for k, v in value.items() if k not in ("family", "name")}
+    for key in ("input_shape", "classes"):
+        if key in arguments:
+            raise GridError(f"{where}.{key}: set from the data, not by the grid")
+    name = value.get("name") or f"{family}(" + ", ".join(f"{k}={v}" for k, v in sorted(arguments.items())) + ")"
+    if not isinstance(name, str) or NAME_PATTERN.match(name):
+        raise GridError(f"{where}.name: {name!r} must be a string other than an MLP's name")
+    builtin = family in ("cnn", "vit")
+    return ModelSpec(family, size=name, arguments=json.dumps(arguments, sort_keys=True, separators=(",", ":")),
+                     path="" if builtin else folder)
+
+
+def parse_model(value: object, where: str, folder: str = "") -> ModelSpec:
+    """A model from a grid entry: a name like 'B-6/Wi-256', a table {kind, depth, width, expansion}, or a
+    size of another family {family, name, arguments...} (a user family is looked for in `folder`)."""
+    if isinstance(value, dict) and "family" in value and value["family"] != "mlp":
+        return parse_family(value, where, folder)
+    if isinstance(value, dict) and "family" in value:
+        value = {k: v for k, v in value.items() if k != "family"}
     if isinstance(value, str):
         match = NAME_PATTERN.match(value.strip())
         if not match:

@@ -13,7 +13,7 @@ import itertools
 import json
 from dataclasses import dataclass
 
-from . import budget
+from . import budget, families
 from .grid import (
     Augmentation,
     DownstreamData,
@@ -32,7 +32,8 @@ SHARED_SCHEDULES = ("constant",)
 _NOT_IDENTITY = {"path", "real_labels"}
 # Fields added after jobs were first planned, left out of the identity at the value that does what
 # the code did before they existed: a grid that does not use them keeps its jobs' ids.
-_ADDED_LATER = {("model", "variant"): "paper", ("train", "drop_last"): False}
+_ADDED_LATER = {("model", "variant"): "paper", ("model", "size"): "", ("model", "arguments"): "",
+                ("train", "drop_last"): False}
 # Defaults that leave a choice to the device (as precision "auto" does), hashed as the value that
 # computes the same on the CPU: a grid written before they existed keeps its jobs' ids.
 _HASHED_AS = {("train", "compile"): (None, False)}
@@ -67,12 +68,12 @@ class JobSpec:
 
     @property
     def params(self) -> int:
-        return self.model.parameters(self.input_dim, self.classes)
+        return families.counts(self.model, self.channels, self.resolution, self.classes)[0]
 
     @property
     def flops(self) -> int:
         """FLOP(f): forward multiply-accumulates per example."""
-        return self.model.flops(self.input_dim, self.classes)
+        return families.counts(self.model, self.channels, self.resolution, self.classes)[1]
 
     @property
     def examples_per_epoch(self) -> int:

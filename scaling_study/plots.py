@@ -9,6 +9,7 @@
 - residuals_compute: log residuals of the E(C) fit on the envelope points;
 - fig_isoflop_profiles (iso-FLOP sweeps only): each budget's points over P, its parabola, its minimum.
 - fig_backtest: the rolling-origin back-test, each law's error above a compute level when fitted below it.
+- fig1_compare (a comparison of families or studies): each group's points, trajectories and E(C).
 """
 
 from __future__ import annotations
@@ -221,6 +222,37 @@ def error_vs_compute(analysis: fits.Analysis, out: Path) -> list[Path]:
         ax.legend(handles=law_handles + size_handles, title="fit; marker size = N", loc="lower left",
                   bbox_to_anchor=(1.01, 0.0), frameon=False)
     return _save(figure, out, "fig1_error_vs_compute")
+
+
+GROUP_COLOURS = ("#1f4e9c", "#d7263d", "#2a9d8f", "#e9a23b", "#6a4c93", "#555555")
+
+
+def compare_error_vs_compute(analyses: dict[str, fits.Analysis], out: Path) -> list[Path]:
+    """Fig. 1 of a comparison (compare.py): every group's points, trajectories and E(C) law in its colour."""
+    with matplotlib.rc_context(STYLE):
+        figure = Figure(figsize=(7.4, 4.6), layout="constrained")
+        ax = figure.add_subplot()
+        handles, low, high = [], math.inf, 0.0
+        for (label, analysis), colour in zip(analyses.items(), GROUP_COLOURS * 4):
+            frame = analysis.frame
+            pflops = frame["compute"] / PFLOP
+            for _, job in frame.sort_values("epochs").groupby("job_id"):
+                ax.plot(job["compute"] / PFLOP, job["error"], color=colour, linewidth=0.6, alpha=0.35)
+            ax.scatter(pflops, frame["error"], s=14, color=colour, alpha=0.8, edgecolors="white", linewidths=0.3)
+            grid = np.geomspace(pflops.min(), pflops.max(), 200)
+            ax.plot(grid, fits.compute_law(grid, analysis.compute), color=colour, linewidth=1.6)
+            alpha = estimate_interval(analysis.compute.params["alpha"], ".3f")
+            handles.append(Line2D([], [], color=colour, marker="o", label=f"{label}: \u03b1 = {alpha}"))
+            low, high = min(low, frame["error"].min()), max(high, frame["error"].max())
+        _log_axes(ax)
+        ax.set_ylim(low * 0.93, high * 1.07)
+        _plain_log_axis(ax.yaxis, low * 0.93, high * 1.07)
+        ax.set_xlabel(COMPUTE_LABEL)
+        first = next(iter(analyses.values()))
+        ax.set_ylabel(f"{first.metric} {_value_name(first)}")
+        ax.set_title(f"{first.metric}: {' vs '.join(analyses)} (points, trajectories, fitted E(C))")
+        ax.legend(handles=handles, title="group: E(C) exponent", loc="upper right", frameon=True, framealpha=0.85)
+        return _save(figure, out, "fig1_compare")
 
 
 def _bottleneck_panel(ax, law: fits.LawFit | fits.Skipped, column: str, symbol: str, xlabel: str,  # noqa: ANN001

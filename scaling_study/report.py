@@ -135,6 +135,7 @@ def as_dict(analysis: fits.Analysis, study: str, figures: list[Path], pruned: li
         },
         "parametric_form": _form(analysis.form),
         "backtest": _backtest(analysis.backtest),
+        "calibration": {"level": fits.calibration.LEVEL, "method": CALIBRATION_METHOD, "laws": analysis.calibration},
         "agreement": analysis.agreement or None,
         "seeds": _seeds(analysis.seeds),
         "allocation": {a.estimator if isinstance(a, fits.Allocation) else a.name: _allocation(a)
@@ -183,27 +184,58 @@ def _backtest_section(analysis: fits.Analysis) -> list[str]:
     return lines + [""]
 
 
+CALIBRATION_METHOD = ("split-conformal on the back-test's out-of-sample log residuals: each residual as a multiple of "
+                      "the bootstrap prediction interval's half-width on its side; each side widened by the conformal "
+                      "97.5% quantile of its multiples (never narrowed); coverage_after is cross-validated over the "
+                      "back-test's levels")
+
+
+def _calibration_section(analysis: fits.Analysis) -> list[str]:
+    laws = analysis.calibration
+    lines = ["## Prediction intervals, calibrated on the back-test", ""]
+    if not laws:
+        return lines + ["Not calibrated: the back-test had no out-of-sample points.", ""]
+    lines += [f"Method: {CALIBRATION_METHOD}. `study predict` gives the calibrated 95% intervals.", "",
+              ("| law | out-of-sample points (levels) | coverage before | coverage after | widened below, above | "
+               "median log residual |"), "|---|---|---|---|---|---|"]
+    for name, c in laws.items():
+        after = "–" if c["coverage_after"] is None else f"{c['coverage_after']:.1%}"
+        lines.append(f"| {LAW_NAMES.get(name, name)} | {c['residuals']} ({c['levels']}) | {c['coverage_before']:.1%} | "
+                     f"{after} | x{c['factor_below']:.2f}, x{c['factor_above']:.2f} | {c['median_log_residual']:+.4f} |")
+    biased = [(name, c["median_log_residual"]) for name, c in laws.items() if abs(c["median_log_residual"]) > BIAS]
+    lines += [""] + [f"- {LAW_NAMES.get(name, name)} extrapolated {abs(math.expm1(-m)):.1%} "
+                     f"too {'high' if m < 0 else 'low'} on the median: a bias"
+                     + (", which the calibration widens that side for." if laws[name]["calibrated"] else
+                        f"; too few out-of-sample points (< {fits.calibration.MIN_RESIDUALS}) to calibrate.")
+                     for name, m in biased]
+    return lines + [""]
+
+
+BIAS = 0.01  # a median out-of-sample log residual beyond 1% is reported as a bias
+
+
 def _diagnosis_section(analysis: fits.Analysis) -> list[str]:
     d = analysis.agreement
     if not d:
         return []
     c = d["checks"]
-    verdict = {True: "agree: their 95% intervals of a and of b overlap", False: "disagree: their 95% intervals do not all overlap",
-               None: "cannot be compared by interval (fewer than two estimators, or no bootstrap)"}[d["agree"]]
-    lines = ["## Agreement diagnosis", "", f"The allocation estimators ({', '.join(c['estimators']) or 'none'}) {verdict}.", "",
+    lines = ["## Agreement diagnosis", "", (f"The allocation estimators ({', '.join(c['estimators']) or 'none'}): "
+             f"{md(d['verdict'])} (standardised spread: the difference over the joint bootstrap standard deviation, "
+             f"the 95% interval's width / 3.92; undecided when that sd exceeds {d['thresholds']['joint_sd']:g})."), "",
              "| check | value | flagged when |", "|---|---|---|"]
     t = d["thresholds"]
     share = c.get("isoflop_edge_share")
     sizes = c.get("sizes_per_level")
     residual = c.get("residual_by_epochs")
-    share_text = "–" if share is None else f"{share:.0%} of {c['isoflop_levels']}"
+    edges = c["isoflop_edge"]
+    share_text = "–" if share is None else f"{share:.0%}: {edges['edge']} of {edges['used']} {edges['counted_on']}"
     sizes_text = "–" if sizes is None else f"{sizes['median']:g}, {sizes['min']}"
     residual_text = ("–" if residual is None
                      else f"{residual['range']:.2%} ({residual['ratio'] or 0:.1f}x its spread)")
     env = c["envelope_points"]
     lines += [
-        f"| iso-FLOP levels with the minimum at an edge model | {share_text} | > {t['isoflop_edge_share']:.0%} |",
-        f"| models per compute level (median, min) | {sizes_text} | median < {t['sizes_per_level_median']} |",
+        f"| iso-FLOP budgets or levels with the minimum at an edge model (dropped) | {share_text} | > {t['isoflop_edge_share']:.0%} |",
+        f"| models per compute budget or level (median, min) | {sizes_text} | median < {t['sizes_per_level_median']} |",
         f"| range of the parametric fit's mean log residual over T | {residual_text} | "
         f"> {t['residual_range']:.0%} and > {t['residual_ratio']:g}x |",
         f"| envelope points at T = {analysis.epochs} (all T) | {env['at_epochs']} ({env['all']}) | "
@@ -344,7 +376,7 @@ def markdown(analysis: fits.Analysis, study: str, figures: list[Path], out: Path
         else:
             lines.append(f"| {h.name} | {h.threshold_pflops:.3g} | {h.train_points} | {h.test_points} | "
                          f"{h.mean_abs_rel_error:.2%} | {h.max_abs_rel_error:.2%} |")
-    lines += _backtest_section(analysis) + _diagnosis_section(analysis)
+    lines += _backtest_section(analysis) + _calibration_section(analysis) + _diagnosis_section(analysis)
     if pruned is not None:
         lines += ["", *_pruned_section(pruned)]
     lines += ["", "## Figures", ""]

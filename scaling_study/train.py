@@ -21,11 +21,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import budget, data, evaluate, loader
+from . import budget, data, evaluate, families, loader
 from .errors import StudyError
 from .evaluate import autocast, compiled_mixed_loss, derive_seed, mixed_loss, precision_dtype
 from .files import write_atomic
-from .models import build
 from .optim import make_optimizer
 from .plan import JobSpec
 from .timing import EpochClock
@@ -103,7 +102,7 @@ def init_model(spec: JobSpec, pad_classes_to: int = 1) -> nn.Module:
     `pad_classes_to` pads the head's product only (models.MLP), not what is initialised."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(spec.seed, "init"))
-        return build(spec.model, spec.input_dim, spec.classes, pad_classes_to)
+        return families.build(spec.model, spec.channels, spec.resolution, spec.classes, pad_classes_to)
 
 
 CUDA_HEAD_PADDING = 64  # classes of the head's product rounded up to this on CUDA (models.MLP)

@@ -152,7 +152,7 @@ def test_fit_option_errors_are_one_line(cli, db_url, tmp_path, grid):
     cli("import", write_csv(grid, tmp_path / "other.csv"), "--db", db_url)
     assert "2 studies in the database; choose one with --study: grid, other" in cli("fit", "--db", db_url).output
     for args, message in ((["--metric", "nope"], "no evaluation points for metric 'nope'"),
-                          (["--kind", "wide"], "unknown --kind 'wide'; valid kinds: bottleneck, standard"),
+                          (["--kind", "wide"], "unknown --kind 'wide'; valid kinds: bottleneck, standard, cnn, vit"),
                           (["--epochs", "3"], "no evaluation points at T = 3 epochs"),
                           (["--exclude", "999"], "--exclude: no job 999 among the points")):
         result = cli("fit", "--db", db_url, "--study", "grid", *args)

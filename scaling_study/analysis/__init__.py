@@ -13,7 +13,8 @@ Intervals are the 2.5 and 97.5 percentiles of the bootstrap estimates.
 
 Modules: `select` (which points), `envelope` (the envelope and Eq. 5), `bottleneck` (Fig. 6),
 `parametric` (E(P, D)), `allocation` (Fig. 7's three estimators), `extrapolation` (held-out checks at the
-highest compute), `sweeps` (iso-FLOP sweep or grid; near-equal sizes merged), `isoflop` (approach 2 at
+highest compute), `backtest` (rolling-origin extrapolation), `calibration` (prediction intervals calibrated on it),
+`sweeps` (iso-FLOP sweep or grid; near-equal sizes merged), `isoflop` (approach 2 at
 the budgets, intervals over runs), `optimize` and `bootstrap` (how every law is fitted and its intervals drawn), `results` (what
 they return). `analyse` runs them all on one selection.
 """
@@ -29,7 +30,8 @@ from .sweeps import BUDGET_TOLERANCE, MERGE_TOLERANCE, describe, merge_sizes, sw
 from .cells import average_seeds
 from .data_constrained import DATA_CONSTRAINED_LAW, at_fixed_epochs, data_constrained_law, fit_data_constrained
 from .agreement import diagnose
-from .backtest import best_law, rolling_origin
+from .backtest import best_law, origin_predictions, rolling_origin, scores
+from .calibration import calibrate
 from .forms import choose_form, law_value
 from .bottleneck import SATURATING_LAW, fit_bottleneck_examples, fit_bottleneck_params, saturating_law
 from .envelope import COMPUTE_LAW, compute_law, envelope, envelope_mask, fit_compute_law
@@ -63,10 +65,13 @@ def summary_lines(analysis: Analysis) -> list[str]:
     best = best_law(analysis.backtest)
     if best:
         lines.append(f"back-test: {best} extrapolated best over {len({r.level for r in analysis.backtest})} compute levels")
+    for law, c in analysis.calibration.items():
+        if c["calibrated"]:
+            lines.append(f"{law} prediction intervals on the back-test: {c['coverage_before']:.0%} inside before calibration, "
+                         f"{c['coverage_after']:.0%} after (widened x{c['factor_below']:.2f} below, x{c['factor_above']:.2f} above)")
     d = analysis.agreement
     if d:
-        verdict = {True: "agree", False: "disagree", None: "not compared by interval"}[d["agree"]]
-        lines.append(f"allocation estimators {verdict}" + (f"; flags: {', '.join(d['flags'])}" if d["flags"] else ""))
+        lines.append(f"allocation estimators {d['verdict']}" + (f"; flags: {', '.join(d['flags'])}" if d["flags"] else ""))
     return lines
 
 
@@ -122,6 +127,7 @@ def analyse(frame: pd.DataFrame, filters: dict | None = None, epochs: int | None
     if isinstance(parametric, LawFit):
         held_out.append(held_out_parametric(frame, threshold, gamma))
     on_envelope = frame.index.isin(envelope(frame).index)
+    predictions = origin_predictions(frame, compute, [parametric, constrained])
     filters["epochs_for_allocation"] = epochs
     return Analysis(
         metric=metric, filters=filters, frame=frame.assign(envelope=on_envelope), epochs=epochs,
@@ -131,7 +137,8 @@ def analyse(frame: pd.DataFrame, filters: dict | None = None, epochs: int | None
         parametric=parametric, allocations=allocations, held_out=held_out,
         flops_exponent=gamma, flops_scale=kappa, bootstrap=bootstrap, seed=seed,
         data_constrained=constrained, form=form, seeds=seeds,
-        backtest=rolling_origin(frame, compute, [parametric, constrained]),
+        backtest=scores(predictions),
+        calibration=calibrate(predictions, frame, [compute, parametric, constrained], seeds, seed),
         agreement=diagnose(frame, epochs, allocations, parametric, chosen),
         sweep=describe(shape, merged, merge_tolerance),
     )

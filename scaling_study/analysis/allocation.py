@@ -85,8 +85,7 @@ def isoflop_minima(frame: pd.DataFrame, epochs: int, levels: int | None = None) 
     if curves.empty:
         return pd.DataFrame(columns=["pflops", "params", "examples", "models"])
     low, high = curves["logc"].min(), curves["logc"].max()
-    count = levels or int(np.clip(round(4 * (high - low) / math.log(10)), 5, 30))
-    grid = np.linspace(low, high, count + 2)[1:-1]
+    grid = isoflop.level_grid(low, high, levels)
     sizes = np.sort(curves["params"].unique())
     logf = np.log(curves.drop_duplicates("params").sort_values("params")["flops"].to_numpy(float))
     model = np.searchsorted(sizes, curves["params"].to_numpy())
@@ -142,9 +141,10 @@ def allocation_isoflop(frame: pd.DataFrame, epochs: int, bootstrap: int, rng: np
     fitted = _regression_allocation("isoflop", minima, weights, method, 0, rng)
     if not bootstrap:
         return replace(fitted, mode="levels")
-    a, b, resamples = isoflop.level_bootstrap(frame, epochs, bootstrap, rng)
-    return replace(fitted, a=Estimate(fitted.a.value, *a), b=Estimate(fitted.b.value, *b), resamples=resamples,
-                   mode="levels", resampled=isoflop.LEVEL_RESAMPLING)
+    s = isoflop.level_bootstrap(frame, epochs, bootstrap, rng)
+    return replace(fitted, a=Estimate(fitted.a.value, *interval(s["a"], s["ok"])),
+                   b=Estimate(fitted.b.value, *interval(s["b"], s["ok"])), resamples=int(s["ok"].sum()),
+                   mode="levels", resampled=isoflop.LEVEL_RESAMPLING, samples=s)
 
 
 def allocation_parametric(fit: LawFit, epochs: int, kappa: float, gamma: float) -> Allocation:

@@ -28,7 +28,7 @@ def _score(law: str, level: int, threshold: float, train: int, predicted: np.nda
     return BackTest(law, level, threshold / PFLOP, train, int(observed.size), float(relative.mean()), float(relative.max()))
 
 
-def _compute_law_levels(law: LawFit, usable: list) -> list[BackTest]:
+def _compute_law_levels(law: LawFit, usable: list) -> list[dict]:
     """Eq. 5 refitted to the envelope points below each level, from the full fit."""
     points = law.points
     pflops = points["compute"].to_numpy() / PFLOP
@@ -54,13 +54,18 @@ def _compute_law_levels(law: LawFit, usable: list) -> list[BackTest]:
     thetas, _ = refit_resamples(log_compute_law, start, x, np.log(error), weights, lower, uppers)
     for row, (level, threshold, test, below) in enumerate(rows):
         loge, _ = log_compute_law(thetas[row: row + 1], test["compute"].to_numpy() / PFLOP / c0, False)
-        results.append(_score("compute", level, threshold, int(below.sum()), np.exp(loge[0]), test["error"].to_numpy()))
+        results.append({"law": "compute", "level": level, "threshold": threshold, "train": int(below.sum()),
+                        "index": test.index.to_numpy(), "predicted": np.exp(loge[0]),
+                        "observed": test["error"].to_numpy(), "envelope": np.ones(len(test), bool)})
     return results
 
 
-def rolling_origin(frame: pd.DataFrame, compute_fit: LawFit, laws: list[LawFit | Skipped | None],
-                   quantiles: tuple[float, ...] = QUANTILES) -> list[BackTest]:
-    """Per level and law: the error on the envelope points above the level of a fit to the cells below it."""
+def origin_predictions(frame: pd.DataFrame, compute_fit: LawFit, laws: list[LawFit | Skipped | None],
+                       quantiles: tuple[float, ...] = QUANTILES) -> list[dict]:
+    """Per level and law, the out-of-sample predictions of a fit to the cells below the level: {law, level,
+    threshold, train, index (the frame's labels), predicted, observed, envelope (which are compute-optimal)}.
+
+    E(C) predicts the envelope points above the level; a parametric form every point above it."""
     compute = frame["compute"].to_numpy()
     thresholds = np.unique(np.quantile(compute, quantiles))
     on = envelope(frame)
@@ -73,6 +78,7 @@ def rolling_origin(frame: pd.DataFrame, compute_fit: LawFit, laws: list[LawFit |
         return []
     results = _compute_law_levels(compute_fit, usable)
     logy = np.log(frame["error"].to_numpy())
+    on_envelope = frame.index.isin(on.index)
     for law in laws:
         if not isinstance(law, LawFit):
             continue
@@ -82,12 +88,25 @@ def rolling_origin(frame: pd.DataFrame, compute_fit: LawFit, laws: list[LawFit |
         weights = np.stack([(compute <= threshold).astype(float) for _, threshold, _ in usable])
         thetas, ok = refit_resamples(log_law, np.clip(theta, lower, upper), x, logy, weights, lower, upper)
         loge, _ = log_law(thetas, x, False)
-        position = {index: i for i, index in enumerate(frame.index)}
-        for row, (level, threshold, test) in enumerate(usable):
-            rows = [position[i] for i in test.index]
-            results.append(_score(law.name, level, threshold, int(weights[row].sum()), np.exp(loge[row, rows]),
-                                  test["error"].to_numpy()))
+        for row, (level, threshold, _) in enumerate(usable):
+            above = compute > threshold
+            results.append({"law": law.name, "level": level, "threshold": threshold, "train": int(weights[row].sum()),
+                            "index": frame.index[above].to_numpy(), "predicted": np.exp(loge[row, above]),
+                            "observed": np.exp(logy[above]), "envelope": on_envelope[above]})
+    return results
+
+
+def scores(predictions: list[dict]) -> list[BackTest]:
+    """Each law's error per level on the compute-optimal points above the level."""
+    results = [_score(p["law"], p["level"], p["threshold"], p["train"], p["predicted"][p["envelope"]],
+                      p["observed"][p["envelope"]]) for p in predictions if p["envelope"].any()]
     return sorted(results, key=lambda r: (r.level, r.law))
+
+
+def rolling_origin(frame: pd.DataFrame, compute_fit: LawFit, laws: list[LawFit | Skipped | None],
+                   quantiles: tuple[float, ...] = QUANTILES) -> list[BackTest]:
+    """Per level and law: the error on the envelope points above the level of a fit to the cells below it."""
+    return scores(origin_predictions(frame, compute_fit, laws, quantiles))
 
 
 def best_law(results: list[BackTest]) -> str | None:

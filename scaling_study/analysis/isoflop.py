@@ -110,21 +110,30 @@ def allocation_budgets(frame: pd.DataFrame, epochs: int, shape: SweepShape, boot
                            "examples": np.exp(logn[0, kept]), "models": sizes[kept]})
     ok = np.isfinite(a[1:]) & np.isfinite(b[1:])
     estimate_a, estimate_b = Estimate(float(a[0])), Estimate(float(b[0]))
+    samples = None
     if bootstrap:
         estimate_a = Estimate(float(a[0]), *interval(a[1:], ok))
         estimate_b = Estimate(float(b[0]), *interval(b[1:], ok))
+        samples = {"a": a[1:], "b": b[1:], "p0": p0[1:], "n0": n0[1:], "ok": ok}
     method = (f"{int(kept.sum())} of {len(ids)} compute budgets at T = {epochs} with an interior minimum: a least-squares "
               f"parabola of log E over log P per budget (Hoffmann et al. approach 2), its vertex as log P*; OLS of "
               f"log P* and log N* on log C, one point per budget; bootstrap over the runs within each budget")
     return Allocation("isoflop", estimate_a, estimate_b, float(p0[0]), float(n0[0]), points, method,
                       int(ok.sum()) if bootstrap else 0, mode="budgets",
-                      resampled=BUDGET_RESAMPLING if bootstrap else "")
+                      resampled=BUDGET_RESAMPLING if bootstrap else "", samples=samples)
 
 
-def level_bootstrap(frame: pd.DataFrame, epochs: int, bootstrap: int,
-                    rng: np.random.Generator) -> tuple[tuple[float, float], tuple[float, float], int]:
-    """Intervals of a and b for the interpolated-levels estimator, resampling runs within each model
-    and re-taking the minima at the compute levels of the full fit: (a interval, b interval, resamples).
+def level_grid(low: float, high: float, count: int | None = None) -> np.ndarray:
+    """The compute levels (log C) of the interpolated iso-FLOP estimator: 4 per decade (5 to 30), inside
+    [low, high]."""
+    count = count or int(np.clip(round(4 * (high - low) / math.log(10)), 5, 30))
+    return np.linspace(low, high, count + 2)[1:-1]
+
+
+def level_bootstrap(frame: pd.DataFrame, epochs: int, bootstrap: int, rng: np.random.Generator) -> dict:
+    """Bootstrap draws of a, b and the intercepts p0, n0 (log P*, log N* at 1 PFLOP) for the
+    interpolated-levels estimator, resampling runs within each model and re-taking the minima at the
+    compute levels of the full fit: {"a", "b", "p0", "n0", "ok"}.
 
     Vectorised over the resamples: at each level, the resamples whose models reach it alike share one
     Akima spline (a column each)."""
@@ -138,8 +147,7 @@ def level_bootstrap(frame: pd.DataFrame, epochs: int, bootstrap: int,
     logp = np.log(sizes)
     # the levels of the full fit (as isoflop_minima places them)
     full = np.bincount(pairs, logc_points) / np.bincount(pairs)
-    count = int(np.clip(round(4 * (full.max() - full.min()) / math.log(10)), 5, 30))
-    grid = np.linspace(full.min(), full.max(), count + 2)[1:-1]
+    grid = level_grid(full.min(), full.max())
     counts = np.zeros((bootstrap, len(at_t)))
     for j in range(sizes.size):
         rows = np.flatnonzero(point_model == j)
@@ -174,9 +182,10 @@ def level_bootstrap(frame: pd.DataFrame, epochs: int, bootstrap: int,
     models = np.zeros((bootstrap, grid.size))
     for level in range(grid.size):
         have = np.isfinite(table[:, level, :])
-        codes = have @ (2.0 ** np.arange(sizes.size))  # each set of models reaching the level as a number
+        # each set of models reaching the level as one code (exact for any number of models)
+        _, codes = np.unique(have, axis=0, return_inverse=True)
         for code in np.unique(codes):
-            which = np.flatnonzero(codes == code)
+            which = np.flatnonzero(codes.ravel() == code)
             mask = have[which[0]]
             if mask.sum() < 3:
                 continue
@@ -190,10 +199,9 @@ def level_bootstrap(frame: pd.DataFrame, epochs: int, bootstrap: int,
     use = np.isfinite(best)
     logn = grid[None] + math.log(PFLOP / (3.0 * epochs)) - np.interp(np.nan_to_num(best), logp, logf)
     x = np.broadcast_to(grid, best.shape)
-    a, _ = _slopes(x, best, use, models)
-    b, _ = _slopes(x, logn, use, models)
-    ok = np.isfinite(a) & np.isfinite(b)
-    return interval(a, ok), interval(b, ok), int(ok.sum())
+    a, p0 = _slopes(x, best, use, models)
+    b, n0 = _slopes(x, logn, use, models)
+    return {"a": a, "b": b, "p0": p0, "n0": n0, "ok": np.isfinite(a) & np.isfinite(b)}
 
 
 def budget_profiles(frame: pd.DataFrame, epochs: int) -> list[dict]:

@@ -1,10 +1,6 @@
-"""What `study predict` answers, from one fitted Analysis: the value of a run not yet paid for, and
-the compute-optimal (P*, N*) at a target compute, each with a 95% interval.
-
-A prediction interval adds the scatter of single runs around the law to the uncertainty of the law
-itself: each bootstrap refit's prediction gets one draw of log-normal noise whose spread is the
-robust (1.4826 MAD) spread of the fit's log residuals, plus the seed spread a single run has beyond a
-cell's mean. With no bootstrap, the noise alone makes the interval.
+"""What `study predict` answers, from one fitted Analysis: the value of a run not yet paid for (of a
+model in the study or of any size), and the compute-optimal (P*, N*) at a target compute, each with a
+95% interval (prediction intervals as `calibration` draws and calibrates them).
 """
 
 from __future__ import annotations
@@ -17,11 +13,12 @@ import pandas as pd
 
 from ..budget import PFLOP
 from ..errors import BadInput, StudyError
+from . import calibration as calibrated
 from .envelope import compute_law
 from .forms import law_value
 from .results import Allocation, Analysis, LawFit
 
-LEVEL = 0.95
+LEVEL = calibrated.LEVEL
 WARN_BEYOND = 10.0  # a prediction this far outside the data's range says so
 REFUSE_BEYOND = 1e4  # and this far (four decades) is refused: the law was never seen to hold there
 
@@ -58,38 +55,6 @@ def _clip_error(row: dict, kind: str, label: str, notes: list[str]) -> dict:
     return row
 
 
-def _noise(fit: LawFit, analysis: Analysis) -> float:
-    """Std of log value of one new run around the law: the residual spread, plus the seed spread within cells."""
-    residual = np.log(fit.points["error"].to_numpy()) - np.log(fit.points["predicted"].to_numpy())
-    sigma = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
-    seeds = analysis.seeds
-    if seeds is not None and seeds.cells_with_seeds and math.isfinite(seeds.log_std):
-        sigma = math.sqrt(sigma**2 + seeds.log_std**2 * (1 - 1 / seeds.seeds_per_cell))
-    return sigma
-
-
-def _interval(point: float, draws: np.ndarray | None, sigma: float, rng: np.random.Generator) -> dict:
-    """Percentile interval of draws (log scale) with noise added; a normal one when there are no draws."""
-    tail = 100 * (1 - LEVEL) / 2
-    if draws is None or draws.size < 2:
-        z = 1.959963984540054
-        return {"value": point, "low": point * math.exp(-z * sigma), "high": point * math.exp(z * sigma)}
-    logs = np.log(draws) + rng.normal(0.0, sigma, draws.size)
-    low, high = np.exp(np.percentile(logs, [tail, 100 - tail]))
-    return {"value": point, "low": float(low), "high": float(high)}
-
-
-def _law_draws(fit: LawFit, params: float, examples: float, epochs: float) -> np.ndarray | None:
-    if fit.samples is None:
-        return None
-    s, ok = fit.samples, fit.samples["ok"]
-    data = examples * epochs
-    if "R_star" in s:
-        data = examples * (1.0 - s["R_star"] * np.expm1(-(epochs - 1.0) / s["R_star"]))
-    values = s["E_inf"] + s["A"] / params ** s["alpha"] + s["B"] / data ** s["beta"]
-    return values[ok & np.isfinite(values) & (values > 0)]
-
-
 def chosen_form(analysis: Analysis) -> LawFit:
     """The parametric form the held-out score chose (E(P, D) when none was compared)."""
     if analysis.form is not None and analysis.form.chosen == "data_constrained" and isinstance(analysis.data_constrained, LawFit):
@@ -99,32 +64,67 @@ def chosen_form(analysis: Analysis) -> LawFit:
     return analysis.parametric
 
 
-def predict_run(analysis: Analysis, model: str, examples: int, epochs: int, seed: int = 0) -> dict:
-    """The value of `model` trained on N examples for T epochs, by each parametric form fitted."""
+def resolve_model(frame: pd.DataFrame, model: str) -> tuple[str, list[str]]:
+    """A model name as the fit knows it: itself, or the model it was merged into (`--merge-sizes`), with a note."""
+    if model in set(frame["model"]):
+        notes = []
+        if "model_as_recorded" in frame.columns:
+            others = sorted(set(frame.loc[frame["model"] == model, "model_as_recorded"]) - {model})
+            if others:
+                notes.append(f"{model} stands for the near-equal sizes merged into it: {', '.join(others)}")
+        return model, notes
+    if "model_as_recorded" in frame.columns and model in set(frame["model_as_recorded"]):
+        kept = str(frame.loc[frame["model_as_recorded"] == model, "model"].iloc[0])
+        return kept, [(f"{model} was merged into {kept} (parameter counts within the --merge-sizes tolerance); "
+                       f"predicted as {kept}")]
+    known = sorted(set(frame["model"]) | set(frame.get("model_as_recorded", [])))
+    raise BadInput(f"unknown model {model!r}; models in the study: {', '.join(known)}")
+
+
+def predict_run(analysis: Analysis, model: str | None, examples: int, epochs: int, seed: int = 0,
+                params: float | None = None, flops_per_example: float | None = None) -> dict:
+    """The value of a run of N examples for T epochs, by each parametric form fitted: of a model of the
+    study (`model`), or of any size (`params`, with FLOP(f) given or the study's kappa P^gamma)."""
     frame = analysis.frame
-    known = frame.drop_duplicates("model").set_index("model")
-    if model not in known.index:
-        raise BadInput(f"unknown model {model!r}; models in the study: {', '.join(sorted(known.index))}")
     if examples <= 0 or epochs <= 0:
         raise BadInput(f"examples and epochs must be positive, not N = {examples}, T = {epochs}")
-    params = float(known.loc[model, "params"])
-    flops = float(known.loc[model, "flops_per_example"])
     notes: list[str] = []
+    if model is not None:
+        model, notes = resolve_model(frame, model)
+        known = frame.drop_duplicates("model").set_index("model")
+        params = float(known.loc[model, "params"])
+        flops = float(known.loc[model, "flops_per_example"])
+        flops_source = "the model's"
+    elif params is None or not (params > 0 and math.isfinite(params)):
+        raise BadInput(f"--params must be a positive parameter count, not {params}")
+    elif flops_per_example is not None:
+        flops, flops_source = float(flops_per_example), "given"
+    else:
+        flops = analysis.flops_scale * params ** analysis.flops_exponent
+        flops_source = (f"the study's FLOP(f) = {analysis.flops_scale:.4g} P^{analysis.flops_exponent:.4f} "
+                        "(a log-log fit across its models)")
+    if model is None:
+        _range_check("--params", float(params), frame["params"].to_numpy(float), notes)
     _range_check("N*T", float(examples) * float(epochs), (frame["examples"] * frame["epochs"]).to_numpy(float), notes)
     kind = analysis.filters.get("metric_kind", "error")
     rng = np.random.default_rng(seed)
+    calibration = analysis.calibration or {}
     forms = {}
     for fit in (analysis.parametric, analysis.data_constrained):
         if not isinstance(fit, LawFit):
             continue
         point = float(law_value(fit, params, examples, epochs))
-        row = _interval(point, _law_draws(fit, params, examples, epochs), _noise(fit, analysis), rng)
+        at = pd.DataFrame({"params": [params], "examples": [examples], "epochs": [epochs]})
+        draws = calibrated.law_draws(fit, at)
+        row = calibrated.interval(point, None if draws is None else draws[:, 0], calibrated.noise(fit, analysis.seeds),
+                                  rng, calibration.get(fit.name))
         forms[fit.name] = {**_clip_error(row, kind, f"{fit.name} form", notes), "formula": fit.formula,
                            "resamples": fit.resamples}
     if not forms:
         raise BadInput(f"no parametric law to predict a run with: {analysis.parametric.reason}")
     chosen = chosen_form(analysis).name
-    return {"model": model, "params": int(params), "examples": int(examples), "epochs": int(epochs),
+    return {"model": model, "params": float(params), "flops_per_example": flops, "flops_per_example_from": flops_source,
+            "examples": int(examples), "epochs": int(epochs),
             "pflops": 3.0 * flops * examples * epochs / PFLOP, "metric": analysis.metric,
             "metric_kind": kind, "level": LEVEL,
             "chosen_form": chosen, "prediction": forms[chosen], "forms": forms, "notes": notes}
@@ -159,11 +159,7 @@ def predict_compute(analysis: Analysis, pflops: float, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     law = analysis.compute
     point = float(compute_law(pflops, law))
-    draws = None
-    if law.samples is not None:
-        s = law.samples
-        values = s["a"] * (s["b"] + pflops) ** -s["alpha"] + s["E_inf"]
-        draws = values[s["ok"] & np.isfinite(values) & (values > 0)]
+    draws = calibrated.law_draws(law, pd.DataFrame({"pflops": [pflops]}))
     allocations = {}
     chosen = chosen_form(analysis) if isinstance(analysis.parametric, LawFit) else None
     for estimate in analysis.allocations:
@@ -175,7 +171,9 @@ def predict_compute(analysis: Analysis, pflops: float, seed: int = 0) -> dict:
             there = {"value": float(law_value(chosen, row["params"], row["examples"], analysis.epochs))}
             row["value_there"] = _clip_error(there, kind, f"{estimate.estimator}'s allocation", notes)["value"]
         allocations[estimate.estimator] = row
-    best = _clip_error(_interval(point, draws, _noise(law, analysis), rng), kind, "the compute law", notes)
+    best = calibrated.interval(point, None if draws is None else draws[:, 0], calibrated.noise(law, analysis.seeds), rng,
+                               (analysis.calibration or {}).get("compute"))
+    best = _clip_error(best, kind, "the compute law", notes)
     return {"pflops": pflops, "metric": analysis.metric, "metric_kind": kind,
             "level": LEVEL, "extrapolation": float(pflops / observed.max()),
             "compute_law": {**best, "formula": law.formula},
@@ -183,19 +181,29 @@ def predict_compute(analysis: Analysis, pflops: float, seed: int = 0) -> dict:
             "value_there_by": None if chosen is None else chosen.name, "notes": notes}
 
 
-def check_question(model: str | None, examples: int | None, epochs: int | None, compute: float | None) -> None:
-    """`study predict` asks for a run (model, N and T), a compute, or both; found before any work."""
-    if model is None and compute is None:
-        raise BadInput("say what to predict: --model M --examples N --epochs T, and/or --compute PFLOPS")
-    if model is not None and (examples is None or epochs is None):
-        raise BadInput("--model needs --examples N and --epochs T")
+def check_question(model: str | None, examples: int | None, epochs: int | None, compute: float | None,
+                   params: float | None = None, flops_per_example: float | None = None) -> None:
+    """`study predict` asks for a run (a model or a parameter count, with N and T), a compute, or both;
+    found before any work."""
+    if model is None and params is None and compute is None:
+        raise BadInput("say what to predict: --model M (or --params P) --examples N --epochs T, and/or --compute PFLOPS")
+    if model is not None and params is not None:
+        raise BadInput("--model and --params both name the run's size; give one")
+    if flops_per_example is not None and params is None:
+        raise BadInput("--flops-per-example goes with --params (a model of the study has its own)")
+    for name, value in (("--params", params), ("--flops-per-example", flops_per_example)):
+        if value is not None and not (value > 0 and value < float("inf")):
+            raise BadInput(f"{name} must be a positive number, not {value:g}")
+    if (model is not None or params is not None) and (examples is None or epochs is None):
+        raise BadInput(f"{'--model' if model is not None else '--params'} needs --examples N and --epochs T")
     if compute is not None and not (compute > 0 and compute < float("inf")):
         raise BadInput(f"--compute must be a positive number of PFLOPs, not {compute:g}")
 
 
 def answer(frame: pd.DataFrame, study: str, metric: str | None = None, kind: str | None = None,
            exclude: Sequence[int] = (), model: str | None = None, examples: int | None = None,
-           epochs: int | None = None, compute: float | None = None, bootstrap: int = 300, seed: int = 0) -> dict:
+           epochs: int | None = None, compute: float | None = None, bootstrap: int = 300, seed: int = 0,
+           params: float | None = None, flops_per_example: float | None = None) -> dict:
     """`study predict`'s answer from a study's evaluation points: {"study", and "run" and/or "compute"}."""
     from . import analyse
     from .select import select
@@ -206,7 +214,8 @@ def answer(frame: pd.DataFrame, study: str, metric: str | None = None, kind: str
     selected, filters = select(frame, metric, kind, exclude)
     if model is not None and model not in set(selected["model"]):
         raise BadInput(f"unknown model {model!r}; models in the study: {', '.join(sorted(set(selected['model'])))}")
-    allocation_epochs = epochs if compute is not None and model is None else None
+    run = model is not None or params is not None
+    allocation_epochs = epochs if compute is not None and not run else None
     try:
         analysis = analyse(selected, filters, allocation_epochs, bootstrap, seed)
     except BadInput:
@@ -214,8 +223,8 @@ def answer(frame: pd.DataFrame, study: str, metric: str | None = None, kind: str
     except StudyError as error:
         raise BadInput(f"study {study!r} cannot be fitted: {error}") from None
     result: dict = {"study": study}
-    if model is not None:
-        result["run"] = predict_run(analysis, model, examples, epochs, seed)
+    if run:
+        result["run"] = predict_run(analysis, model, examples, epochs, seed, params, flops_per_example)
     if compute is not None:
         result["compute"] = predict_compute(analysis, compute, seed)
     return result

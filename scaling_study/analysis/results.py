@@ -107,6 +107,7 @@ class Analysis:
     backtest: list[BackTest] = field(default_factory=list)  # rolling-origin extrapolation per law
     agreement: dict = field(default_factory=dict)  # do the allocation estimators agree, and the checks that say why not
     sweep: dict = field(default_factory=dict)  # sweeps.describe: iso-FLOP mode, budgets, sizes merged
+    calibration: dict = field(default_factory=dict)  # per law: the back-test's interval coverage and widening
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,14 @@ from ..errors import BadInput, StudyError
 MODEL_KINDS = ("bottleneck", "standard")
 
 
+FAMILY_KINDS = ("cnn", "vit")  # built-in families besides the MLPs; a user family's kind is its module:callable
+
+
 def check_kind(kind: str | None) -> None:
-    """A --kind is one of MODEL_KINDS (or none: every kind)."""
-    if kind and kind not in MODEL_KINDS:
-        raise BadInput(f"unknown --kind {kind!r}; valid kinds: {', '.join(MODEL_KINDS)}")
+    """A --kind is one of MODEL_KINDS, a built-in family or a user family's module:callable (or none: every kind)."""
+    if kind and kind not in MODEL_KINDS + FAMILY_KINDS and ":" not in kind:
+        raise BadInput(f"unknown --kind {kind!r}; valid kinds: {', '.join(MODEL_KINDS + FAMILY_KINDS)}, "
+                       "or a family's module:callable")
 
 
 def default_metric(metrics: Iterable[str]) -> str:

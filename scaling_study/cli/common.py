@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
+from rich.table import Table
 from sqlalchemy import exc as sa_errors
 
 from .. import db
@@ -21,8 +22,36 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(emoji=False, markup=False)  # user text (names, paths, cuda:O) is printed as it is
-errors = Console(stderr=True, emoji=False, markup=False)
+PIPE_WIDTH = 400  # columns of output that is not a terminal: a table keeps its natural width, up to this
+
+
+class StudyConsole(Console):
+    """A console that, writing to a pipe or a file, is as wide as its tables need (up to PIPE_WIDTH)
+    instead of the 80 columns (or the terminal's width) Rich would assume; COLUMNS still decides."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self._width is None and not self.is_terminal and "COLUMNS" not in self._environ:
+            return ConsoleDimensions(PIPE_WIDTH, size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
+console = StudyConsole(emoji=False, markup=False)  # user text (names, paths, cuda:O) is printed as it is
+errors = StudyConsole(stderr=True, emoji=False, markup=False)
+
+
+def wrapping_table(title: str, columns: list[str], left: set[str] = frozenset()) -> Table:
+    """A table whose cells wrap (words broken when they must) rather than being cut with an ellipsis,
+    however narrow the terminal: a reason is read whole. Columns in `left` are left-aligned, others right."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="left" if column in left else "right", overflow="fold")
+    return table
 
 DbOption = Annotated[
     Optional[str],

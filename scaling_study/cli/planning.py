@@ -14,6 +14,11 @@ from ..formatting import pflops
 from .common import DbOption, app, console, errors, user_errors
 
 
+def count_text(count: int) -> str:
+    """A count in millions to two decimals; below 10,000 (0.00M would say nothing) the number itself."""
+    return f"{count:,}" if count < 10_000 else f"{count / 1e6:,.2f}M"
+
+
 @app.command()
 @user_errors
 def plan(
@@ -41,7 +46,7 @@ def plan(
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
     for row in summary.rows:
         table.add_row(
-            row.name, f"{row.params / 1e6:,.2f}M", f"{row.flops / 1e6:,.2f}M", str(row.jobs), str(row.points),
+            row.name, count_text(row.params), count_text(row.flops), str(row.jobs), str(row.points),
             pflops(row.naive_compute), pflops(row.compute), *([hours_text(needed.per_model[row.name])] if estimate else []),
         )
     table.add_row(

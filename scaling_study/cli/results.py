@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from .. import db
 from ..checks import printable
 from ..errors import BadInput
-from ..formatting import estimate_interval, row_interval
-from .common import DbOption, app, console, errors, one_study, user_errors
+from ..formatting import estimate_interval, interval, row_interval
+from .common import DbOption, app, console, errors, one_study, user_errors, wrapping_table
 
 
 @app.command("import")
@@ -68,9 +68,13 @@ def export_results(
 @user_errors
 def fit_laws(
     db_url: DbOption = None,
-    study: Annotated[Optional[str], typer.Option(help="Study to fit [default: the only one in the database]")] = None,
+    study: Annotated[Optional[list[str]], typer.Option(help="Study to fit [default: the only one in the database]; "
+                                                       "repeat to compare studies")] = None,
     metric: Annotated[Optional[str], typer.Option(help="Metric [default: the first */linear, else upstream/top1]")] = None,
-    kind: Annotated[Optional[str], typer.Option(help="Only models of this kind: bottleneck (B-MLP) or standard (S-MLP)")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="Only models of this kind: bottleneck (B-MLP), standard (S-MLP), "
+                                                "or a family (cnn, vit, module:callable)")] = None,
+    compare_kinds: Annotated[bool, typer.Option("--compare-kinds", help="Fit each model kind of the study on its own "
+                                                "and compare them")] = False,
     epochs: Annotated[Optional[int], typer.Option(help="T of the envelope and iso-FLOP allocation [default: the smallest T]")] = None,
     exclude: Annotated[Optional[list[int]], typer.Option(help="Leave out this job id (repeat for more)")] = None,
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% intervals")] = 1000,
@@ -80,6 +84,7 @@ def fit_laws(
     budget_tolerance: Annotated[float, typer.Option(min=1e-6, max=2.0, help="Points whose log compute differ by at most this share an iso-FLOP budget")] = 0.1,
     page: Annotated[bool, typer.Option("--page/--no-page", help="Also write the study's page, index.html")] = True,
     runs_dir: Annotated[Path, typer.Option(help="Job folders, for the page's loss curves", envvar="STUDY_RUNS")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print fit.json (every number) instead of the tables")] = False,
 ) -> None:
     """Fit E(C), the bottleneck laws and the compute-optimal allocation; write figures, a report and the page."""
     from .. import analysis as fits
@@ -90,15 +95,23 @@ def fit_laws(
     check_kind(kind)
     writable_folder(out)
     engine = db.connect(db_url, create=False, write=False)
-    name = one_study(engine, study)
+    if compare_kinds or len(study or []) > 1:
+        compare_groups(engine, study, compare_kinds, metric, kind, epochs, exclude or (), bootstrap, seed, merge_sizes,
+                       budget_tolerance, out)
+        return
+    name = one_study(engine, study[0] if study else None)
     done = fit_study(engine, name, out, metric, kind, epochs, exclude or (), bootstrap, seed, merge_sizes, budget_tolerance)
     analysis, written = done.analysis, list(done.files)
     if page:
         written.append(write_study_page(engine, name, out, runs_dir))
 
-    laws = Table(title=f"study {name!r}, {analysis.metric}: {len(done.points)} points, 95% bootstrap intervals")
-    for column in ("law", "points", "alpha", "E_inf", "status"):
-        laws.add_column(column, justify="left" if column in ("law", "status") else "right")
+    if as_json:
+        from ..report import JSON_NAME
+
+        print((out / JSON_NAME).read_text(), end="")
+        return
+    laws = wrapping_table(f"study {name!r}, {analysis.metric}: {len(done.points)} points, 95% bootstrap intervals",
+                          ["law", "points", "alpha", "E_inf", "status"], left={"law", "status"})
     named = (("E(C) envelope", analysis.compute), ("E vs params", analysis.bottleneck_params),
              ("E vs examples", analysis.bottleneck_examples), ("E(P, D)", analysis.parametric))
     if analysis.data_constrained is not None:
@@ -113,9 +126,8 @@ def fit_laws(
             laws.add_row(label, str(len(law.points)), alpha, estimate_interval(law.params["E_inf"], ".3g"),
                          identifiability.status_text(law.status, identifiability.law_flags(law)))
     console.print(laws)
-    allocation = Table(title=f"compute-optimal allocation P* ~ C^a, N* ~ C^b (T = {analysis.epochs})")
-    for column in ("estimator", "a", "b", "mode"):
-        allocation.add_column(column, justify="left" if column in ("estimator", "mode") else "right")
+    allocation = wrapping_table(f"compute-optimal allocation P* ~ C^a, N* ~ C^b (T = {analysis.epochs})",
+                                ["estimator", "a", "b", "mode"], left={"estimator", "mode"})
     for estimate in analysis.allocations:
         if isinstance(estimate, fits.Skipped):
             allocation.add_row(estimate.name, "not fitted", estimate.reason, "")
@@ -141,14 +153,47 @@ def fit_laws(
                           soft_wrap=True)
     if pruned := done.pruned:
         saved = sum(p["saved_pflops"] for p in pruned)
-        table = Table(title=f"pruned trajectories (adaptive): {len(pruned)}, saving {saved:.3g} PFLOPs")
-        for column in ("job", "model", "N", "epochs run", "saved PFLOPs", "closest point vs envelope"):
-            table.add_column(column, justify="left" if column in ("model", "closest point vs envelope") else "right")
+        table = wrapping_table(f"pruned trajectories (adaptive): {len(pruned)}, saving {saved:.3g} PFLOPs",
+                               ["job", "model", "N", "epochs run", "saved PFLOPs", "closest point vs envelope"],
+                               left={"model", "closest point vs envelope"})
         for p in pruned:
             table.add_row(str(p["job_id"]), p["model"], f"{p['examples']:,}", f"{p['epochs_done']}/{p['epochs']}",
                           f"{p['saved_pflops']:.3g}", f"T = {p['epoch']}: low {p['low']:.4f} > {p['envelope']:.4f}")
         console.print(table)
     console.print("wrote " + ", ".join(str(p) for p in [*done.figures, *written]), markup=False, highlight=False)
+
+
+def compare_groups(engine, studies: list[str] | None, by_kind: bool, metric: str | None, kind: str | None,
+                   epochs: int | None, exclude: Sequence[int], bootstrap: int, seed: int, merge_sizes: float,
+                   budget_tolerance: float, out: Path) -> None:
+    """`study fit` over two studies, or over the kinds of one: each fitted on its own, then side by side."""
+    from .. import compare
+    from ..report import _unwritable
+
+    if len(studies or []) > 1 and by_kind:
+        raise BadInput("--compare-kinds compares the kinds of one study; with two --study, leave it out")
+    names = [one_study(engine, s) for s in studies] if studies else [one_study(engine, None)]
+    analyses = compare.compare(compare.groups(engine, names, by_kind, metric, kind, exclude), epochs, bootstrap, seed,
+                               merge_sizes, budget_tolerance)
+    try:
+        written, rows = compare.write(analyses, out)
+    except OSError as error:
+        raise _unwritable(out, error) from None
+    labels = list(analyses)
+    first = next(iter(analyses.values()))
+    table = Table(title=f"{' vs '.join(labels)}, {first.metric}: 95% bootstrap intervals, each group fitted on its own")
+    pairs = list(rows[0]["verdicts"]) if rows else []
+    for column in ("quantity", *labels, *pairs):
+        table.add_column(column, justify="right" if column in labels else "left")
+    for row in rows:
+        cells = [interval(row["groups"][label]["value"], row["groups"][label]["low"], row["groups"][label]["high"], ".3g")
+                 for label in labels]
+        table.add_row(row["quantity"], *cells, *({True: "differ", False: "no", None: "-"}[row["verdicts"][pair]["differ"]] for pair in pairs))
+    console.print(table)
+    console.print("differ: the 95% interval of the difference of the bootstrap draws excludes 0 (see report.md)",
+                  markup=False, highlight=False, soft_wrap=True)
+    console.print("wrote " + ", ".join(str(p) for p in written if p.suffix in (".png", ".json", ".md")),
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("predict")
@@ -157,8 +202,10 @@ def predict(
     db_url: DbOption = None,
     study: Annotated[Optional[str], typer.Option(help="Study to fit [default: the only one in the database]")] = None,
     metric: Annotated[Optional[str], typer.Option(help="Metric [default: the first */linear, else upstream/top1]")] = None,
-    kind: Annotated[Optional[str], typer.Option(help="Only models of this kind: bottleneck or standard")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="Only models of this kind: bottleneck, standard, or a family")] = None,
     model: Annotated[Optional[str], typer.Option(help="Predict a run of this model (with --examples and --epochs)")] = None,
+    params: Annotated[Optional[float], typer.Option(help="Predict a run of a model of this many parameters, in the study or not (with --examples and --epochs)")] = None,
+    flops_per_example: Annotated[Optional[float], typer.Option(help="FLOP(f) of the --params model [default: the study's log-log fit of FLOP(f) on P]")] = None,
     examples: Annotated[Optional[int], typer.Option(help="N of the run to predict")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="T of the run to predict; with --compute, the T of the allocation")] = None,
     compute: Annotated[Optional[float], typer.Option(help="Target compute in PFLOPs: the best value and (P*, N*) there")] = None,
@@ -172,12 +219,12 @@ def predict(
     from ..analysis.predict import check_question
     from ..analysis.select import check_kind
 
-    check_question(model, examples, epochs, compute)
+    check_question(model, examples, epochs, compute, params, flops_per_example)
     check_kind(kind)
     engine = db.connect(db_url, create=False, write=False)  # predict only reads
     name = one_study(engine, study)
     answer = prediction(db.evaluations_frame(engine, name, metric), name, metric, kind, exclude or (), model, examples,
-                        epochs, compute, bootstrap, seed)
+                        epochs, compute, bootstrap, seed, params, flops_per_example)
     if as_json:
         from ..report import json_text
 
@@ -185,20 +232,23 @@ def predict(
         return
     if "run" in answer:
         run = answer["run"]
-        console.print(f"{run['model']} at N = {run['examples']:,}, T = {run['epochs']} ({run['pflops']:.3g} PFLOPs): "
-                      f"{run['metric']} {run['metric_kind']} {row_interval(run['prediction'])} (95% prediction interval, "
-                      f"{run['chosen_form']} form)", markup=False, highlight=False)
+        size = run["model"] or f"a model of {run['params']:.4g} parameters (FLOP(f) {run['flops_per_example']:.4g})"
+        console.print(f"{size} at N = {run['examples']:,}, T = {run['epochs']} ({run['pflops']:.3g} PFLOPs): "
+                      f"{run['metric']} {run['metric_kind']} {row_interval(run['prediction'])} (95% prediction interval"
+                      f"{interval_kind(run['prediction'])}, {run['chosen_form']} form)", markup=False, highlight=False,
+                      soft_wrap=True)
         for form, row in run["forms"].items():
             if form != run["chosen_form"]:
                 console.print(f"  {form} form: {row_interval(row)}", markup=False, highlight=False)
+        for note in run["notes"]:
+            console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     if "compute" in answer:
         at = answer["compute"]
         console.print(f"at {at['pflops']:.4g} PFLOPs ({at['extrapolation']:.3g}x the largest run): best "
-                      f"{at['metric_kind']} {row_interval(at['compute_law'])} by {at['compute_law']['formula']}",
-                      markup=False, highlight=False)
-        table = Table(title=f"compute-optimal allocation at {at['pflops']:.4g} PFLOPs (T = {at['epochs_for_allocation']}), 95% intervals")
-        for column in ("estimator", "P*", "N*", f"{at['metric_kind']} there"):
-            table.add_column(column, justify="left" if column == "estimator" else "right")
+                      f"{at['metric_kind']} {row_interval(at['compute_law'])}{interval_kind(at['compute_law'])} by "
+                      f"{at['compute_law']['formula']}", markup=False, highlight=False, soft_wrap=True)
+        table = wrapping_table(f"compute-optimal allocation at {at['pflops']:.4g} PFLOPs (T = {at['epochs_for_allocation']}), "
+                               "95% intervals", ["estimator", "P*", "N*", f"{at['metric_kind']} there"], left={"estimator"})
         for estimator, row in at["allocation"].items():
             if "skipped" in row:
                 table.add_row(estimator, "not fitted", row["skipped"], "")
@@ -206,6 +256,13 @@ def predict(
                 there = row.get("value_there")
                 table.add_row(estimator, row_interval(row, "params"), row_interval(row, "examples"), "" if there is None else f"{there:.4g}")
         console.print(table)
+        for note in at["notes"]:
+            console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+
+
+def interval_kind(row: dict) -> str:
+    """', calibrated on the back-test' when the interval was widened by the calibration."""
+    return ", calibrated on the back-test" if row.get("calibrated") else ""
 
 
 @app.command("report")
