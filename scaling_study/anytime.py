@@ -30,7 +30,11 @@ from .analysis import (
     LawFit,
     allocation_envelope,
     allocation_isoflop,
+    allocation_parametric,
+    at_fixed_epochs,
     average_seeds,
+    choose_form,
+    fit_data_constrained,
     fit_bottleneck_examples,
     fit_bottleneck_params,
     fit_compute_law,
@@ -70,11 +74,11 @@ def headline(points: pd.DataFrame, bootstrap: int = 0, seed: int = 0, with_param
     rng = np.random.default_rng(seed)
     out: dict[str, tuple] = {}
 
-    def put(name: str, e) -> None:  # noqa: ANN001 - an analysis.Estimate
+    def put(name: str, e) -> None:
         if e.value is not None and np.isfinite(e.value):
             out[name] = (float(e.value), e.low, e.high)
 
-    def fitted(law) -> bool:  # noqa: ANN001
+    def fitted(law) -> bool:
         return isinstance(law, LawFit) and not law.status.startswith("failed")
 
     compute = _quiet(lambda: fit_compute_law(frame, bootstrap, rng))
@@ -84,7 +88,8 @@ def headline(points: pd.DataFrame, bootstrap: int = 0, seed: int = 0, with_param
         law = _quiet(lambda fit=fit: fit(frame, bootstrap, rng))
         if fitted(law):
             put(name, law.params["alpha"])
-    parametric = _quiet(lambda: fit_parametric(frame, bootstrap, rng, flops_scaling(frame)[1])) if with_parametric else None
+    kappa, gamma = flops_scaling(frame)
+    parametric = _quiet(lambda: fit_parametric(frame, bootstrap, rng, gamma)) if with_parametric else None
     if fitted(parametric):
         for name in ("alpha", "beta"):
             put(f"E(P,D) {name}", parametric.params[name])
@@ -94,13 +99,22 @@ def headline(points: pd.DataFrame, bootstrap: int = 0, seed: int = 0, with_param
         if allocation is not None and hasattr(allocation, "a"):
             put(f"a ({estimator})", allocation.a)
             put(f"b ({estimator})", allocation.b)
-    if fitted(parametric):
-        put("a (parametric)", parametric.params["a"])
-        put("b (parametric)", parametric.params["b"])
+    if fitted(parametric):  # the allocation of the form study fit chooses, as analysis.analyse does
+        chosen = parametric
+        constrained = _quiet(lambda: fit_data_constrained(frame, 0, rng, gamma, start=parametric))
+        form = _quiet(lambda: choose_form(frame, parametric, constrained)) if constrained is not None else None
+        if form is not None and form.chosen == "data_constrained":
+            chosen = constrained
+            if bootstrap:
+                chosen = fit_data_constrained(frame, bootstrap, np.random.default_rng([seed, 5]), gamma, start=parametric)
+            chosen = at_fixed_epochs(chosen, epochs)
+        allocation = allocation_parametric(chosen, epochs, kappa, gamma)
+        put("a (parametric)", allocation.a)
+        put("b (parametric)", allocation.b)
     return out
 
 
-def _quiet(fit):  # noqa: ANN001, ANN202
+def _quiet(fit):
     """A fit, or None when too few points make it raise (an anytime study starts with almost none)."""
     try:
         return fit()
