@@ -550,14 +550,16 @@ def main() -> None:
     parser.add_argument("--score-until", type=float, default=1.0,
                         help="anytime: share of the grid past which the uncertainty policy stops scoring")
     parser.add_argument("--warm-up", type=int, default=12, help="anytime: points before the first scoring step")
+    parser.add_argument("--name", default="adaptive_anytime",
+                        help="replay: results file (benchmarks/results/NAME.json) and figure (docs/img/NAME.png)")
     args = parser.parse_args()
     if args.part == "replay":
         reports = [run_anytime(points, rows, label, args.resamples, args.score_until, args.warm_up)
                    for label, points, rows in anytime_sources(args.db, args.simulation)]
         for report in reports:
             print_anytime(report)
-        draw_anytime(reports, ROOT / "docs" / "img" / "adaptive_anytime.png")
-        print(f"wrote {write('adaptive_anytime', {'sources': reports})} and docs/img/adaptive_anytime.png")
+        draw_anytime(reports, ROOT / "docs" / "img" / f"{args.name}.png")
+        print(f"wrote {write(args.name, {'sources': reports})} and docs/img/{args.name}.png")
         return
     if args.part == "simulate":
         report = run_simulation()
