@@ -501,11 +501,12 @@ def draw_anytime(reports: list[dict], path: Path) -> None:
             curve = report["policies"][policy]["curve"]
             for name in report["full"]:
                 xs = [s["share"] for s in curve if name in s["distance"]]
-                ys = [min(abs(s["distance"][name]), 10) for s in curve if name in s["distance"]]
+                ys = [min(max(abs(s["distance"][name]), 1e-3), 10) for s in curve if name in s["distance"]]
                 ax.plot(xs, ys, lw=1, label=name)
             ax.axhline(1, color="k", ls="--", lw=0.8)
             ax.axvline(0.5, color="grey", ls=":", lw=0.8)
             ax.set_yscale("log")
+            ax.set_ylim(1e-3, 10)
             ax.set_xlim(0, 1)
             shares = report["policies"][policy]["enters_and_stays"]["all"]
             ax.set_title(f"{report['source']}: {policy}\nall inside from {fmt_share(shares)}", fontsize=9)
