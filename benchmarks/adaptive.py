@@ -437,20 +437,21 @@ def enters_and_stays(curve: list[dict], names: list[str]) -> dict:
 
 
 def run_anytime(points: pd.DataFrame, rows: list[dict], label: str, resamples: int, score_until: float,
-                warm_up: int) -> dict:
+                warm_up: int, policies: tuple[str, ...] = POLICIES, full_bootstrap: int = 1000) -> dict:
     """Every policy replayed on one finished grid's points (a `select` output) and its job rows."""
     from scaling_study import anytime
 
     started = time.perf_counter()
-    full = {k: v for k, v in anytime.headline(points, bootstrap=1000).items() if np.isfinite(v[1])}
+    full = {k: v for k, v in anytime.headline(points, bootstrap=full_bootstrap).items() if np.isfinite(v[1])}
     names = list(full)
     rungs = rungs_of(points)
     order = adaptive.claim_order(rows)
     report = {"source": label, "trajectories": len(rungs), "rungs": sum(map(len, rungs.values())),
               "points": len(points), "full": {k: {"value": v[0], "low": v[1], "high": v[2]} for k, v in full.items()},
               "uncertainty_settings": {"resamples": resamples, "score_until": score_until, "warm_up": warm_up},
+              "full_bootstrap": full_bootstrap,
               "policies": {}}
-    for policy in POLICIES:
+    for policy in policies:
         t0 = time.perf_counter()
         decisions = []
         if policy == "grid order":
@@ -480,10 +481,10 @@ def fmt_share(share: float | None) -> str:
 def print_anytime(report: dict) -> None:
     names = list(report["full"]) + ["all"]
     print(f"{report['source']}: {report['trajectories']} trajectories, {report['rungs']} rungs")
-    print(f"{'compute share from which inside':32}" + "".join(f"{p:>18}" for p in POLICIES))
+    print(f"{'compute share from which inside':32}" + "".join(f"{p:>18}" for p in report["policies"]))
     for name in names:
-        print(f"{name:32}" + "".join(f"{fmt_share(report['policies'][p]['enters_and_stays'][name]):>18}"
-                                      for p in POLICIES))
+        print(f"{name:32}" + "".join(f"{fmt_share(v['enters_and_stays'][name]):>18}"
+                                      for v in report["policies"].values()))
 
 
 def draw_anytime(reports: list[dict], path: Path) -> None:
@@ -494,10 +495,11 @@ def draw_anytime(reports: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(reports), len(POLICIES), figsize=(4 * len(POLICIES), 3.2 * len(reports)),
+    columns = max(len(r["policies"]) for r in reports)
+    fig, axes = plt.subplots(len(reports), columns, figsize=(4 * columns, 3.2 * len(reports)),
                              sharey=True, squeeze=False)
     for row, report in zip(axes, reports):
-        for ax, policy in zip(row, POLICIES):
+        for ax, policy in zip(row, report["policies"]):
             curve = report["policies"][policy]["curve"]
             for name in report["full"]:
                 xs = [s["share"] for s in curve if name in s["distance"]]
@@ -551,11 +553,17 @@ def main() -> None:
     parser.add_argument("--score-until", type=float, default=1.0,
                         help="anytime: share of the grid past which the uncertainty policy stops scoring")
     parser.add_argument("--warm-up", type=int, default=12, help="anytime: points before the first scoring step")
+    parser.add_argument("--policies", default=",".join(POLICIES), help="replay: the policies, comma-separated")
+    parser.add_argument("--full-bootstrap", type=int, default=1000, help="replay: resamples of the full grid's intervals")
     parser.add_argument("--name", default="adaptive_anytime",
                         help="replay: results file (benchmarks/results/NAME.json) and figure (docs/img/NAME.png)")
     args = parser.parse_args()
     if args.part == "replay":
-        reports = [run_anytime(points, rows, label, args.resamples, args.score_until, args.warm_up)
+        policies = tuple(p for p in args.policies.split(",") if p)
+        if not policies or not set(policies) <= set(POLICIES):
+            parser.error(f"--policies: choose among {', '.join(POLICIES)}")
+        reports = [run_anytime(points, rows, label, args.resamples, args.score_until, args.warm_up, policies,
+                               args.full_bootstrap)
                    for label, points, rows in anytime_sources(args.db, args.simulation)]
         for report in reports:
             print_anytime(report)
