@@ -2,7 +2,8 @@
 
     python benchmarks/adaptive.py simulate            # (a) no training: seconds to a minute
     python benchmarks/adaptive.py demo [--work DIR] [--arms default,unprotected]   # (b) trained, ~20-40 min
-    python benchmarks/adaptive.py replay --db sqlite:///DIR/full/results.db        # (b) arms replayed, ~2 min
+    python benchmarks/adaptive.py replay-arms --db sqlite:///DIR/full/results.db   # (b) arms replayed, ~2 min
+    python benchmarks/adaptive.py replay --db URL [--simulation]   # (c) every policy rung by rung, ~10-30 min
 
 (a) The shape of grids/cifar100.toml (6 models x 5 subset sizes, trajectories evaluated at
 T = 50..800) on synthetic points from a known E(P, D) law (scaling_study.synthetic, with its
@@ -19,6 +20,14 @@ trained (Eq. 4 of each job's epochs_done), wall time, and every headline number 
 (E(C) alpha, alpha_P, alpha_N, allocation a/b by each estimator), and checks each adaptive
 value against the full run's 95% interval. The goal: at most 50% of the compute, every headline inside.
 Results: benchmarks/results/adaptive_simulation.json and adaptive_demo*.json.
+
+(c) Any finished study (every trajectory with all its rungs), or the simulation of (a), replayed
+rung by rung (a rung: one evaluation epoch of a trajectory) in the order each policy picks: grid
+order, coarse-to-fine, envelope pruning (no guards) and the uncertainty policy (scaling_study.anytime,
+replay-only). After each rung the headlines are refitted on the points revealed; it records the
+compute share from which each headline (and all together) is inside the full grid's 95% interval
+and stays inside, and draws the anytime curves (docs/img/adaptive_anytime.png).
+Results: benchmarks/results/adaptive_anytime.json.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -313,21 +323,259 @@ def print_replay(report: dict) -> None:
               f"the full run's 95% interval" + (f", not fitted: {', '.join(r['not_fitted'])}" if r["not_fitted"] else ""))
 
 
+# ---- (c) anytime replay: every policy revealed rung by rung on a finished study's points ----
+
+POLICIES = ("grid order", "coarse-to-fine", "envelope pruning", "uncertainty")
+
+
+def rungs_of(points: pd.DataFrame) -> dict[int, list[int]]:
+    """{job id: its evaluation epochs in order} of a selection."""
+    return {int(j): sorted(int(t) for t in g["epochs"].unique()) for j, g in points.groupby("job_id")}
+
+
+def rung_cost(row: dict, before: int, epoch: int) -> float:
+    """Eq. 4 of training a trajectory from epoch `before` to `epoch`."""
+    return budget.job_compute(row, epoch) - budget.job_compute(row, before)
+
+
+def whole_trajectories(order: list[int], rungs: dict[int, list[int]]) -> list[tuple[int, int]]:
+    """Rungs of each trajectory in turn, start to end (how a plain worker runs them)."""
+    return [(j, t) for j in order for t in rungs[j]]
+
+
+def pruning_sequence(points: pd.DataFrame, rows: list[dict]) -> list[tuple[int, int]]:
+    """The rungs the envelope-pruning policy runs (no guards), in its order: `simulate`'s points."""
+    recorded, _, _ = simulate(points, AdaptiveConfig(enabled=True, protect_spanning=False), rows)
+    return [(int(j), int(t)) for j, t in recorded[["job_id", "epochs"]].drop_duplicates().itertuples(index=False)]
+
+
+def uncertainty_sequence(points: pd.DataFrame, rows: list[dict], resamples: int, score_until: float,
+                         warm_up: int) -> tuple[list[tuple[int, int]], list[dict]]:
+    """The rungs the uncertainty policy runs, and its decisions. Until the law fits on `warm_up` points,
+    pending trajectories start (first rung) in the coarse-to-fine order; then each step scores every
+    next action (`anytime.score_actions`) and runs the best. Past `score_until` of the grid's compute
+    the remaining rungs run in grid order unscored (their curve still counts)."""
+    from scaling_study import anytime
+
+    rungs = rungs_of(points)
+    by_id = {r["id"]: r for r in rows}
+    total = sum(adaptive.planned_compute(r) for r in rows)
+    done = {j: 0 for j in rungs}  # epochs done per trajectory
+    order = adaptive.claim_order(rows)
+    sequence, decisions, spent = [], [], 0.0
+    key = points.set_index(["job_id", "epochs"]).index
+    while len(sequence) < sum(map(len, rungs.values())):
+        actions = [(j, next(t for t in rungs[j] if t > done[j])) for j in rungs if done[j] < rungs[j][-1]]
+        actions = [(j, t, rung_cost(by_id[j], done[j], t)) for j, t in actions]
+        measured = points[key.isin(sequence)]
+        chosen, note = None, "grid order past score_until"
+        if spent / total < score_until:
+            note = "warm-up: coarse-to-fine first rungs"
+            if len(measured) >= warm_up:
+                started = time.perf_counter()
+                scored, fit = anytime.score_actions(measured, points[~key.isin(sequence)], actions, resamples,
+                                                    seed=len(sequence))
+                if scored:
+                    chosen, note = (scored[0].job_id, scored[0].epoch), "best score"
+                    decisions.append({"step": len(sequence), "share": spent / total, "seconds":
+                                      time.perf_counter() - started, "chosen": list(chosen),
+                                      "top": [[a.job_id, a.epoch, a.cost / budget.PFLOP, a.score] for a in scored[:5]],
+                                      "spread": fit["spread"]})
+            if chosen is None:
+                pending = [a for a in actions if done[a[0]] == 0]
+                chosen = min(pending or actions, key=lambda a: (order[a[0]], a[1]))[:2]
+        else:
+            chosen = min(actions)[:2]
+        j, t = chosen
+        spent += rung_cost(by_id[j], done[j], t)
+        done[j] = t
+        sequence.append((j, t))
+        print(f"  uncertainty: step {len(sequence)}, {spent / total:.1%} of the grid, ran {j} to T = {t} ({note})",
+              flush=True)
+    return sequence, decisions
+
+
+def anytime_curve(points: pd.DataFrame, rows: list[dict], sequence: list[tuple[int, int]], full: dict) -> list[dict]:
+    """After each rung of `sequence`: compute spent (share of the grid) and each headline's value fitted on
+    the points measured so far, and its distance to the full grid's value in units of the full 95%
+    interval's half-width on that side (|d| <= 1: inside)."""
+    from scaling_study import anytime
+
+    by_id = {r["id"]: r for r in rows}
+    total = sum(adaptive.planned_compute(r) for r in rows)
+    key = points.set_index(["job_id", "epochs"]).index
+    done, spent, curve = {}, 0.0, []
+    for i, (j, t) in enumerate(sequence):
+        spent += rung_cost(by_id[j], done.get(j, 0), t)
+        done[j] = t
+        values = anytime.headline(points[key.isin(sequence[: i + 1])]) if i + 1 >= 5 else {}
+        distance = {}
+        for name, (value, low, high) in full.items():
+            if name in values:
+                v = values[name][0]
+                distance[name] = (v - value) / ((high - value) if v >= value else (value - low))
+        curve.append({"share": spent / total, "values": {k: v[0] for k, v in values.items()}, "distance": distance})
+    return curve
+
+
+def enters_and_stays(curve: list[dict], names: list[str]) -> dict:
+    """Per headline (and all together): the compute share from which it is inside the full 95% interval
+    at every later rung; None when it is outside (or not fitted) at the end."""
+
+    def inside(step: dict, name: str) -> bool:
+        return name in step["distance"] and abs(step["distance"][name]) <= 1
+
+    out = {}
+    for label, group in [(n, [n]) for n in names] + [("all", names)]:
+        ok = [all(inside(step, n) for n in group) for step in curve]
+        if not ok or not ok[-1]:
+            out[label] = None
+            continue
+        first = len(ok) - next(i for i, v in enumerate(reversed(ok)) if not v) if not all(ok) else 0
+        out[label] = curve[first]["share"]
+    return out
+
+
+def run_anytime(points: pd.DataFrame, rows: list[dict], label: str, resamples: int, score_until: float,
+                warm_up: int, policies: tuple[str, ...] = POLICIES, full_bootstrap: int = 1000) -> dict:
+    """Every policy replayed on one finished grid's points (a `select` output) and its job rows."""
+    from scaling_study import anytime
+
+    started = time.perf_counter()
+    full = {k: v for k, v in anytime.headline(points, bootstrap=full_bootstrap).items() if np.isfinite(v[1])}
+    names = list(full)
+    rungs = rungs_of(points)
+    order = adaptive.claim_order(rows)
+    report = {"source": label, "trajectories": len(rungs), "rungs": sum(map(len, rungs.values())),
+              "points": len(points), "full": {k: {"value": v[0], "low": v[1], "high": v[2]} for k, v in full.items()},
+              "uncertainty_settings": {"resamples": resamples, "score_until": score_until, "warm_up": warm_up},
+              "full_bootstrap": full_bootstrap,
+              "policies": {}}
+    for policy in policies:
+        t0 = time.perf_counter()
+        decisions = []
+        if policy == "grid order":
+            sequence = whole_trajectories(sorted(rungs), rungs)
+        elif policy == "coarse-to-fine":
+            sequence = whole_trajectories(sorted(rungs, key=order.get), rungs)
+        elif policy == "envelope pruning":
+            sequence = pruning_sequence(points, rows)
+        else:
+            sequence, decisions = uncertainty_sequence(points, rows, resamples, score_until, warm_up)
+        curve = anytime_curve(points, rows, sequence, full)
+        shares = enters_and_stays(curve, names)
+        report["policies"][policy] = {"enters_and_stays": shares, "final_share": curve[-1]["share"],
+                                      "goal_met": shares["all"] is not None and shares["all"] <= 0.5,
+                                      "seconds": time.perf_counter() - t0, "sequence": sequence, "curve": curve,
+                                      "decisions": decisions}
+        print(f"{label}, {policy}: all headlines inside from {fmt_share(shares['all'])} of the grid's compute "
+              f"(ran {curve[-1]['share']:.1%}); {time.perf_counter() - t0:.0f} s", flush=True)
+    report["seconds"] = time.perf_counter() - started
+    return report
+
+
+def fmt_share(share: float | None) -> str:
+    return "never" if share is None else f"{share:.1%}"
+
+
+def print_anytime(report: dict) -> None:
+    names = list(report["full"]) + ["all"]
+    print(f"{report['source']}: {report['trajectories']} trajectories, {report['rungs']} rungs")
+    print(f"{'compute share from which inside':32}" + "".join(f"{p:>18}" for p in report["policies"]))
+    for name in names:
+        print(f"{name:32}" + "".join(f"{fmt_share(v['enters_and_stays'][name]):>18}"
+                                      for v in report["policies"].values()))
+
+
+def draw_anytime(reports: list[dict], path: Path) -> None:
+    """The anytime curves: per source and policy, each headline's |distance| to the full value (in units
+    of the full 95% half-width) against the share of the grid's compute spent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = max(len(r["policies"]) for r in reports)
+    fig, axes = plt.subplots(len(reports), columns, figsize=(4 * columns, 3.2 * len(reports)),
+                             sharey=True, squeeze=False)
+    for row, report in zip(axes, reports):
+        for ax, policy in zip(row, report["policies"]):
+            curve = report["policies"][policy]["curve"]
+            for name in report["full"]:
+                xs = [s["share"] for s in curve if name in s["distance"]]
+                ys = [min(max(abs(s["distance"][name]), 1e-3), 10) for s in curve if name in s["distance"]]
+                ax.plot(xs, ys, lw=1, label=name)
+            ax.axhline(1, color="k", ls="--", lw=0.8)
+            ax.axvline(0.5, color="grey", ls=":", lw=0.8)
+            ax.set_yscale("log")
+            ax.set_ylim(1e-3, 10)
+            ax.set_xlim(0, 1)
+            shares = report["policies"][policy]["enters_and_stays"]["all"]
+            ax.set_title(f"{report['source']}: {policy}\nall inside from {fmt_share(shares)}", fontsize=9)
+            ax.set_xlabel("share of the grid's compute")
+        row[0].set_ylabel("|distance| to full value\n(units of full 95% half-width)")
+    axes[0][-1].legend(fontsize=6, loc="upper right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def anytime_sources(url: str | None, simulation: bool) -> list[tuple[str, pd.DataFrame, list[dict]]]:
+    """(label, points, job rows) of the finished database at `url` and/or the cifar100-shaped simulation."""
+    sources = []
+    if url:
+        from scaling_study import db
+
+        engine = db.connect(url)
+        frame, rows = db.evaluations_frame(engine), db.job_rows(engine)
+        engine.dispose()
+        rows = [r for r in rows if r["state"] == "done"]
+        points, _ = fits.select(frame[frame["job_id"].isin({r["id"] for r in rows})])
+        sources.append((url.rsplit("/", 1)[-1], points, rows))
+    if simulation:
+        frame = synthetic.parametric_study(law=synthetic.ParametricLaw(), models=6, examples=5,
+                                           params_range=(9.2e6, 1.25e8), examples_range=(1.18e5, 1.18e7))
+        points, _ = fits.select(frame)
+        sources.append(("simulation (cifar100 shape)", points, synthetic_jobs(frame)))
+    return sources
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("simulate", "demo", "replay"))
+    parser.add_argument("part", choices=("simulate", "demo", "replay-arms", "replay"))
     parser.add_argument("--db", default=None, help="replay: the finished full demo's database URL")
     parser.add_argument("--work", type=Path, default=None, help="Folder for the demo's databases, runs and reports")
     parser.add_argument("--arms", default="default,unprotected",
                         help="demo: adaptive arms to run after the full one (default: the grid's guards; "
                              "unprotected: protect_spanning = false)")
+    parser.add_argument("--simulation", action="store_true", help="anytime: also replay the cifar100-shaped simulation")
+    parser.add_argument("--resamples", type=int, default=12, help="anytime: bootstrap refits per scoring step")
+    parser.add_argument("--score-until", type=float, default=1.0,
+                        help="anytime: share of the grid past which the uncertainty policy stops scoring")
+    parser.add_argument("--warm-up", type=int, default=12, help="anytime: points before the first scoring step")
+    parser.add_argument("--policies", default=",".join(POLICIES), help="replay: the policies, comma-separated")
+    parser.add_argument("--full-bootstrap", type=int, default=1000, help="replay: resamples of the full grid's intervals")
+    parser.add_argument("--name", default="adaptive_anytime",
+                        help="replay: results file (benchmarks/results/NAME.json) and figure (docs/img/NAME.png)")
     args = parser.parse_args()
+    if args.part == "replay":
+        policies = tuple(p for p in args.policies.split(",") if p)
+        if not policies or not set(policies) <= set(POLICIES):
+            parser.error(f"--policies: choose among {', '.join(POLICIES)}")
+        reports = [run_anytime(points, rows, label, args.resamples, args.score_until, args.warm_up, policies,
+                               args.full_bootstrap)
+                   for label, points, rows in anytime_sources(args.db, args.simulation)]
+        for report in reports:
+            print_anytime(report)
+        draw_anytime(reports, ROOT / "docs" / "img" / f"{args.name}.png")
+        print(f"wrote {write(args.name, {'sources': reports})} and docs/img/{args.name}.png")
+        return
     if args.part == "simulate":
         report = run_simulation()
         print_simulation(report)
         print(f"wrote {write('adaptive_simulation', report)}")
         return
-    if args.part == "replay":
+    if args.part == "replay-arms":
         report = run_replay(args.db)
         print_replay(report)
         print(f"wrote {write('adaptive_demo_replay', report)}")

@@ -122,13 +122,20 @@ def fit_law(points: pd.DataFrame, resamples: int, seed: int) -> LawFit | None:
 
 
 def predict_trajectory(points: pd.DataFrame, targets: pd.DataFrame, fit: LawFit, confidence: float) -> pd.DataFrame:
-    """Predicted error at each target row (job_id, params, examples, epochs) with a bootstrap interval.
+    """Predicted error at each target row (job_id, params, examples, epochs) with a bootstrap interval:
+    `trajectory_draws`' point prediction, and its draws' (1 - confidence) and confidence quantiles."""
+    point, boot = trajectory_draws(points, targets, fit)
+    low, high = np.quantile(boot, [1 - confidence, confidence], axis=0)
+    return targets.assign(predicted=point[0], low=low, high=high)
+
+
+def trajectory_draws(points: pd.DataFrame, targets: pd.DataFrame, fit: LawFit) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted error at each target row (job_id, params, examples, epochs): (the fit's, shape (1, n);
+    one per bootstrap refit, shape (resamples, n)).
 
     The one place that says how a trajectory's future is predicted: the fitted form's E(P, N, T)
     (D = N T, or D' = N g(T) for the data-constrained form), times the ratio of the trajectory's
-    latest recorded error to the law's value there (pending trajectories have none: the law alone).
-    Each bootstrap refit gives one prediction; low and high are its (1 - confidence) and confidence
-    quantiles."""
+    latest recorded error to the law's value there (pending trajectories have none: the law alone)."""
     s = fit.draws()
     names = ("E_inf", "A", "alpha", "B", "beta") + (("R_star",) if fit.name == "data_constrained" else ())
     point = np.array([[fit.value(k)] for k in names])
@@ -152,8 +159,7 @@ def predict_trajectory(points: pd.DataFrame, targets: pd.DataFrame, fit: LawFit,
         value = law(theta, p, n, t)
         ratio = np.where(anchored[None], np.nan_to_num(e_last)[None] / law(theta, p, n, t_last), 1.0)
         predictions.append(value * ratio)
-    low, high = np.quantile(predictions[1], [1 - confidence, confidence], axis=0)
-    return targets.assign(predicted=predictions[0][0], low=low, high=high)
+    return predictions[0], predictions[1]
 
 
 def envelope_at(points: pd.DataFrame, compute: np.ndarray) -> np.ndarray:
