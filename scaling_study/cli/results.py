@@ -181,10 +181,9 @@ def compare_groups(engine, studies: list[str] | None, by_kind: bool, metric: str
         raise _unwritable(out, error) from None
     labels = list(analyses)
     first = next(iter(analyses.values()))
-    table = Table(title=f"{' vs '.join(labels)}, {first.metric}: 95% bootstrap intervals, each group fitted on its own")
     pairs = list(rows[0]["verdicts"]) if rows else []
-    for column in ("quantity", *labels, *pairs):
-        table.add_column(column, justify="right" if column in labels else "left")
+    table = wrapping_table(f"{' vs '.join(labels)}, {first.metric}: 95% bootstrap intervals, each group fitted on its own",
+                           ["quantity", *labels, *pairs], left={"quantity", *pairs})
     for row in rows:
         cells = [interval(row["groups"][label]["value"], row["groups"][label]["low"], row["groups"][label]["high"], ".3g")
                  for label in labels]
