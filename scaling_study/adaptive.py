@@ -68,6 +68,14 @@ def job_facts(row: dict) -> dict:
             "compute": lambda t: budget.compute(row["flops_per_example"], per_epoch, t)}
 
 
+def remaining_points(rows: list[dict]):
+    """(row, epoch, Eq. 4 there) for every evaluation epoch still ahead of a pending or running trajectory."""
+    for row in rows:
+        if row["state"] in ("pending", "running"):
+            facts = job_facts(row)
+            yield from ((row, t, facts["compute"](t)) for t in facts["epochs"] if t > row["epochs_done"])
+
+
 def planned_compute(row: dict) -> float:
     """Eq. 4 of the whole trajectory, as planned."""
     return budget.job_compute(row, row["epochs"])
@@ -177,15 +185,8 @@ def decide(frame: pd.DataFrame, rows: list[dict], config: AdaptiveConfig, exempt
     note saying why nothing could be decided when that is so; `Decision.prune` marks the ones to prune."""
     if frame.empty:
         return [], "no evaluation points yet"
-    targets = []  # first: with nothing left to decide, the law is not fitted at all
-    for row in rows:
-        if row["state"] not in ("pending", "running"):
-            continue
-        facts = job_facts(row)
-        for t in facts["epochs"]:
-            if t > row["epochs_done"]:
-                targets.append({"job_id": row["id"], "params": row["params"], "examples": row["examples"], "epochs": t,
-                                "compute": facts["compute"](t)})
+    targets = [{"job_id": row["id"], "params": row["params"], "examples": row["examples"], "epochs": t, "compute": c}
+               for row, t, c in remaining_points(rows)]  # first: with nothing left to decide, no law is fitted
     if not targets:
         return [], "no pending or running trajectory has an evaluation epoch left"
     points, _ = select(frame, metric)

@@ -15,17 +15,23 @@ Gaussian update, with every covariance read off the draws. The score sums that s
 Var(H_j) over the headlines and divides by the action's cost. Predictions only steer: the headlines
 reported are fitted on measured points alone (`headline`).
 
-Replay-only for now: `benchmarks/adaptive.py replay` runs this policy on a finished study's points.
+`study run` follows it for a grid with `[adaptive] policy = "uncertainty"` (`choose`: the next rung,
+recorded with the claim as a decision); `benchmarks/adaptive.py replay` runs it on a finished study's
+points. A study stops when one of its rules is met (`StopRules`): a compute budget, or 95% half-widths
+of named headlines.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from .adaptive import fit_law, trajectory_draws
+from . import budget, db
+from .adaptive import claim_order, fit_law, job_facts, remaining_points, trajectory_draws
 from .analysis import (
     LawFit,
     allocation_envelope,
@@ -41,8 +47,13 @@ from .analysis import (
     fit_parametric,
     flops_scaling,
     merge_sizes,
+    select,
     sweep_shape,
 )
+from .errors import BadInput, StudyError
+from .grid import AdaptiveConfig, parse_targets
+
+SHOWN_ACTIONS = 10  # the best-scored actions a decision keeps (and `study status` shows)
 
 
 @dataclass(frozen=True)
@@ -118,7 +129,7 @@ def _quiet(fit):
     """A fit, or None when too few points make it raise (an anytime study starts with almost none)."""
     try:
         return fit()
-    except (ValueError, np.linalg.LinAlgError, KeyError, IndexError):
+    except (ValueError, np.linalg.LinAlgError, KeyError, IndexError, StudyError):
         return None
 
 
@@ -162,3 +173,212 @@ def score_actions(measured: pd.DataFrame, unmeasured: pd.DataFrame, actions: lis
     spread = {name: float(np.nanstd(table[:, i])) for i, name in enumerate(keys)}
     return scored, {"law": fit.formula, "points": len(measured), "resamples": len(draws), "seed": seed,
                     "noise": noise, "params": {k: v.value for k, v in fit.params.items()}, "spread": spread}
+
+
+# ---- the policy in `study run` ----
+
+@dataclass(frozen=True)
+class StopRules:
+    """When an anytime study is done: its compute (a share of the grid's, or PFLOPs) would pass a budget,
+    or every named headline's 95% interval is at most its half-width."""
+
+    share: float | None = None
+    pflops: float | None = None
+    targets: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, config: AdaptiveConfig, budget_option: str | None = None, target_option: str | None = None) -> StopRules:
+        """The grid's rules, each replaced by the `study run` option that names it (--budget, --target)."""
+        share, pflops = config.budget, config.budget_pflops
+        if budget_option:
+            share, pflops = parse_budget(budget_option)
+        targets = (parse_targets(target_option, "--target") if target_option
+                   else parse_targets(config.targets, "[adaptive].targets"))
+        return cls(share, pflops, targets)
+
+    def limit(self, planned: float) -> float:
+        """The compute (FLOPs) the study may spend: the tighter budget; inf without one."""
+        limits = [math.inf]
+        if self.share is not None:
+            limits.append(self.share * planned)
+        if self.pflops is not None:
+            limits.append(self.pflops * budget.PFLOP)
+        return min(limits)
+
+
+def parse_budget(text: str) -> tuple[float | None, float | None]:
+    """--budget: a share of the grid's compute ("0.5", "50%") or PFLOPs ("2.5PF"): (share, pflops)."""
+    raw = text.strip()
+    try:
+        if raw.upper().endswith("PF"):
+            value = float(raw[:-2])
+            if 0 < value < math.inf:
+                return None, value
+        else:
+            value = float(raw.removesuffix("%")) / (100 if raw.endswith("%") else 1)
+            if 0 < value <= 1:
+                return value, None
+    except ValueError:
+        pass
+    raise BadInput(f"--budget {text!r}: a share of the grid's compute in (0, 1] (0.5 or 50%), or PFLOPs (2.5PF)")
+
+
+@dataclass
+class Choice:
+    """What an anytime study runs next: the claim order of its eligible rungs and the decision to record
+    with the claim; or `stop`, why the study is done (then nothing of it is claimed)."""
+
+    order: dict[int, int] = field(default_factory=dict)  # job id -> rank, best first
+    skip: set[int] = field(default_factory=set)  # its jobs not to claim now: all but the ordered ones
+    expected: dict[int, int] = field(default_factory=dict)  # job id -> the epochs done the decision saw
+    decision: dict = field(default_factory=dict)  # db.claim_job's `decisions`: {job id: the row to record}
+    stop: str = ""
+    actions: list[Action] = field(default_factory=list)
+    fit: dict = field(default_factory=dict)
+    spent: float = 0.0  # compute spent and claimed (FLOPs)
+    planned: float = 0.0
+
+
+def next_rung(row: dict) -> tuple[int, float] | None:
+    """A trajectory's next evaluation epoch after the epochs it has done, and that rung's Eq. 4 cost."""
+    facts = job_facts(row)
+    later = [t for t in facts["epochs"] if t > row["epochs_done"]]
+    if not later:
+        return None
+    return later[0], facts["compute"](later[0]) - facts["compute"](row["epochs_done"])
+
+
+def unmeasured_points(rows: list[dict], measured: pd.DataFrame) -> pd.DataFrame:
+    """Rows like `select`'s for every evaluation epoch not measured yet of the pending and running
+    trajectories (their error unknown: NaN), to be predicted by each bootstrap draw of the law."""
+    template = {c: measured[c].iloc[0] for c in ("study", "metric", "metric_kind")} if len(measured) else {}
+    kinds = dict(zip(measured["job_id"], measured["kind"])) if len(measured) else {}
+    out = [{**template, "job_id": row["id"], "model": row["model"], "kind": kinds.get(row["id"], "unknown"),
+            "params": row["params"], "flops_per_example": row["flops_per_example"], "examples": row["examples"],
+            "epochs": t, "seed": row["seed"], "error": np.nan, "compute": compute, "state": row["state"]}
+           for row, t, compute in remaining_points(rows)]
+    return pd.DataFrame(out, columns=list(measured.columns) if len(measured) else None)
+
+
+def measured_points(engine, study: str) -> pd.DataFrame:  # noqa: ANN001
+    """The study's points of the metric `study fit` reads (select's default); empty before the first."""
+    frame = db.evaluations_frame(engine, study)
+    if frame.empty:
+        return frame
+    try:
+        return select(frame)[0]
+    except StudyError:
+        return frame.iloc[:0]
+
+
+def interval_now(points: pd.DataFrame, config: AdaptiveConfig) -> dict:
+    """Each headline on the measured points with its 95% bootstrap interval (seeded): {name: (value, low, high)}."""
+    if len(points) < 3:
+        return {}
+    return headline(points, bootstrap=config.resamples, seed=config.seed)
+
+
+def targets_met(now: dict, targets: dict[str, float]) -> str:
+    """'' unless every named headline has an interval whose half-width is at most its target; then why."""
+    said = []
+    for name, wanted in targets.items():
+        value = now.get(name)
+        if value is None or value[1] is None or not np.isfinite(value[1]) or not np.isfinite(value[2]):
+            return ""
+        half = (value[2] - value[1]) / 2
+        if half > wanted:
+            return ""
+        said.append(f"{name} +-{half:.3g} <= {wanted:g}")
+    return "targets reached: " + ", ".join(said) if said else ""
+
+
+def choose(engine, study: str, config: AdaptiveConfig, rules: StopRules) -> Choice:  # noqa: ANN001
+    """The next rung of one anytime study, from what is recorded now: every pending trajectory's next
+    rung that fits the budget, scored (`score_actions`) once the law can be fitted on `min_points`
+    points, else in the warm-up order (trajectories not started first, coarse to fine, cheapest first)."""
+    rows = db.job_rows(engine, study)
+    totals = budget.study_compute(rows)
+    in_flight = sum(rung[1] for r in rows if r["state"] == "running" and (rung := next_rung(r)))
+    spent = totals.spent + in_flight
+    choice = Choice(spent=spent, planned=totals.planned)
+    candidates = {r["id"]: (r, rung) for r in rows if r["state"] == "pending" and (rung := next_rung(r))}
+    if not candidates:
+        return choice
+    points = measured_points(engine, study)
+    if rules.targets:
+        choice.stop = targets_met(interval_now(points, config), rules.targets)
+        if choice.stop:
+            choice.skip = {r["id"] for r in rows}
+            return choice
+    limit = rules.limit(totals.planned)
+    eligible = [(job_id, rung[0], rung[1]) for job_id, (_, rung) in candidates.items() if spent + rung[1] <= limit * (1 + 1e-9)]
+    if not eligible:
+        choice.skip = {r["id"] for r in rows}
+        choice.stop = (f"budget reached: {spent / totals.planned:.1%} of the grid's compute spent "
+                       f"({spent / budget.PFLOP:.4g} PFLOPs), and no next rung fits in the "
+                       f"{limit / budget.PFLOP:.4g} PFLOPs allowed")
+        return choice
+    scored, fit = [], {}
+    if len(points) >= config.min_points:
+        try:
+            scored, fit = score_actions(points, unmeasured_points(rows, points), eligible, config.score_resamples, config.seed)
+        except (ValueError, np.linalg.LinAlgError, KeyError, IndexError, StudyError) as error:
+            scored, fit = [], {"note": f"no score ({type(error).__name__}: {error})"}
+    else:
+        fit = {"note": f"warm-up: {len(points)} of the {config.min_points} points ([adaptive] min_points) before scoring"}
+    if scored:
+        ranked, rule = scored, "uncertainty"
+    else:
+        coarse = claim_order([r for r, _ in candidates.values()])
+        ranked = sorted((Action(j, t, c, math.nan) for j, t, c in eligible),
+                        key=lambda a: (candidates[a.job_id][0]["epochs_done"] > 0, coarse[a.job_id], a.epoch))
+        rule = "warm-up"
+    choice.actions, choice.fit = ranked, fit
+    choice.order = {a.job_id: rank for rank, a in enumerate(ranked)}
+    choice.skip = {r["id"] for r in rows} - set(choice.order)  # what turns pending meanwhile waits for a new decision
+    choice.expected = {a.job_id: candidates[a.job_id][0]["epochs_done"] for a in ranked}
+    shown = [{"job_id": a.job_id, "epoch": a.epoch, "cost": a.cost, "score": _number(a.score)} for a in ranked[:SHOWN_ACTIONS]]
+    common = {"rule": rule, "spent": spent, "actions": json.dumps(shown), "fit": json.dumps(fit, sort_keys=True, default=float)}
+    choice.decision = {a.job_id: {**common, "epoch": a.epoch, "cost": a.cost, "score": _number(a.score), "rank": rank}
+                       for rank, a in enumerate(ranked)}
+    return choice
+
+
+def _number(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where an anytime study stands, for `study status`: each headline now (value, 95% low, high) with its
+    target when a rule names it, the compute spent and allowed, paused trajectories, and the latest
+    decision's best-scored next actions (as recorded then)."""
+
+    headlines: dict
+    targets: dict[str, float]
+    spent: float
+    planned: float
+    limit: float
+    paused: int
+    points: int
+    decisions: int
+    next_actions: list[dict]
+    rule: str  # the latest decision's rule: uncertainty or warm-up ('' before the first)
+
+
+def standing(engine, study: str, config: AdaptiveConfig) -> Standing:  # noqa: ANN001
+    """The study's standing under its grid's rules (`study run --budget/--target` may have used others)."""
+    rows = db.job_rows(engine, study)
+    totals = budget.study_compute(rows)
+    rules = StopRules.of(config)
+    points = measured_points(engine, study)
+    recorded = db.decision_rows(engine, study)
+    latest = recorded[-1] if recorded else None
+    by_id = {r["id"]: r for r in rows}
+    actions = []
+    for action in json.loads(latest["actions"]) if latest else []:
+        row = by_id.get(action["job_id"])
+        actions.append({**action, "model": row["model"] if row else "?", "examples": row["examples"] if row else 0})
+    paused = sum(1 for r in rows if r["state"] == "pending" and r["epochs_done"] > 0)
+    return Standing(interval_now(points, config), rules.targets, totals.spent, totals.planned,
+                    rules.limit(totals.planned), paused, len(points), len(recorded), actions, latest["rule"] if latest else "")

@@ -121,7 +121,8 @@ class LoggingConfig:
 
 @dataclass(frozen=True)
 class AdaptiveConfig:
-    """[adaptive]: coarse-to-fine claim order and pruning against the law; off by default."""
+    """[adaptive]: coarse-to-fine claim order and pruning against the law, or (policy = "uncertainty") rungs
+    chosen where the headlines are most uncertain, with stop rules; off by default."""
 
     enabled: bool = False
     confidence: float = 0.95  # a trajectory is pruned when its predicted lower bound at this confidence is above the envelope
@@ -129,6 +130,38 @@ class AdaptiveConfig:
     protect_spanning: bool = True  # never prune the runs that span the fits (see adaptive.spanning_jobs)
     resamples: int = 100  # bootstrap resamples of each refit (few: a refit takes well under a second)
     seed: int = 0  # seed of those resamples: the same points give the same decision
+    policy: str = "prune"  # prune: pruning against the envelope; uncertainty: rung by rung where the headlines are uncertain
+    score_resamples: int = 16  # uncertainty: bootstrap draws behind each score (each is a fit of every headline)
+    budget: float | None = None  # uncertainty: stop at this share of the grid's compute (0, 1]
+    budget_pflops: float | None = None  # uncertainty: stop at this much compute
+    targets: str = ""  # uncertainty: stop once these 95% half-widths are reached, e.g. "alpha=0.02,a=0.05"
+
+
+POLICIES = ("prune", "uncertainty")
+# The headline quantities a stop rule can name (scaling_study.anytime.headline), by short name.
+HEADLINES = {"alpha": "E(C) alpha", "alpha_P": "alpha_P", "alpha_N": "alpha_N", "alpha_PD": "E(P,D) alpha",
+             "beta_PD": "E(P,D) beta", "a": "a (parametric)", "b": "b (parametric)", "a_envelope": "a (envelope)",
+             "b_envelope": "b (envelope)", "a_isoflop": "a (isoflop)", "b_isoflop": "b (isoflop)"}
+
+
+def parse_targets(text: str, where: str = "--target") -> dict[str, float]:
+    """"alpha=0.02,a=0.05" as {headline name: 95% half-width}; a short name or a full one; GridError otherwise."""
+    targets: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        name, _, raw = item.partition("=")
+        name = name.strip()
+        full = HEADLINES.get(name, name if name in HEADLINES.values() else None)
+        if full is None:
+            raise GridError(f"{where}: unknown headline {name!r}; one of {', '.join(HEADLINES)} "
+                            "(or its full name, as `study status` shows it)")
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value < float("inf"):
+            raise GridError(f"{where}: {name}={raw.strip()!r}: a half-width must be a positive number, as in alpha=0.02")
+        targets[full] = value
+    return targets
 
 
 @dataclass(frozen=True)
@@ -417,6 +450,21 @@ def _adaptive(parser: _Parser, raw: object) -> AdaptiveConfig:
     if not 10 <= config.resamples <= MAX_RESAMPLES:
         parser.fail("[adaptive].resamples", f"must lie in [10, {MAX_RESAMPLES:,}] (an interval needs resamples, and each "
                     f"is a refit), got {config.resamples:,}", "resamples", "adaptive")
+    parser.choice(config.policy, POLICIES, "[adaptive].policy", "policy", "adaptive")
+    if not 4 <= config.score_resamples <= 1000:
+        parser.fail("[adaptive].score_resamples", f"must lie in [4, 1000], got {config.score_resamples:,}",
+                    "score_resamples", "adaptive")
+    if config.budget is not None and not 0 < config.budget <= 1:
+        parser.fail("[adaptive].budget", f"is a share of the grid's compute in (0, 1], got {config.budget}", "budget", "adaptive")
+    if config.budget_pflops is not None and not config.budget_pflops > 0:
+        parser.fail("[adaptive].budget_pflops", f"must be positive, got {config.budget_pflops}", "budget_pflops", "adaptive")
+    try:
+        parse_targets(config.targets, "[adaptive].targets")
+    except GridError as error:
+        parser.fail("[adaptive].targets", str(error).removeprefix("[adaptive].targets: "), "targets", "adaptive")
+    rules = config.budget is not None or config.budget_pflops is not None or config.targets
+    if rules and config.policy != "uncertainty":
+        parser.fail("[adaptive]", "budget, budget_pflops and targets are stop rules of policy = \"uncertainty\"", "policy", "adaptive")
     return config
 
 

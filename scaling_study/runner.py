@@ -37,6 +37,7 @@ from .timing import EpochClock, describe
 from .workers import worker_alive, worker_name
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+STALE_DECISIONS = 100  # an anytime study's decisions in a row that other workers overtook before this one gives up
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class RunOptions:
     checkpoint_every_s: float = 600.0
     max_attempts: int = 3
     adaptive: bool | None = None  # None: as each study's [adaptive] table says; True/False: for every study
+    budget: str | None = None  # anytime studies: stop at this share of the grid's compute, or PFLOPs (replaces the grid's)
+    target: str | None = None  # anytime studies: stop once these 95% half-widths are reached (replaces the grid's)
     threads: int | None = None  # torch threads; None: $STUDY_THREADS, else this host's cores shared by its workers
 
 
@@ -66,6 +69,8 @@ class RunSummary:
     failed: list[int] = field(default_factory=list)
     released: list[int] = field(default_factory=list)
     pruned: list[int] = field(default_factory=list)  # jobs of this worker's that were pruned while it ran them
+    paused: list[int] = field(default_factory=list)  # anytime studies: trajectories run to their rung, left paused
+    rules_met: dict[str, str] = field(default_factory=dict)  # anytime studies done by a stop rule: {study: why}
     waiting_for_resume: int = 0
     stop_reason: str = ""
     fatal: str = ""  # why the worker stopped early (a full disk, say)
@@ -226,6 +231,7 @@ def preflight(engine, options: RunOptions) -> int:  # noqa: ANN001 - an Engine
     a job is not failed, nor an attempt spent, for a path that is missing on this machine."""
     host, moment = socket.gethostname(), db.now()
     pending = [r for r in db.job_rows(engine, options.study, ("pending", "running")) if _claimable(r, options, host, moment)]
+    anytime_studies = {name for name, config in _adaptive_studies(engine, options).items() if config.policy == "uncertainty"}
     by_path: dict[str, tuple[str, list[int]]] = {}
     for row in pending:
         for where, path in missing_data([json.loads(row["spec"])]):
@@ -236,7 +242,17 @@ def preflight(engine, options: RunOptions) -> int:  # noqa: ANN001 - an Engine
         shown = ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
         raise BadInput(f"no data at {path} ({where} of job(s) {shown}){more} on this machine; nothing was claimed: "
                        "put the data there (or a link to it), or run with --study for another study")
-    return min(len(pending), options.max_jobs or len(pending))
+    claims = sum(_claims_left(row, anytime_studies) for row in pending)
+    return min(claims, options.max_jobs or claims)
+
+
+def _claims_left(row: dict, anytime_studies: set[str]) -> int:
+    """Claims a job still needs: one, or in an anytime study one per rung left."""
+    if row["study"] not in anytime_studies:
+        return 1
+    from .adaptive import job_facts
+
+    return max(1, sum(1 for t in job_facts(row)["epochs"] if t > row["epochs_done"]))
 
 
 def _claimable(row: dict, options: RunOptions, host: str, moment: dt.datetime) -> bool:
@@ -279,7 +295,7 @@ def run(options: RunOptions, events: Events | None = None, engine=None) -> RunSu
 def _claim_and_train(engine, options: RunOptions, events: Events, summary: RunSummary, stop: StopFlag, device: str,
                      worker: str, host: str, train: Callable) -> None:  # noqa: ANN001
     """The worker's loop: claim a job, train it, until none is left or a stop; a deleted database stops it (raised)."""
-    claimed = 0
+    claimed = stale = 0
     threads = cores.worker_threads(options.threads)
     if hasattr(events, "worker_started"):
         events.worker_started(f"worker {worker} on {device}: {threads.count} torch thread(s) ({threads.why})")
@@ -287,9 +303,11 @@ def _claim_and_train(engine, options: RunOptions, events: Events, summary: RunSu
         try:
             db.reclaim_lost(engine, host, options.max_attempts, alive=worker_alive)
             adaptive_studies = _adaptive_studies(engine, options)
-            order = _claim_order(engine, adaptive_studies) if adaptive_studies else None
+            order, skip, decisions, expected = (_claim_order(engine, adaptive_studies, options, summary)
+                                                if adaptive_studies else ({}, set(), {}, {}))
             job = db.claim_job(engine, worker, options.lease_s, options.study, options.resume, provenance(device, worker),
-                               order=order, slurm_job=slurm_job())
+                               order=order, slurm_job=slurm_job(), skip=skip, decisions_by_job=decisions,
+                               expected=expected)
         except DatabaseGone:
             raise
         except Exception as error:  # noqa: BLE001 - the claim rolled back: every job is as it was
@@ -298,9 +316,12 @@ def _claim_and_train(engine, options: RunOptions, events: Events, summary: RunSu
                              f"could not claim a job ({type(error).__name__}: {words[0] if words else ''}); "
                              "nothing was changed: check the database, then `study run --resume`")
             break
+        if job is None and expected and stale < STALE_DECISIONS and _overtaken(engine, expected):
+            stale += 1  # another worker took or paused those rungs meanwhile: decide again on what is recorded now
+            continue
         if job is None:
             break
-        claimed += 1
+        claimed, stale = claimed + 1, 0
         cores.apply(cores.worker_threads(options.threads))  # the workers started or gone since the last job
         try:
             outcome = _run_job(engine, job, worker, device, options, stop, events, train, adaptive_studies.get(job["study"]))
@@ -310,11 +331,19 @@ def _claim_and_train(engine, options: RunOptions, events: Events, summary: RunSu
                              "checkpoint is kept: once the database takes writes again, `study run --resume` "
                              "continues it")
             break
-        if outcome in ("done", "diverged", "failed", "released", "pruned"):
+        if outcome in ("done", "diverged", "failed", "released", "pruned", "paused"):
             getattr(summary, outcome).append(job["id"])
         if outcome in ("disk_full", "database_refused", "unusable"):
             summary.fatal = job["error_message"]
             break
+
+
+def _overtaken(engine, expected: dict[int, int]) -> bool:  # noqa: ANN001
+    """Whether another worker claimed or advanced a trajectory since this one's decision saw it."""
+    with engine.connect() as conn:
+        now = conn.execute(sa.select(db.jobs.c.id, db.jobs.c.state, db.jobs.c.epochs_done)
+                           .where(db.jobs.c.id.in_(list(expected)))).all()
+    return any(state != "pending" or done != expected[job_id] for job_id, state, done in now)
 
 
 def _adaptive_studies(engine, options: RunOptions) -> dict:
@@ -337,24 +366,40 @@ def _adaptive_studies(engine, options: RunOptions) -> dict:
     return out
 
 
-def _claim_order(engine, adaptive_studies: dict) -> dict[int, int]:
-    """Ranks of the adaptive studies' jobs: study by study, coarse to fine within each (adaptive.claim_order)."""
-    from . import adaptive
+def _claim_order(engine, adaptive_studies: dict, options: RunOptions,
+                 summary: RunSummary) -> tuple[dict[int, int], set[int], dict[int, dict], dict[int, int]]:
+    """How the adaptive studies' jobs are claimed: (ranks, study by study: coarse to fine within a pruning
+    study (adaptive.claim_order), best score first within an anytime study (anytime.choose); the jobs
+    not to claim now (an anytime study's rungs past its budget, or all of a study whose rule is met);
+    the decisions to record with the claim; the epochs done each decision saw). A met rule is kept in
+    `summary.rules_met`."""
+    from . import adaptive, anytime
 
     order: dict[int, int] = {}
-    for name in adaptive_studies:
-        ranked = adaptive.claim_order(db.job_rows(engine, name))
+    skip: set[int] = set()
+    decisions: dict[int, dict] = {}
+    expected: dict[int, int] = {}
+    for name, config in adaptive_studies.items():
+        if config.policy == "uncertainty":
+            choice = anytime.choose(engine, name, config, anytime.StopRules.of(config, options.budget, options.target))
+            ranked, decisions, expected = choice.order, {**decisions, **choice.decision}, {**expected, **choice.expected}
+            skip |= choice.skip
+            if choice.stop:
+                summary.rules_met[name] = choice.stop
+        else:
+            ranked = adaptive.claim_order(db.job_rows(engine, name))
         start = len(order)
         order.update({job_id: start + rank for job_id, rank in ranked.items()})
-    return order
+    return order, skip, decisions, expected
 
 
 def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, stop: StopFlag,
              events: Events, train: Callable, adaptive_config=None) -> str:  # noqa: ANN001
-    """One attempt at one job; returns done / diverged / failed / released / pruned / lost / disk_full /
+    """One attempt at one job; returns done / diverged / failed / released / pruned / paused / lost / disk_full /
     database_refused / unusable (this worker cannot run the study's jobs: it releases the job and stops).
     In an adaptive study (`adaptive_config`), each evaluation epoch that lands refits the law and prunes
-    what it rules out; a job pruned meanwhile stops at its epoch boundary."""
+    what it rules out; a job pruned meanwhile stops at its epoch boundary. In an anytime study
+    (policy uncertainty) the job runs to its next evaluation epoch and pauses there, pending again."""
     try:  # a job that cannot even be set up is failed with the reason, and the worker goes on
         spec = JobSpec.from_dict(json.loads(job["spec"]))
         folder = job_dir(options.runs_dir, job)
@@ -390,6 +435,8 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
     should_stop = lambda: beat.lost or stop()  # noqa: E731
 
     pruned = []  # set when this job was pruned: it stops at the end of the epoch
+    anytime = adaptive_config is not None and adaptive_config.policy == "uncertainty"
+    rung = []  # an anytime study's trajectory: set when its rung (next evaluation epoch) lands; it pauses there
 
     def on_epoch(epochs_done: int, points: list) -> None:
         with clock.part("database"):
@@ -400,6 +447,10 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
             job["epochs_done"] = epochs_done  # what a release or failure of this attempt keeps
         new_points[epochs_done] = points  # logged with the epoch's times (on_lap)
         if adaptive_config is None or beat.lost:
+            return
+        if anytime:
+            if points:
+                rung.append(epochs_done)
             return
         with clock.part("adaptive"):
             if points:
@@ -412,7 +463,7 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
             spec, device=device, checkpoint=checkpoint, checkpoint_every_s=options.checkpoint_every_s,
             on_progress=lambda progress: events.progress(job, progress), on_epoch=on_epoch, should_stop=should_stop,
             curves=curves, clock=clock,
-            **({"stop_after_epoch": lambda: bool(pruned)} if adaptive_config is not None else {}),
+            **({"stop_after_epoch": lambda: bool(pruned) or bool(rung)} if adaptive_config is not None else {}),
         )
     except Exception as error:  # noqa: BLE001 - a failed job is a row with its reason; the study goes on
         beat.stop()
@@ -454,6 +505,12 @@ def _run_job(engine, job: dict, worker: str, device: str, options: RunOptions, s
         log(message if state == "pruned" else f"{state} (pruned during its last epoch)")
         events.job_ended(job, state, message if state == "pruned" else "")
         return state
+    if rung and result.status == "interrupted" and not beat.lost:
+        message = f"paused at T = {result.epochs_done}, the rung it was chosen for; checkpoint kept"
+        db.finish_job(engine, job, worker, "pending", result.epochs_done, result.evaluations, "", outcome="paused")
+        log(message + spent)
+        events.job_ended(job, "paused", message)
+        return "paused"
     if beat.lost:
         log("the job stopped being ours (cancelled, or its lease was taken over); stopped without recording")
         events.job_ended(job, "lost", "cancelled or taken over")

@@ -13,7 +13,7 @@ from .. import submit as submission
 from ..checks import printable
 from ..errors import BadInput, Fault, StudyError
 from ..formatting import estimate_interval, pflops
-from .common import DbOption, app, console, one_study, user_errors
+from .common import DbOption, app, console, one_study, user_errors, wrapping_table
 
 
 @app.command()
@@ -82,6 +82,10 @@ def _law_so_far(engine, names) -> None:  # noqa: ANN001
         if not adaptive_grid(name) and not db.pruning_rows(engine, name):
             continue
         from .. import adaptive
+        config = _adaptive_config(engine, name)
+        if config is not None and config.policy == "uncertainty":
+            _anytime_standing(engine, name, config)
+            continue
         now = adaptive.progress(engine, name)
         spent = (f"compute spent {pflops(now.spent)} of {pflops(now.planned)} PFLOPs planned "
                  f"({now.spent / now.planned:.0%})" if now.planned else "no compute planned")
@@ -93,6 +97,50 @@ def _law_so_far(engine, names) -> None:  # noqa: ANN001
             law = (f"E(C) alpha {estimate_interval(now.alpha, '.3g')} (95%, 200 resamples) over "
                    f"{now.envelope_points} envelope points of {now.points}")
         console.print(f"the law so far, study {name!r}: {law}; {spent}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _adaptive_config(engine, name: str):  # noqa: ANN001
+    """The study's [adaptive] settings, or None when its recorded grid no longer parses."""
+    from .. import adaptive
+
+    try:
+        return adaptive.settings(engine, name)
+    except StudyError:
+        return None
+
+
+def _anytime_standing(engine, name: str, config) -> None:  # noqa: ANN001
+    """An anytime study's headlines now with their 95% intervals (and targets), compute, and next actions."""
+    import math
+
+    from .. import anytime
+
+    now = anytime.standing(engine, name, config)
+    bounded = now.planned and now.limit < math.inf
+    allowed = f", budget {pflops(now.limit)} PFLOPs ({now.limit / now.planned:.0%})" if bounded else ""
+    console.print(f"anytime study {name!r}: compute spent {pflops(now.spent)} of {pflops(now.planned)} PFLOPs planned "
+                  f"({now.spent / now.planned if now.planned else 0:.1%}){allowed}; {now.points} points, {now.paused} "
+                  f"trajectories paused, {now.decisions} decisions recorded", markup=False, highlight=False, soft_wrap=True)
+    table = wrapping_table(f"study {name!r}: the headlines now (measured points only, 95% bootstrap, "
+                           f"{config.resamples} resamples)", ["headline", "value", "95% interval", "half-width", "target"],
+                           left={"headline"})
+    for headline_name, (value, low, high) in now.headlines.items():
+        bounded = low is not None and high is not None and math.isfinite(low) and math.isfinite(high)
+        target = now.targets.get(headline_name)
+        table.add_row(headline_name, f"{value:.3g}", f"[{low:.3g}, {high:.3g}]" if bounded else "",
+                      f"{(high - low) / 2:.3g}" if bounded else "", f"{target:g}" if target else "")
+    for headline_name, target in now.targets.items():
+        if headline_name not in now.headlines:
+            table.add_row(headline_name, "not fitted yet", "", "", f"{target:g}")
+    if now.headlines or now.targets:
+        console.print(table)
+    if now.next_actions:
+        actions = wrapping_table(f"study {name!r}: next actions at the latest decision ({now.rule}), best first",
+                                 ["job", "model", "N", "to T", "cost PFLOPs", "score"], left={"model"})
+        for a in now.next_actions:
+            actions.add_row(str(a["job_id"]), printable(a["model"]), f"{a['examples']:,}", str(a["epoch"]),
+                            pflops(a["cost"]), "warm-up" if a["score"] is None else f"{a['score']:.3g}")
+        console.print(actions)
 
 
 @app.command()
@@ -184,18 +232,27 @@ def run(
     max_attempts: Annotated[int, typer.Option(help="A job whose worker died this often is marked failed", min=1)] = 3,
     adaptive: Annotated[Optional[bool], typer.Option("--adaptive/--no-adaptive", help="Claim coarse to fine and prune "
                         "trajectories the law rules out (README, 'Adaptive studies') [default: as the grid's [adaptive] table says]")] = None,
+    budget: Annotated[Optional[str], typer.Option(help="Anytime studies ([adaptive] policy = \"uncertainty\"): stop "
+                      "before passing this share of the grid's compute (0.5, 50%) or PFLOPs (2.5PF) [default: the grid's]")] = None,
+    target: Annotated[Optional[str], typer.Option(help="Anytime studies: stop once these 95% half-widths are reached, "
+                      "e.g. alpha=0.02,a=0.05 (docs: Adaptive studies) [default: the grid's]")] = None,
 ) -> None:
     """Train pending jobs one after another, checkpointing so a killed run continues where it stopped."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from .. import runner
+    from .. import anytime, runner
+    from ..grid import parse_targets
 
     runner.resolve_device(device)  # a bad --device is a usage error, found before any job is claimed
     options = runner.RunOptions(
         db_url=db_url, device=device, resume=resume, study=study, max_jobs=max_jobs, until=_parse_until(until),
         runs_dir=runs_dir, lease_s=lease, checkpoint_every_s=checkpoint_every, max_attempts=max_attempts,
-        adaptive=adaptive,
+        adaptive=adaptive, budget=budget, target=target,
     )
+    if budget:
+        anytime.parse_budget(budget)
+    if target:
+        parse_targets(target, "--target")
     engine = db.connect(db_url, create=False)  # `study plan` creates a database; a typo in --db is refused
     if study:
         one_study(engine, study)
@@ -210,8 +267,12 @@ def run(
         f"{len(summary.done)} done, {len(summary.diverged)} diverged, {len(summary.failed)} failed, "
         f"{len(summary.released)} interrupted (checkpointed)"
         + (f", {len(summary.pruned)} pruned while running (checkpointed)" if summary.pruned else "")
+        + (f", {len(summary.paused)} rungs run and paused (checkpointed)" if summary.paused else "")
         + (f"; stopped: {summary.stop_reason}" if summary.stop_reason else "")
     )
+    for name, why in summary.rules_met.items():
+        console.print(f"study {name!r} is done: {why}; `study status` shows where it stands, a larger --budget or "
+                      "a tighter --target continues it", markup=False, highlight=False, soft_wrap=True)
     if summary.waiting_for_resume:
         console.print(f"{summary.waiting_for_resume} interrupted jobs wait: `study run --resume` continues them")
     if summary.fatal:

@@ -14,7 +14,7 @@ from ..budget import job_examples_per_epoch
 from ..errors import StudyError
 from ..workers import worker_alive
 from .results import insert_points
-from .schema import attempts, jobs, now, studies
+from .schema import attempts, decisions, jobs, now, studies
 
 FINAL_STATES = ("done", "failed", "diverged", "cancelled")
 HELD_STATES = ("running", "pruned")  # a worker holds a pruned job until its epoch ends
@@ -66,15 +66,23 @@ def reclaim_lost(engine: Engine, host: str, max_attempts: int,
 def claim_job(
     engine: Engine, worker: str, lease_s: float, study: str | None = None, resume: bool = True,
     provenance: dict | None = None, order: dict[int, int] | None = None, slurm_job: str | None = None,
+    skip: Iterable[int] = (), decisions_by_job: dict[int, dict] | None = None, expected: dict[int, int] | None = None,
 ) -> dict | None:
     """Atomically take the next pending job: BEGIN IMMEDIATE on SQLite, FOR UPDATE SKIP LOCKED on
     PostgreSQL. Without `resume`, jobs that ran before (and may have a checkpoint) are left alone.
-    `order` ({job id: rank}, an adaptive study's coarse-to-fine order) claims by rank, then id."""
+    `order` ({job id: rank}, an adaptive study's order) claims by rank, then id; jobs in `skip` are not
+    claimed, nor a job in `expected` ({job id: epochs done}) that has moved on since the decision saw
+    it. `decisions_by_job` ({job id: a `decisions` row}, an anytime study's choice) records the claimed
+    job's row in the claim's transaction: whatever workers decide at once, each rung runs once."""
     with engine.begin() as conn:
         ranked = [jobs.c.id]
         if order:
             ranked.insert(0, sa.case(order, value=jobs.c.id, else_=len(order)))
         query = sa.select(jobs).where(jobs.c.state == "pending").order_by(*ranked).limit(1)
+        if skip := list(skip):
+            query = query.where(jobs.c.id.not_in(skip))
+        if expected:
+            query = query.where(sa.case(expected, value=jobs.c.id, else_=jobs.c.epochs_done) == jobs.c.epochs_done)
         if study:
             query = query.where(jobs.c.study_id == sa.select(studies.c.id).where(studies.c.name == study).scalar_subquery())
         if not resume:
@@ -98,6 +106,9 @@ def claim_job(
             return None
         conn.execute(attempts.insert().values(job_id=row["id"], attempt=attempt, worker=worker, started_at=now(),
                                               slurm_job=slurm_job))
+        if decisions_by_job and row["id"] in decisions_by_job:
+            conn.execute(decisions.insert().values(study_id=row["study_id"], job_id=row["id"], decided_at=now(),
+                                                   decided_by=worker, **decisions_by_job[row["id"]]))
         study_name, study_created = conn.execute(
             sa.select(studies.c.name, studies.c.created_at).where(studies.c.id == row["study_id"])).one()
     job = dict(row)
@@ -136,11 +147,15 @@ def finish_job(
     engine: Engine, job: dict, worker: str, state: str, epochs_done: int, points: Iterable, message: str = "",
     outcome: str | None = None, from_states: tuple[str, ...] = ("running",),
 ) -> bool:
-    """Close an attempt: `state` is done/diverged/failed, or pending to release the job (interrupted),
-    or pruned (a pruned job stopped at its epoch boundary; from_states then includes "pruned").
-    The job's points are inserted (idempotently) in the same transaction. False if it was not ours."""
+    """Close an attempt: `state` is done/diverged/failed, or pending to release the job (interrupted;
+    outcome "paused": an anytime study's trajectory that reached its rung, whose attempts start again
+    from 0, since reaching a rung is not a failed try), or pruned (a pruned job stopped at its epoch
+    boundary; from_states then includes "pruned"). The job's points are inserted (idempotently) in the
+    same transaction. False if it was not ours."""
     with engine.begin() as conn:
         values = dict(state=state, worker=None, lease_expires=None, epochs_done=epochs_done, error=message or None)
+        if outcome == "paused":
+            values["attempts"] = 0
         if state in FINAL_STATES:
             values["finished_at"] = now()
         if state == "pruned":

@@ -1,4 +1,5 @@
-"""An adaptive study's pruning decisions: applying them, and reading them back with their evidence."""
+"""An adaptive study's decisions: prunings (applied here, read back with their evidence) and an anytime
+study's choices of the next rung (recorded with each claim, `claims.claim_job`; read back here)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .schema import jobs, now, prunings, studies
+from .schema import decisions, jobs, now, prunings, studies
 
 
 def prune_jobs(engine: Engine, decisions: Iterable, decided_by: str) -> list[int]:
@@ -56,3 +57,20 @@ def pruning_rows(engine: Engine, study: str | None = None) -> list[dict]:
         query = query.where(studies.c.name == study)
     with engine.connect() as conn:
         return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def decision_rows(engine: Engine, study: str, last: int | None = None) -> list[dict]:
+    """An anytime study's recorded choices, oldest first (the `last` n only when given), each with its
+    trajectory's model and size; [] for a database from before they were recorded."""
+    if not sa.inspect(engine).has_table("decisions"):
+        return []
+    query = (
+        sa.select(decisions, jobs.c.model, jobs.c.examples)
+        .select_from(decisions.join(jobs, decisions.c.job_id == jobs.c.id).join(studies, decisions.c.study_id == studies.c.id))
+        .where(studies.c.name == study).order_by(decisions.c.id.desc())
+    )
+    if last is not None:
+        query = query.limit(last)
+    with engine.connect() as conn:
+        rows = [dict(row) for row in conn.execute(query).mappings()]
+    return rows[::-1]

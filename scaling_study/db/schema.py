@@ -126,6 +126,24 @@ prunings = sa.Table(  # an adaptive study's pruning decisions, with their eviden
     sa.Column("decided_by", sa.String(200), nullable=False),  # worker name, or "study prune"
 )
 
+decisions = sa.Table(  # an anytime study's choices of the next rung, with the scores that chose it
+    "decisions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("study_id", sa.ForeignKey("studies.id"), nullable=False, index=True),
+    sa.Column("job_id", sa.ForeignKey("jobs.id"), nullable=False),  # the trajectory claimed
+    sa.Column("epoch", sa.Integer, nullable=False),  # the rung it runs to
+    sa.Column("cost", sa.Float, nullable=False),  # Eq. 4 of that rung
+    sa.Column("score", sa.Float),  # its score; null in the warm-up, before the law can be fitted
+    sa.Column("rank", sa.Integer, nullable=False),  # its place among the actions (0: the best; more when ahead ones were taken)
+    sa.Column("rule", sa.String(20), nullable=False),  # uncertainty | warm-up
+    sa.Column("spent", sa.Float, nullable=False),  # the study's compute spent and claimed when it was decided
+    sa.Column("actions", sa.Text, nullable=False),  # JSON: the best-scored actions (job_id, epoch, cost, score)
+    sa.Column("fit", sa.Text, nullable=False),  # JSON: law, parameters, points, resamples, seed, noise, spread
+    sa.Column("decided_at", sa.DateTime, nullable=False),
+    sa.Column("decided_by", sa.String(200), nullable=False),  # worker name
+)
+
 metric_kinds = sa.Table(
     "metric_kinds",
     metadata,
@@ -216,6 +234,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0005_metric_kinds", _create_if_missing(metric_kinds)),
     ("0006_attempts_slurm_job", _attempts_slurm_job),
     ("0007_training_metric_kinds", _training_metric_kinds),
+    ("0008_decisions", _create_if_missing(decisions)),
 ]
 
 
