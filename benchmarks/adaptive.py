@@ -4,6 +4,7 @@
     python benchmarks/adaptive.py demo [--work DIR] [--arms default,unprotected]   # (b) trained, ~20-40 min
     python benchmarks/adaptive.py replay-arms --db sqlite:///DIR/full/results.db   # (b) arms replayed, ~2 min
     python benchmarks/adaptive.py replay --db URL [--simulation]   # (c) every policy rung by rung, ~10-30 min
+    python benchmarks/adaptive.py live --db URL [--budget 0.5] [--live-db URL2]   # (d) trained anytime demo, ~15 min
 
 (a) The shape of grids/cifar100.toml (6 models x 5 subset sizes, trajectories evaluated at
 T = 50..800) on synthetic points from a known E(P, D) law (scaling_study.synthetic, with its
@@ -28,6 +29,11 @@ replay-only). After each rung the headlines are refitted on the points revealed;
 compute share from which each headline (and all together) is inside the full grid's 95% interval
 and stays inside, and draws the anytime curves (docs/img/adaptive_anytime.png).
 Results: benchmarks/results/adaptive_anytime.json.
+
+(d) `study run` itself under the uncertainty policy (`[adaptive] policy = "uncertainty"`) on
+grids/demo.toml with a compute budget, trained from scratch (or an anytime run already made, given
+as --live-db), and each headline it ends with (measured points only) checked against the full
+demo's 95% interval (--db: a finished plain demo). Results: benchmarks/results/adaptive_anytime_live.json.
 """
 
 from __future__ import annotations
@@ -540,9 +546,41 @@ def anytime_sources(url: str | None, simulation: bool) -> list[tuple[str, pd.Dat
     return sources
 
 
+def run_live(full_url: str, share: float, live_url: str | None, work: Path, bootstrap: int) -> dict:
+    """(d): the anytime demo under a budget, trained here unless `live_url` is given, vs the full demo."""
+    from scaling_study import anytime, db
+
+    seconds = None
+    if live_url is None:
+        work.mkdir(parents=True, exist_ok=True)
+        text = (ROOT / "grids" / "demo.toml").read_text().replace('name = "demo"', 'name = "demo-anytime"')
+        (work / "anytime.toml").write_text(text + f'\n[adaptive]\nenabled = true\npolicy = "uncertainty"\nbudget = {share}\n')
+        live_url = f"sqlite:///{work / 'anytime.db'}"
+        subprocess.run([sys.executable, "-m", "scaling_study", "plan", "anytime.toml", "--db", live_url], cwd=work, check=True)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "scaling_study", "run", "--db", live_url], cwd=work, check=True)
+        seconds = time.perf_counter() - started
+    full_engine, live_engine = db.connect(full_url, write=False), db.connect(live_url, write=False)
+    (full_study,), (live_study,) = db.study_names(full_engine), db.study_names(live_engine)
+    full = anytime.headline(anytime.measured_points(full_engine, full_study), bootstrap=bootstrap, seed=0)
+    live_points = anytime.measured_points(live_engine, live_study)
+    live = anytime.headline(live_points)
+    totals = budget.study_compute(db.job_rows(live_engine, live_study))
+    decided = db.decision_rows(live_engine, live_study)
+    rows = {name: {"full": value, "low": low, "high": high, "live": live.get(name, (None,))[0],
+                   "inside": name in live and low <= live[name][0] <= high}
+            for name, (value, low, high) in full.items()}
+    return {"budget": share, "share_spent": totals.spent / totals.planned, "points": len(live_points),
+            "decisions": {rule: sum(d["rule"] == rule for d in decided) for rule in ("warm-up", "uncertainty")},
+            "run_seconds": seconds, "full_bootstrap": bootstrap, "headlines": rows,
+            "inside": sum(r["inside"] for r in rows.values()), "of": len(rows)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("simulate", "demo", "replay-arms", "replay"))
+    parser.add_argument("part", choices=("simulate", "demo", "replay-arms", "replay", "live"))
+    parser.add_argument("--budget", type=float, default=0.5, help="live: the anytime run's budget (share of the grid)")
+    parser.add_argument("--live-db", default=None, help="live: an anytime demo already run (else one is trained)")
     parser.add_argument("--db", default=None, help="replay: the finished full demo's database URL")
     parser.add_argument("--work", type=Path, default=None, help="Folder for the demo's databases, runs and reports")
     parser.add_argument("--arms", default="default,unprotected",
@@ -569,6 +607,16 @@ def main() -> None:
             print_anytime(report)
         draw_anytime(reports, ROOT / "docs" / "img" / f"{args.name}.png")
         print(f"wrote {write(args.name, {'sources': reports})} and docs/img/{args.name}.png")
+        return
+    if args.part == "live":
+        with tempfile.TemporaryDirectory() as tmp:
+            report = run_live(args.db, args.budget, args.live_db, args.work or Path(tmp), args.full_bootstrap)
+        for name, row in report["headlines"].items():
+            print(f"{name:16s} full {row['full']:.3f} [{row['low']:.3f}, {row['high']:.3f}]  anytime "
+                  f"{'-' if row['live'] is None else format(row['live'], '.3f')}  {'inside' if row['inside'] else 'OUTSIDE'}")
+        print(f"anytime: {report['share_spent']:.1%} of the grid's compute (budget {report['budget']:.0%}), "
+              f"{report['inside']} of {report['of']} headlines inside the full 95% interval")
+        print(f"wrote {write('adaptive_anytime_live', report)}")
         return
     if args.part == "simulate":
         report = run_simulation()
