@@ -231,12 +231,8 @@ class Choice:
     order: dict[int, int] = field(default_factory=dict)  # job id -> rank, best first
     skip: set[int] = field(default_factory=set)  # its jobs not to claim now: all but the ordered ones
     expected: dict[int, int] = field(default_factory=dict)  # job id -> the epochs done the decision saw
-    decision: dict = field(default_factory=dict)  # db.claim_job's `decisions`: {job id: the row to record}
+    decision: dict = field(default_factory=dict)  # db.claim_job's `decisions_by_job`: {job id: the row to record}
     stop: str = ""
-    actions: list[Action] = field(default_factory=list)
-    fit: dict = field(default_factory=dict)
-    spent: float = 0.0  # compute spent and claimed (FLOPs)
-    planned: float = 0.0
 
 
 def next_rung(row: dict) -> tuple[int, float] | None:
@@ -300,7 +296,7 @@ def choose(engine, study: str, config: AdaptiveConfig, rules: StopRules) -> Choi
     totals = budget.study_compute(rows)
     in_flight = sum(rung[1] for r in rows if r["state"] == "running" and (rung := next_rung(r)))
     spent = totals.spent + in_flight
-    choice = Choice(spent=spent, planned=totals.planned)
+    choice = Choice()
     candidates = {r["id"]: (r, rung) for r in rows if r["state"] == "pending" and (rung := next_rung(r))}
     if not candidates:
         return choice
@@ -333,7 +329,6 @@ def choose(engine, study: str, config: AdaptiveConfig, rules: StopRules) -> Choi
         ranked = sorted((Action(j, t, c, math.nan) for j, t, c in eligible),
                         key=lambda a: (candidates[a.job_id][0]["epochs_done"] > 0, coarse[a.job_id], a.epoch))
         rule = "warm-up"
-    choice.actions, choice.fit = ranked, fit
     choice.order = {a.job_id: rank for rank, a in enumerate(ranked)}
     choice.skip = {r["id"] for r in rows} - set(choice.order)  # what turns pending meanwhile waits for a new decision
     choice.expected = {a.job_id: candidates[a.job_id][0]["epochs_done"] for a in ranked}

@@ -250,9 +250,9 @@ def _claims_left(row: dict, anytime_studies: set[str]) -> int:
     """Claims a job still needs: one, or in an anytime study one per rung left."""
     if row["study"] not in anytime_studies:
         return 1
-    from .adaptive import job_facts
+    from .adaptive import remaining_points
 
-    return max(1, sum(1 for t in job_facts(row)["epochs"] if t > row["epochs_done"]))
+    return max(1, sum(1 for _ in remaining_points([row])))
 
 
 def _claimable(row: dict, options: RunOptions, host: str, moment: dt.datetime) -> bool:

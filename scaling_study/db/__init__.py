@@ -24,7 +24,8 @@ from .throughput import add_calibration, latest_calibrations
 __all__ = [
     "DEFAULT_METRIC_KIND", "DEFAULT_URL", "FINAL_STATES", "FRAME_COLUMNS", "HELD_STATES", "JOB_STATES", "MIGRATIONS",
     "URL_VARIABLE", "StudyError", "add_calibration", "add_jobs", "apply_migrations", "attempt_rows", "attempts",
-    "calibrations", "claim_job", "decision_rows", "decisions", "connect", "database_url", "evaluations", "evaluations_frame", "finish_job",
+    "calibrations", "claim_job", "connect", "database_url", "decision_rows", "decisions", "evaluations",
+    "evaluations_frame", "finish_job",
     "import_trajectories", "job_counts", "job_listing", "job_row", "job_rows", "jobs", "latest_calibrations",
     "metadata", "metric_kinds", "metric_points", "migrations_table", "now", "point_rows", "point_stamp", "prune_jobs",
     "prunings", "pruning_rows", "reclaim_lost", "record_epoch", "renew_lease", "set_state", "studies",

@@ -59,18 +59,15 @@ def pruning_rows(engine: Engine, study: str | None = None) -> list[dict]:
         return [dict(row) for row in conn.execute(query).mappings()]
 
 
-def decision_rows(engine: Engine, study: str, last: int | None = None) -> list[dict]:
-    """An anytime study's recorded choices, oldest first (the `last` n only when given), each with its
-    trajectory's model and size; [] for a database from before they were recorded."""
+def decision_rows(engine: Engine, study: str) -> list[dict]:
+    """An anytime study's recorded choices, oldest first, each with its trajectory's model and size;
+    [] for a database from before they were recorded."""
     if not sa.inspect(engine).has_table("decisions"):
         return []
     query = (
         sa.select(decisions, jobs.c.model, jobs.c.examples)
         .select_from(decisions.join(jobs, decisions.c.job_id == jobs.c.id).join(studies, decisions.c.study_id == studies.c.id))
-        .where(studies.c.name == study).order_by(decisions.c.id.desc())
+        .where(studies.c.name == study).order_by(decisions.c.id)
     )
-    if last is not None:
-        query = query.limit(last)
     with engine.connect() as conn:
-        rows = [dict(row) for row in conn.execute(query).mappings()]
-    return rows[::-1]
+        return [dict(row) for row in conn.execute(query).mappings()]
