@@ -22,7 +22,10 @@ def test_the_gpu_validation_runs_every_part_on_the_cpu(tmp_path):
         assert step["images_per_s"] > 0 and step["resident"] and 0 < step["fraction_of_measured_peak"]
     assert result["step"]["default"]["compile"] is False  # the CPU's default; CUDA's is to compile
     assert result["profile"]["top"] and result["profile"]["total_us"] > 0
-    assert result["streamed"]["images_per_s"] > 0 and result["streamed"]["over_step_images_per_s"] > 0
+    streamed = result["streamed"]
+    assert streamed["images_per_s"] > 0 and streamed["first_epoch_images_per_s"] > 0
+    assert streamed["over_step_images_per_s"] > 0 and streamed["first_epoch_over_step"] > 0
+    assert streamed["batches_per_epoch"] == 512 // 32
     study = result["study"]
     assert {job["state"] for job in study["jobs"]} == {"done"} and study["points"] > 0
     assert "fit.json" in study["fit_files"]
@@ -30,4 +33,5 @@ def test_the_gpu_validation_runs_every_part_on_the_cpu(tmp_path):
     assert resume["was_killed"] and resume["identical"]  # on the CPU, a resumed run is bit-identical
     assert {job["state"] for job in resume["killed"]["jobs"]} == {"done"}
     summary = (tmp_path / "out" / "summary.txt").read_text()
-    assert "streamed loader" in summary and "resume after kill -9" in summary
+    assert "streamed loader, epoch after the first" in summary and "streamed loader, first epoch" in summary
+    assert "resume after kill -9" in summary
