@@ -434,6 +434,29 @@ def test_a_full_database_mid_run_says_where_and_what_to_do(trained_copy):
 
 
 @needs_root
+def test_a_database_on_an_already_full_disk_says_so_and_writes_nothing(trained_copy):
+    """SQLite reports a full disk at open as "database or disk is full" for a new file and as a "disk
+    I/O error" for an existing one (its WAL files cannot be made): both read as a full disk, not as a
+    damaged database, and a new file is not left half-made."""
+    here = trained_copy
+    with mounted(here / "small", "2m") as small:
+        assert invoke("plan", "grid.toml", "--db", "sqlite:///small/results.db", cwd=here).exit_code == 0
+        before = (small / "results.db").read_bytes()
+        filler = _fill(small, 0)
+        for command in (["plan", "grid.toml"], ["status"], ["run", "--device", "cpu"], ["export", "--study", "corpus"]):
+            result = invoke(*command, "--db", "sqlite:///small/results.db", cwd=here)
+            refused(result, 1, "cannot open database small/results.db", f"the disk holding it ({small}) is full",
+                    "nothing recorded was changed", "free space")
+        result = invoke("plan", "grid.toml", "--db", "sqlite:///small/new.db", cwd=here)
+        refused(result, 1, "cannot open database small/new.db", "is full", "database or disk is full")
+        assert not list(small.glob("new.db*"))
+        assert (small / "results.db").read_bytes() == before
+        filler.unlink()
+        result = invoke("status", "--db", "sqlite:///small/results.db", cwd=here)
+        assert result.exit_code == 0 and "corpus" in result.stdout, result.stderr
+
+
+@needs_root
 def test_a_full_runs_folder_keeps_the_epoch_recorded(here):
     """Epoch 1's checkpoint fits on the disk, epoch 2's new one beside it does not: the job is released
     with epoch 1 counted, its points and checkpoint kept."""

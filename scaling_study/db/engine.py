@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sqlite3
 import urllib.parse
 from pathlib import Path
@@ -11,11 +12,12 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ..errors import BadInput, DatabaseGone, StudyError
+from ..errors import BadInput, DatabaseGone, Fault, StudyError
 from .schema import apply_migrations, check_current
 
 DEFAULT_URL = "sqlite:///results.db"
 URL_VARIABLE = "STUDY_DB"
+FULL_DISK_BYTES = 1 << 20  # below this much free space, a database that fails to open is on a full disk
 
 
 def database_url(url: str | None = None) -> str:
@@ -149,6 +151,7 @@ def connect(url: str | None = None, migrate: bool = True, create: bool = True, w
             if path:
                 _watch_file(engine, path)
     shown = _masked(url)
+    new_file = (path := _sqlite_file(engine)) is not None and not Path(path).exists()
     try:
         if not create and engine.dialect.name != "sqlite":
             _check_study_tables(sa.inspect(engine).get_table_names(), shown)
@@ -156,14 +159,35 @@ def connect(url: str | None = None, migrate: bool = True, create: bool = True, w
             check_current(engine, shown)
         elif migrate:
             apply_migrations(engine)
-    except sa.exc.OperationalError as error:
-        raise StudyError(f"cannot open database {shown!r}: {_first_line(error.orig)}") from None
-    except sa.exc.DatabaseError as error:  # e.g. random bytes, a text file, a truncated database
+    except sa.exc.DatabaseError as error:
+        if path and (line := _full_disk(path, error.orig)):
+            if new_file:  # a database that never got its tables holds nothing: leave no half-made file
+                engine.dispose()
+                for leftover in ("", "-wal", "-shm", "-journal"):
+                    Path(path + leftover).unlink(missing_ok=True)
+            raise Fault(line) from None
+        if isinstance(error, sa.exc.OperationalError):
+            raise StudyError(f"cannot open database {shown!r}: {_first_line(error.orig)}") from None
+        # e.g. random bytes, a text file, a truncated database
         if engine.dialect.name == "sqlite":
             raise BadInput(f"{_sqlite_file(engine) or url} is not a readable SQLite database ({error.orig}); "
                            "check --db") from None
         raise StudyError(f"cannot open database {shown!r}: {_first_line(error.orig)}") from None
     return engine
+
+
+def _full_disk(path: str, error: BaseException) -> str:
+    """A line for a SQLite file that cannot be opened because its disk is full, '' otherwise. SQLite
+    says so only sometimes: opening a database in WAL mode on a full disk is a "disk I/O error"."""
+    folder = Path(path).resolve().parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    if "disk is full" not in str(error) and free >= FULL_DISK_BYTES:
+        return ""
+    return (f"cannot open database {path}: the disk holding it ({folder}) is full, {free:,} bytes free ({error}); "
+            "nothing recorded was changed: free space on that disk and run the command again")
 
 
 def _first_line(error: BaseException) -> str:
@@ -187,6 +211,8 @@ def _sqlite_tables(path: str, read_only: bool) -> list[str]:
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
             return [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
     except sqlite3.DatabaseError as error:
+        if line := _full_disk(path, error):
+            raise Fault(line) from None
         raise BadInput(f"{path} is not a readable SQLite database ({error}); check --db") from None
 
 
