@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -402,6 +403,20 @@ def test_a_failed_postgresql_connection_does_not_print_the_password(postgres_url
         line = refused(result, 2, "cannot open database", "postgres:***@", 'database "no_such_database" does not exist')
         assert "s3cret" not in result.stdout + result.stderr, line
 
+
+
+def test_a_database_server_that_is_down_is_a_fault_not_a_bad_url(tmp_path):
+    """Connection refused: exit 1 (run again later), where a database that does not exist is exit 2."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]  # nothing listens on it once the socket is closed
+    url = sa.engine.make_url(f"postgresql+psycopg://postgres:s3cret-word@127.0.0.1:{port}/study")
+    (tmp_path / "grid.toml").write_text(grid_text(tmp_path / "data"))
+    for command in (["status"], ["plan", "grid.toml"], ["run", "--device", "cpu"]):
+        result = invoke(*command, "--db", url.render_as_string(hide_password=False), cwd=tmp_path)
+        line = refused(result, 1, "cannot reach database", "Connection refused", "nothing was changed",
+                       "start the server")
+        assert "s3cret" not in line
 
 # ---- full disks -----------------------------------------------------------------------------
 

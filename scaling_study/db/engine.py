@@ -17,6 +17,9 @@ from .schema import apply_migrations, check_current
 
 DEFAULT_URL = "sqlite:///results.db"
 URL_VARIABLE = "STUDY_DB"
+# A database server that is down, starting, stopping or full of clients: a fault, not a bad URL.
+UNREACHABLE = ("Connection refused", "timeout expired", "server closed the connection", "is starting up",
+               "is shutting down", "too many clients")
 FULL_DISK_BYTES = 1 << 20  # below this much free space, a database that fails to open is on a full disk
 
 
@@ -167,6 +170,9 @@ def connect(url: str | None = None, migrate: bool = True, create: bool = True, w
                     Path(path + leftover).unlink(missing_ok=True)
             raise Fault(line) from None
         if isinstance(error, sa.exc.OperationalError):
+            if any(words in str(error.orig) for words in UNREACHABLE):  # the server's state, not the URL: exit 1
+                raise Fault(f"cannot reach database {shown!r}: {_first_line(error.orig)}; nothing was changed: "
+                            "start the server (or wait for it), then run the command again") from None
             raise StudyError(f"cannot open database {shown!r}: {_first_line(error.orig)}") from None
         # e.g. random bytes, a text file, a truncated database
         if engine.dialect.name == "sqlite":
