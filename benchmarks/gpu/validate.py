@@ -177,18 +177,24 @@ def part_streamed(part: Part) -> None:
 
     s, device = part.sizes, torch.device(part.device)
     count, side = s["streamed_images"], s["resolution"]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "images.npy"
+    rng = np.random.default_rng(0)
+
+    def loader_of(path: Path, count: int) -> TrainLoader:
+        """A streamed loader over `count` random images written to `path`, shuffled batches, drop_last."""
         images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, 3, side, side))
-        rng = np.random.default_rng(0)
         for start in range(0, count, 16384):
             images[start : start + 16384] = rng.integers(0, 256, images[start : start + 16384].shape, dtype=np.uint8)
         images.flush()
         del images
         split = Split(np.load(path, mmap_mode="r"), np.arange(count) % 1000, tuple(map(str, range(1000))),
                       (0.5,) * 3, (0.29,) * 3, str(path))
-        loader = TrainLoader(split, np.arange(count), s["batch"], device, 0, Augmentation(), side, resident=False,
-                             dtype=precision_dtype("auto", device), drop_last=True)
+        return TrainLoader(split, np.arange(count), s["batch"], device, 0, Augmentation(), side, resident=False,
+                           dtype=precision_dtype("auto", device), drop_last=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in loader_of(Path(tmp) / "warm-up.npy", s["batch"]).epoch(0):  # kernels, streams, allocator
+            pass
+        loader = loader_of(Path(tmp) / "images.npy", count)
         images_per_epoch = len(loader) * s["batch"]
         part.add(images=count, batch=s["batch"], batches_per_epoch=len(loader))
         # The first epoch also maps the file's pages into the process; later epochs, which pace a
