@@ -154,7 +154,8 @@ def connect(url: str | None = None, migrate: bool = True, create: bool = True, w
             if path:
                 _watch_file(engine, path)
     shown = _masked(url)
-    new_file = (path := _sqlite_file(engine)) is not None and not Path(path).exists()
+    path = _sqlite_file(engine)  # None for a read-only file: nothing is written to it
+    new_file = path is not None and not Path(path).exists()
     try:
         if not create and engine.dialect.name != "sqlite":
             _check_study_tables(sa.inspect(engine).get_table_names(), shown)
